@@ -1,0 +1,148 @@
+//! What can go wrong when loading or running a handler, typed so that callers can decide.
+
+/// A component was refused at load. Each variant names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The bytes are not WebAssembly at all.
+    #[error("not a WebAssembly file (no `\\0asm` header)")]
+    NotWasm,
+    /// A core module was given where a component is needed.
+    #[error(
+        "a core WebAssembly module, not a component: build the handler for `wasm32-wasip2` (or \
+         wrap the module with `wasm-tools component new`)"
+    )]
+    CoreModule,
+    /// The component does not validate or compile.
+    #[error("not a valid component: {0}")]
+    Invalid(String),
+    /// The component imports interfaces a handler may not use.
+    #[error(
+        "imports {} which a handler may not use; a handler may import only keyhole:handler/log, \
+         wasi:clocks, wasi:random, wasi:io and wasi:cli's environment, exit, stdin, stdout, \
+         stderr and terminal interfaces",
+        quoted(.imports)
+    )]
+    ForbiddenImports {
+        /// Every offending import, by full name.
+        imports: Vec<String>,
+    },
+    /// The component does not export the handler world's function.
+    #[error(
+        "does not export `{export}`: a handler must implement the world `keyhole:handler/handler` \
+         (wit/handler.wit)"
+    )]
+    MissingExport {
+        /// The missing export's name.
+        export: &'static str,
+    },
+    /// The component's imports or exports exist but have the wrong types.
+    #[error("does not match the handler contract keyhole:handler@0.1.0: {0}")]
+    ContractMismatch(String),
+}
+
+fn quoted(names: &[String]) -> String {
+    names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+}
+
+/// A call of a handler failed. [`GuestError::is_retryable`] says whether handling the same event
+/// again may succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestError {
+    /// The handler classified its failure as temporary.
+    #[error("the handler failed and asked to retry: {0}")]
+    HandlerRetryable(String),
+    /// The handler rejected the event for good.
+    #[error("the handler rejected the event: {0}")]
+    HandlerRejected(String),
+    /// Instantiation and the call together ran past the handler's deadline.
+    #[error("the handler ran past its deadline of {limit_ms} ms")]
+    DeadlineExceeded {
+        /// The deadline, in milliseconds.
+        limit_ms: u64,
+    },
+    /// The handler asked for more linear memory than its limit.
+    #[error("the handler exceeded its memory limit of {limit_bytes} bytes")]
+    MemoryExceeded {
+        /// The limit, in bytes.
+        limit_bytes: u64,
+    },
+    /// The handler grew a table past its limit.
+    #[error("the handler exceeded its limit of {limit} table elements")]
+    TableExceeded {
+        /// The limit, in elements.
+        limit: u32,
+    },
+    /// The component needs more instances, tables or memories than its limits allow.
+    #[error("the handler could not be instantiated within its limits: {0}")]
+    InstantiationLimit(String),
+    /// The handler's reply is larger than its limit.
+    #[error("the handler's reply of {size} bytes exceeds its limit of {limit} bytes")]
+    ReplyTooLarge {
+        /// The reply's size, in bytes.
+        size: u64,
+        /// The limit, in bytes.
+        limit: u64,
+    },
+    /// The handler logged or printed more than its budget.
+    #[error("the handler wrote more than its log budget of {limit_bytes} bytes")]
+    LogBudgetExceeded {
+        /// The budget, in bytes.
+        limit_bytes: u64,
+    },
+    /// The handler trapped: a panic, `unreachable`, a bad memory access, a call to exit.
+    #[error("the handler trapped: {0}")]
+    Trapped(String),
+    /// The handler returned a value that breaks the component model's rules (for example a
+    /// string that is not UTF-8).
+    #[error("the handler returned a malformed result: {0}")]
+    MalformedReturn(String),
+    /// Every sandbox slot is in use; the event can be tried again when one frees up.
+    #[error("no sandbox slot is free: {0}")]
+    NoCapacity(String),
+}
+
+impl GuestError {
+    /// Whether handling the same event again may succeed. Resource exhaustion by the guest is
+    /// not retryable: the same code on the same data exceeds the same limit again.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            GuestError::HandlerRetryable(_)
+                | GuestError::DeadlineExceeded { .. }
+                | GuestError::NoCapacity(_)
+        )
+    }
+
+    /// A short, stable name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            GuestError::HandlerRetryable(_) => "handler_retryable",
+            GuestError::HandlerRejected(_) => "handler_rejected",
+            GuestError::DeadlineExceeded { .. } => "deadline_exceeded",
+            GuestError::MemoryExceeded { .. } => "memory_exceeded",
+            GuestError::TableExceeded { .. } => "table_exceeded",
+            GuestError::InstantiationLimit(_) => "instantiation_limit",
+            GuestError::ReplyTooLarge { .. } => "reply_too_large",
+            GuestError::LogBudgetExceeded { .. } => "log_budget_exceeded",
+            GuestError::Trapped(_) => "trapped",
+            GuestError::MalformedReturn(_) => "malformed_return",
+            GuestError::NoCapacity(_) => "no_capacity",
+        }
+    }
+}
+
+/// The sandbox itself could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The engine could not be created with the requested settings.
+    #[error("cannot create the WebAssembly engine: {0}")]
+    Engine(String),
+    /// The host interfaces could not be linked.
+    #[error("cannot link the host interfaces: {0}")]
+    Link(String),
+}
+
+/// Formats a wasmtime error with its whole chain of causes on one line.
+pub(crate) fn describe(error: &wasmtime::Error) -> String {
+    error.chain().map(|e| e.to_string()).collect::<Vec<_>>().join(": ")
+}

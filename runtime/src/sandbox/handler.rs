@@ -1,0 +1,173 @@
+//! A loaded handler, and the fresh instance each event runs in.
+
+use super::bindings::{self, Event, HandlerError, HandlerPre, Reply};
+use super::engine::{EPOCH_TICK, Sandbox};
+use super::error::{GuestError, LoadError, describe};
+use super::inspect::ComponentReport;
+use super::limits::{LimitHit, Limits};
+use super::state::{GuestState, HandlerIdentity};
+use std::sync::Arc;
+use std::time::Instant;
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+
+/// The longest handler error message kept; the rest is cut off.
+const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
+
+/// A validated, compiled and pre-instantiated handler component. Cheap to share: each event
+/// gets its own [`GuestInstance`].
+pub struct Handler {
+    identity: Arc<HandlerIdentity>,
+    engine: Engine,
+    pre: HandlerPre<GuestState>,
+    limits: Limits,
+    report: ComponentReport,
+}
+
+impl Sandbox {
+    /// Compiles, validates and pre-instantiates a handler component.
+    pub fn load(&self, identity: HandlerIdentity, wasm: &[u8], limits: Limits) -> Result<Handler, LoadError> {
+        let inspection = self.inspect(wasm)?;
+        let pre = self.validate(&inspection)?;
+        Ok(Handler {
+            identity: Arc::new(identity),
+            engine: self.engine.clone(),
+            pre,
+            limits,
+            report: inspection.report,
+        })
+    }
+}
+
+impl Handler {
+    /// Who this handler is.
+    pub fn identity(&self) -> &HandlerIdentity {
+        &self.identity
+    }
+
+    /// The limits each call runs under.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The component's imports and exports.
+    pub fn report(&self) -> &ComponentReport {
+        &self.report
+    }
+
+    /// Handles one event in a fresh instance that is dropped afterwards, so nothing one event
+    /// leaves in memory reaches the next.
+    pub async fn handle(&self, event: &Event) -> Result<Option<Reply>, GuestError> {
+        let run = async {
+            let mut instance = self.instantiate(&event.id).await?;
+            instance.call(event).await
+        };
+        // Epoch interruption stops guest code; this stops a guest that waits inside a host call
+        // (a clock subscription, say), where no epoch check runs.
+        let backstop = self.limits.deadline() + 2 * EPOCH_TICK;
+        tokio::time::timeout(backstop, run)
+            .await
+            .unwrap_or(Err(GuestError::DeadlineExceeded { limit_ms: self.limits.deadline_ms }))
+    }
+
+    /// Creates a fresh instance for one event. [`Handler::handle`] is what the pipeline uses;
+    /// this is public so that benchmarks can separate instantiation from the call.
+    pub async fn instantiate(&self, event_id: &str) -> Result<GuestInstance, GuestError> {
+        let deadline = Instant::now() + self.limits.deadline();
+        let state = GuestState::new(self.identity.clone(), event_id.to_owned(), &self.limits, deadline);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|store| {
+            if Instant::now() >= store.data().deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                // Yield at every tick so the executor's other tasks, and the backstop timer,
+                // keep running while a guest computes.
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        match self.pre.instantiate_async(&mut store).await {
+            Ok(bindings) => Ok(GuestInstance { store, bindings, limits: self.limits.clone() }),
+            Err(error) => Err(classify(store.data(), &self.limits, &error, Stage::Instantiate)),
+        }
+    }
+}
+
+/// One live instance of a handler and its store.
+pub struct GuestInstance {
+    store: Store<GuestState>,
+    bindings: bindings::Handler,
+    limits: Limits,
+}
+
+impl GuestInstance {
+    /// Calls the handler's `handle` export under the handler's limits.
+    pub async fn call(&mut self, event: &Event) -> Result<Option<Reply>, GuestError> {
+        self.store.data_mut().deadline = Instant::now() + self.limits.deadline();
+        self.store.set_epoch_deadline(1);
+        let result = self.bindings.call_handle(&mut self.store, event).await;
+        self.store.data().flush_output();
+        match result {
+            Ok(Ok(Some(reply))) => {
+                let size = reply.data.len() as u64;
+                if size > self.limits.max_reply_bytes {
+                    return Err(GuestError::ReplyTooLarge { size, limit: self.limits.max_reply_bytes });
+                }
+                Ok(Some(reply))
+            }
+            Ok(Ok(None)) => Ok(None),
+            Ok(Err(HandlerError::Retryable(message))) => Err(GuestError::HandlerRetryable(cut(message))),
+            Ok(Err(HandlerError::Permanent(message))) => Err(GuestError::HandlerRejected(cut(message))),
+            Err(error) => Err(classify(self.store.data(), &self.limits, &error, Stage::Call)),
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Instantiate,
+    Call,
+}
+
+/// Turns a wasmtime failure into what it means, using what the store saw happen.
+fn classify(state: &GuestState, limits: &Limits, error: &wasmtime::Error, stage: Stage) -> GuestError {
+    match state.limiter.hit {
+        Some(LimitHit::Memory) => return GuestError::MemoryExceeded { limit_bytes: limits.max_memory_bytes },
+        Some(LimitHit::TableElements) => return GuestError::TableExceeded { limit: limits.max_table_elements },
+        None => {}
+    }
+    if state.log_budget_exceeded || state.output_exhausted(limits.max_log_bytes) {
+        return GuestError::LogBudgetExceeded { limit_bytes: limits.max_log_bytes };
+    }
+    if let Some(trap) = error.downcast_ref::<Trap>() {
+        return match trap {
+            Trap::Interrupt => GuestError::DeadlineExceeded { limit_ms: limits.deadline_ms },
+            other => GuestError::Trapped(other.to_string()),
+        };
+    }
+    if error.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
+        return GuestError::NoCapacity(describe(error));
+    }
+    if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return GuestError::Trapped(format!("the handler called exit({})", exit.0));
+    }
+    match stage {
+        Stage::Instantiate => GuestError::InstantiationLimit(describe(error)),
+        // Anything else that fails a call without a trap is the host refusing to lift what
+        // the guest returned.
+        Stage::Call => GuestError::MalformedReturn(describe(error)),
+    }
+}
+
+/// Caps a guest-supplied message, on a character boundary.
+fn cut(mut message: String) -> String {
+    if message.len() > MAX_ERROR_MESSAGE_BYTES {
+        let mut end = MAX_ERROR_MESSAGE_BYTES;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
+}

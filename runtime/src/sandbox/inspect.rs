@@ -1,0 +1,142 @@
+//! Validation at load: what a component imports and exports, and whether keyhole accepts it.
+
+use super::bindings::HandlerPre;
+use super::engine::Sandbox;
+use super::error::{LoadError, describe};
+use super::state::GuestState;
+use wasmtime::component::{Component, types::ComponentItem};
+
+/// Interfaces a handler may import, by name without version. Everything here either is
+/// keyhole's own contract or reveals nothing outside the sandbox: the clocks, random numbers,
+/// an empty environment and stdin, and captured stdout/stderr.
+const ALLOWED_IMPORTS: &[&str] = &[
+    "keyhole:handler/types",
+    "keyhole:handler/log",
+    "wasi:clocks/wall-clock",
+    "wasi:clocks/monotonic-clock",
+    "wasi:random/random",
+    "wasi:random/insecure",
+    "wasi:random/insecure-seed",
+    "wasi:cli/environment",
+    "wasi:cli/exit",
+    "wasi:cli/stdin",
+    "wasi:cli/stdout",
+    "wasi:cli/stderr",
+    "wasi:cli/terminal-input",
+    "wasi:cli/terminal-output",
+    "wasi:cli/terminal-stdin",
+    "wasi:cli/terminal-stdout",
+    "wasi:cli/terminal-stderr",
+    "wasi:io/error",
+    "wasi:io/poll",
+    "wasi:io/streams",
+];
+
+/// The export every handler must have.
+pub const HANDLER_EXPORT: &str = "handle";
+
+/// A compiled component and what it declares, before keyhole has decided to accept it.
+pub struct Inspection {
+    pub(crate) component: Component,
+    /// The component's imports and exports.
+    pub report: ComponentReport,
+}
+
+/// A component's declared imports and exports, for `keyhole check` and for operators.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ComponentReport {
+    /// Imported interfaces and functions, by full name (with version).
+    pub imports: Vec<String>,
+    /// Exports, as `name (kind)`.
+    pub exports: Vec<String>,
+}
+
+impl Sandbox {
+    /// Compiles a component and lists its imports and exports. Refuses anything that is not a
+    /// valid component.
+    pub fn inspect(&self, wasm: &[u8]) -> Result<Inspection, LoadError> {
+        if !wasm.starts_with(b"\0asm") {
+            return Err(LoadError::NotWasm);
+        }
+        // The preamble's version and layer fields: 1.0 for a core module, 0x0d.1 for a component.
+        if wasm.get(4..8) == Some(&[1, 0, 0, 0]) {
+            return Err(LoadError::CoreModule);
+        }
+        let component =
+            Component::new(&self.engine, wasm).map_err(|e| LoadError::Invalid(describe(&e)))?;
+        let ty = component.component_type();
+        let imports = ty.imports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        let exports = ty
+            .exports(&self.engine)
+            .map(|(name, item)| format!("{name} ({})", kind(&item.ty)))
+            .collect();
+        Ok(Inspection { component, report: ComponentReport { imports, exports } })
+    }
+
+    /// Accepts or refuses an inspected component: every import must be allowed, the handler
+    /// export must exist, and both must match the contract's types.
+    pub(crate) fn validate(&self, inspection: &Inspection) -> Result<HandlerPre<GuestState>, LoadError> {
+        let forbidden: Vec<String> = inspection
+            .report
+            .imports
+            .iter()
+            .filter(|name| !is_allowed_import(name))
+            .cloned()
+            .collect();
+        if !forbidden.is_empty() {
+            return Err(LoadError::ForbiddenImports { imports: forbidden });
+        }
+        let ty = inspection.component.component_type();
+        let exports_handler = ty
+            .exports(&self.engine)
+            .any(|(name, item)| name == HANDLER_EXPORT && matches!(item.ty, ComponentItem::ComponentFunc(_)));
+        if !exports_handler {
+            return Err(LoadError::MissingExport { export: HANDLER_EXPORT });
+        }
+        let pre = self
+            .linker
+            .instantiate_pre(&inspection.component)
+            .map_err(|e| LoadError::ContractMismatch(describe(&e)))?;
+        HandlerPre::new(pre).map_err(|e| LoadError::ContractMismatch(describe(&e)))
+    }
+
+    /// Inspects and validates in one step: the verdict `keyhole check` prints.
+    pub fn check(&self, wasm: &[u8]) -> Result<ComponentReport, (Option<ComponentReport>, LoadError)> {
+        let inspection = self.inspect(wasm).map_err(|e| (None, e))?;
+        match self.validate(&inspection) {
+            Ok(_) => Ok(inspection.report),
+            Err(e) => Err((Some(inspection.report), e)),
+        }
+    }
+}
+
+fn is_allowed_import(name: &str) -> bool {
+    let unversioned = name.split_once('@').map_or(name, |(interface, _)| interface);
+    ALLOWED_IMPORTS.contains(&unversioned)
+}
+
+fn kind(item: &ComponentItem) -> &'static str {
+    match item {
+        ComponentItem::ComponentFunc(_) => "function",
+        ComponentItem::CoreFunc(_) => "core function",
+        ComponentItem::Module(_) => "module",
+        ComponentItem::Component(_) => "component",
+        ComponentItem::ComponentInstance(_) => "instance",
+        ComponentItem::Type(_) => "type",
+        ComponentItem::Resource(_) => "resource",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_allowed_import;
+
+    #[test]
+    fn imports_are_matched_by_interface_whatever_the_version() {
+        assert!(is_allowed_import("wasi:io/streams@0.2.6"));
+        assert!(is_allowed_import("keyhole:handler/log@0.1.0"));
+        assert!(!is_allowed_import("wasi:filesystem/types@0.2.6"));
+        assert!(!is_allowed_import("wasi:sockets/tcp@0.2.0"));
+        assert!(!is_allowed_import("wasi:io/streams-extra@0.2.0"));
+    }
+}
