@@ -1,11 +1,15 @@
 //! A well-behaved handler that uses as much of each resource as the event asks, so tests can
 //! run it close to a limit: `{"spin_ms": 0, "alloc_bytes": 0, "reply_bytes": 0, "log_bytes": 0,
-//! "stdout_bytes": 0}` (every field optional). It replies with `reply_bytes` bytes of `x`.
+//! "stdout_bytes": 0, "fail": null, "count_calls": false}` (every field optional). It replies
+//! with `reply_bytes` bytes of `x`; with `count_calls`, with the number of calls this instance
+//! has served (to show that no state survives between events); with `fail` set to `retryable`
+//! or `permanent`, with that error.
 
 use keyhole_guest::{Event, Guest, HandlerError, Level, Reply, log};
 use serde::Deserialize;
 use std::hint::black_box;
 use std::io::Write;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 #[derive(Deserialize, Default)]
@@ -16,12 +20,19 @@ struct Ask {
     reply_bytes: usize,
     log_bytes: usize,
     stdout_bytes: usize,
+    fail: Option<String>,
+    count_calls: bool,
 }
+
+/// Calls served by this instance. keyhole gives every event a fresh instance, so it is always 1
+/// there.
+static CALLS: AtomicU32 = AtomicU32::new(0);
 
 struct Probe;
 
 impl Guest for Probe {
     fn handle(event: Event) -> Result<Option<Reply>, HandlerError> {
+        let calls = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
         let ask: Ask = serde_json::from_slice(&event.data)
             .map_err(|e| HandlerError::Permanent(format!("not a probe request: {e}")))?;
 
@@ -43,10 +54,20 @@ impl Guest for Probe {
             writeln!(out, "{line}").map_err(|e| HandlerError::Retryable(e.to_string()))?;
         }
 
+        match ask.fail.as_deref() {
+            Some("retryable") => return Err(HandlerError::Retryable("asked to fail".into())),
+            Some(_) => return Err(HandlerError::Permanent("asked to fail".into())),
+            None => {}
+        }
+        let data = if ask.count_calls {
+            calls.to_string().into_bytes()
+        } else {
+            vec![b'x'; ask.reply_bytes]
+        };
         Ok(Some(Reply {
             type_: "keyhole.example.probe".to_string(),
             datacontenttype: "application/octet-stream".to_string(),
-            data: vec![b'x'; ask.reply_bytes],
+            data,
         }))
     }
 }

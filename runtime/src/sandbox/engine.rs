@@ -125,8 +125,7 @@ fn engine(config: &SandboxConfig, pooling: bool) -> Result<Engine, SandboxError>
 /// `wasi:cli`, `wasi:io`, and keyhole's log. Filesystem and sockets are never linked, so even a
 /// component that slipped past validation could not instantiate with them.
 fn linker(engine: &Engine) -> Result<Linker<GuestState>, SandboxError> {
-    use wasmtime_wasi::p2::bindings::sync::io as sync_io;
-    use wasmtime_wasi::p2::bindings::{cli, clocks, random};
+    use wasmtime_wasi::p2::bindings::{cli, clocks, io, random};
     use wasmtime_wasi::cli::{WasiCli, WasiCliView};
     use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
     use wasmtime_wasi::random::{WasiRandom, WasiRandomView};
@@ -152,9 +151,11 @@ fn linker(engine: &Engine) -> Result<Linker<GuestState>, SandboxError> {
     link(cli::terminal_stdin::add_to_linker::<_, WasiCli>(&mut l, GuestState::cli))?;
     link(cli::terminal_stdout::add_to_linker::<_, WasiCli>(&mut l, GuestState::cli))?;
     link(cli::terminal_stderr::add_to_linker::<_, WasiCli>(&mut l, GuestState::cli))?;
-    link(wasmtime_wasi::p2::bindings::io::error::add_to_linker::<_, HasIoTable>(&mut l, io_table))?;
-    link(sync_io::poll::add_to_linker::<_, HasIoTable>(&mut l, io_table))?;
-    link(sync_io::streams::add_to_linker::<_, HasIoTable>(&mut l, io_table))?;
+    // The async flavour of wasi:io: handlers run on a fiber inside the executor, where the
+    // blocking flavour would try to start a runtime within the runtime.
+    link(io::error::add_to_linker::<_, HasIoTable>(&mut l, io_table))?;
+    link(io::poll::add_to_linker::<_, HasIoTable>(&mut l, io_table))?;
+    link(io::streams::add_to_linker::<_, HasIoTable>(&mut l, io_table))?;
     link(super::bindings::Handler::add_to_linker::<_, HasSelf<GuestState>>(&mut l, |s| s))?;
     Ok(l)
 }

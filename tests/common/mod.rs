@@ -1,0 +1,65 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use keyhole::sandbox::{Event, Extension, Handler, HandlerIdentity, Limits, Sandbox, SandboxConfig};
+use std::path::PathBuf;
+use std::sync::LazyLock;
+
+/// The repository's root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A guest component built by `scripts/build-guests.sh`, by its dist name (`echo`,
+/// `hostile-panic`, ...).
+pub fn guest_path(name: &str) -> PathBuf {
+    repo_root().join("guest-examples/dist").join(format!("{name}.wasm"))
+}
+
+/// The bytes of a guest component.
+pub fn guest(name: &str) -> Vec<u8> {
+    let path = guest_path(name);
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!("cannot read {} ({e}): run scripts/build-guests.sh (scripts/test.sh does)", path.display())
+    })
+}
+
+/// One sandbox per test binary, as in production: every handler shares it.
+pub fn sandbox() -> &'static Sandbox {
+    static SANDBOX: LazyLock<Sandbox> =
+        LazyLock::new(|| Sandbox::new(&SandboxConfig::default()).expect("sandbox"));
+    &SANDBOX
+}
+
+/// Loads a guest into the shared sandbox under the given limits.
+pub fn load(name: &str, limits: Limits) -> Handler {
+    let identity = HandlerIdentity { tenant: "acme".into(), handler: name.into() };
+    sandbox().load(identity, &guest(name), limits).unwrap_or_else(|e| panic!("load {name}: {e}"))
+}
+
+/// An event as the pipeline would build it, carrying `data`.
+pub fn event(id: &str, data: &[u8]) -> Event {
+    Event {
+        id: id.into(),
+        source: "https://crm.example.com/customers".into(),
+        type_: "com.example.customer.registered".into(),
+        subject: Some("customer/42".into()),
+        time: Some("2026-11-23T10:00:00Z".into()),
+        datacontenttype: Some("application/json".into()),
+        extensions: vec![Extension { name: "correlationid".into(), value: "req-7".into() }],
+        data: data.to_vec(),
+    }
+}
+
+/// Proves the host still serves a normal event: echo answers with the event's data.
+pub async fn assert_serves_normal_event() {
+    let echo = load("echo", Limits::default());
+    let reply = echo
+        .handle(&event("after", br#"{"ok":true}"#))
+        .await
+        .expect("a normal event right after a violation")
+        .expect("echo replies");
+    let body: serde_json::Value = serde_json::from_slice(&reply.data).expect("echo replies JSON");
+    assert_eq!(body["id"], "after");
+    assert_eq!(body["data"], r#"{"ok":true}"#);
+}
