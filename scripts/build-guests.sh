@@ -8,7 +8,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 ensure_wasm_target
 step "Building the Rust guest components (wasm32-wasip2)"
 cd "$root/guest-examples"
-cargo build --quiet --release --target wasm32-wasip2
+cargo build --quiet --locked --release --target wasm32-wasip2
 mkdir -p dist
 for wasm in target/wasm32-wasip2/release/*.wasm; do
     name=$(basename "$wasm" .wasm)
