@@ -8,9 +8,12 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 ensure_wasm_target
 step "Building the Rust guest components (wasm32-wasip2)"
 cd "$root/guest-examples"
-cargo build --quiet --locked --release --target wasm32-wasip2
+# Honour CARGO_TARGET_DIR (CI keeps one across runs); cargo keeps the two workspaces apart in it.
+target_dir=${CARGO_TARGET_DIR:-$root/guest-examples/target}
+cargo build --quiet --locked --release --target wasm32-wasip2 --target-dir "$target_dir"
 mkdir -p dist
-for wasm in target/wasm32-wasip2/release/*.wasm; do
+rm -f dist/*.wasm
+for wasm in "$target_dir"/wasm32-wasip2/release/*.wasm; do
     name=$(basename "$wasm" .wasm)
     cp "$wasm" "dist/${name//_/-}.wasm"
 done
