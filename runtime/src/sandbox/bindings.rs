@@ -10,5 +10,5 @@ wasmtime::component::bindgen!({
     imports: { "keyhole:handler/log.log": trappable },
 });
 
-pub use keyhole::handler::log::Level;
-pub use keyhole::handler::types::Extension;
+pub use self::keyhole::handler::log::Level;
+pub use self::keyhole::handler::types::Extension;
