@@ -11,3 +11,51 @@ ensure_wasm_target() {
         rustup target add wasm32-wasip2
     fi
 }
+
+TANSU_VERSION=0.6.0
+TANSU_ROOT="$KEYHOLE_CACHE/tansu-$TANSU_VERSION"
+TANSU_BIN="$TANSU_ROOT/bin/tansu"
+
+# Installs the tansu Kafka-protocol broker once (about 9 minutes on 2 cores), with in-memory
+# storage (the default features have no storage engine).
+ensure_tansu() {
+    if [ ! -x "$TANSU_BIN" ]; then
+        step "Installing the tansu $TANSU_VERSION broker into $TANSU_ROOT (once; takes several minutes)"
+        cargo install --quiet --locked tansu --version "$TANSU_VERSION" --features dynostore --root "$TANSU_ROOT"
+    fi
+}
+
+# Prints a free TCP port on loopback.
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# Starts tansu on a free loopback port with in-memory storage; exports KEYHOLE_TEST_BROKER and
+# TANSU_PID. The broker's log goes to $KEYHOLE_CACHE/tansu.log.
+start_tansu() {
+    ensure_tansu
+    local port
+    port=$(free_port)
+    step "Starting the tansu broker on 127.0.0.1:$port"
+    "$TANSU_BIN" broker \
+        --cluster-id keyhole-tests \
+        --storage-engine memory://tansu/ \
+        --listener-url "tcp://127.0.0.1:$port" \
+        --advertised-listener-url "tcp://127.0.0.1:$port" \
+        > "$KEYHOLE_CACHE/tansu.log" 2>&1 &
+    TANSU_PID=$!
+    for _ in $(seq 1 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            export KEYHOLE_TEST_BROKER="127.0.0.1:$port" TANSU_PID
+            return 0
+        fi
+        if ! kill -0 "$TANSU_PID" 2>/dev/null; then
+            echo "tansu exited at start; its log ($KEYHOLE_CACHE/tansu.log):" >&2
+            tail -20 "$KEYHOLE_CACHE/tansu.log" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+    echo "tansu did not accept connections on 127.0.0.1:$port within 10 s" >&2
+    return 1
+}

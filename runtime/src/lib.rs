@@ -3,12 +3,27 @@
 //!
 //! The data flows through these modules, in this order:
 //!
-//! - [`sandbox`]: the handler contract's host side; validates components at load and runs each
-//!   event in a fresh, limited instance.
-//! - [`telemetry`]: logging set-up shared by the binary and tests.
-//!
-//! The pipeline around the sandbox (envelope, resolver, dispatcher, Kafka source and sink)
-//! lands with the reference pipeline.
+//! - [`config`]: the operator's configuration, validated as a whole before anything starts.
+//! - [`envelope`]: a Kafka record to a CloudEvent carrying a reference (binary and structured
+//!   modes); hostile references are refused here, before any request.
+//! - [`resolve`]: asks the data owner for the referenced data as the consuming service; the
+//!   owner's answer decides (released, consent denied, gone, or try again).
+//! - [`sandbox`]: runs the handler on the released data in a fresh, limited instance.
+//! - [`dispatch`]: one event through resolve and sandbox to its outcome, with retries; per-key
+//!   ordering and bounded concurrency.
+//! - [`audit`]: what was decided for each event, for the data owner's records.
+//! - [`kafka`]: the consumer, rebalances, and offsets stored only once every earlier event of
+//!   the partition is finished.
+//! - [`pipeline`]: wires the above together for every configured binding and runs them until
+//!   shutdown.
+//! - [`telemetry`]: logging set-up and metric names.
 
+pub mod audit;
+pub mod config;
+pub mod dispatch;
+pub mod envelope;
+pub mod kafka;
+pub mod pipeline;
+pub mod resolve;
 pub mod sandbox;
 pub mod telemetry;

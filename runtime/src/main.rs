@@ -3,6 +3,8 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use keyhole::config::Config;
+use keyhole::pipeline;
 use keyhole::sandbox::{Sandbox, SandboxConfig};
 use keyhole::telemetry::{self, LogFormat};
 use std::path::PathBuf;
@@ -90,9 +92,26 @@ fn check(file: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn run(config: &std::path::Path) -> anyhow::Result<ExitCode> {
-    anyhow::bail!(
-        "`keyhole run --config {}`: the Kafka pipeline is not built yet (it lands with the \
-         reference-pipeline issue); `keyhole check` works today",
-        config.display()
-    )
+    let settings = Config::load(config)?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(pipeline::run(settings, None, shutdown_signal()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C). If the handlers cannot be installed, keyhole runs
+/// until killed, which loses nothing: offsets are stored only after events finish.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received."),
+                _ = int.recv() => tracing::info!("SIGINT received."),
+            }
+        }
+        _ => {
+            tracing::error!("Cannot install signal handlers; stop keyhole with SIGKILL.");
+            std::future::pending::<()>().await
+        }
+    }
 }

@@ -24,3 +24,11 @@ pub fn init(format: LogFormat, default_filter: &str) {
         LogFormat::Json => builder.json().try_init(),
     };
 }
+
+/// Counter: events finished, by tenant, handler and decision (`delivered`, `consent_denied`,
+/// `gone`, `refused`, `failed`).
+pub const EVENTS_FINISHED: &str = "keyhole_events_finished_total";
+/// Counter: events refused before any request, by tenant, handler and reason kind.
+pub const EVENTS_REFUSED: &str = "keyhole_events_refused_total";
+/// Counter: retries of an event, by tenant, handler and cause.
+pub const EVENT_RETRIES: &str = "keyhole_event_retries_total";

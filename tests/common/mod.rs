@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod broker;
+pub mod owner;
+
 use keyhole::sandbox::{Event, Extension, Handler, HandlerIdentity, Limits, Sandbox, SandboxConfig};
 use std::path::PathBuf;
 use std::sync::LazyLock;

@@ -1,0 +1,248 @@
+//! What was decided for each event: the data owner's proof of who asked for which reference,
+//! why, and what happened.
+//!
+//! Every finished event yields one [`Outcome`]. It is logged, appended to the audit file when one
+//! is configured, and handed to an optional tap (tests, the demo). An audit record never holds
+//! resolved data, a reply's bytes, a token or a reference's query string: only the reference's
+//! path, sizes, statuses and error kinds.
+
+use crate::sandbox::Reply;
+use serde::Serialize;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::SystemTime;
+use tokio::sync::mpsc;
+
+/// Where an event came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Origin {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The offset.
+    pub offset: i64,
+}
+
+/// Who asked: the binding that consumed the event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Asker {
+    /// The tenant.
+    pub tenant: String,
+    /// The handler.
+    pub handler: String,
+    /// The declared purpose, as sent to the data owner.
+    pub purpose: String,
+}
+
+/// What was decided for one event.
+#[derive(Clone, Debug)]
+pub enum Decision {
+    /// The owner released the data and the handler handled it.
+    Delivered {
+        /// The handler's answer, if any. Held in memory for the reply path and the demo; never
+        /// written to the audit file (it is derived from personal data).
+        reply: Option<Reply>,
+        /// Bytes the owner released.
+        data_bytes: u64,
+    },
+    /// The owner refused: consent missing or withdrawn (403), or legally unavailable (451).
+    ConsentDenied {
+        /// The owner's status.
+        status: u16,
+    },
+    /// The owner has no such data: unknown (404) or deleted/erased (410).
+    Gone {
+        /// The owner's status.
+        status: u16,
+    },
+    /// keyhole refused the event before asking anyone: a malformed envelope or a hostile
+    /// reference.
+    Refused {
+        /// A stable label, e.g. `forbidden_dataref`.
+        kind: &'static str,
+        /// Why, without any payload, header value or query string.
+        reason: String,
+    },
+    /// Resolving or handling failed for good.
+    Failed {
+        /// `resolve` or `handler`.
+        stage: &'static str,
+        /// A stable label, e.g. `trapped`, `too_large`.
+        kind: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Decision {
+    /// A stable label: `delivered`, `consent_denied`, `gone`, `refused`, `failed`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Decision::Delivered { .. } => "delivered",
+            Decision::ConsentDenied { .. } => "consent_denied",
+            Decision::Gone { .. } => "gone",
+            Decision::Refused { .. } => "refused",
+            Decision::Failed { .. } => "failed",
+        }
+    }
+}
+
+/// One finished event.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// When it was decided.
+    pub time: SystemTime,
+    /// Who asked.
+    pub asker: Asker,
+    /// Where the event came from.
+    pub origin: Origin,
+    /// The CloudEvents id, when the envelope had one.
+    pub event_id: Option<String>,
+    /// The reference's path (never its query), when it passed validation.
+    pub dataref_path: Option<String>,
+    /// Attempts made (1 when nothing was retried).
+    pub attempts: u32,
+    /// What was decided.
+    pub decision: Decision,
+}
+
+/// The audit file's line format. Built from an [`Outcome`], leaving out everything personal.
+#[derive(Serialize)]
+struct Record<'a> {
+    time: String,
+    tenant: &'a str,
+    handler: &'a str,
+    purpose: &'a str,
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+    event_id: Option<&'a str>,
+    dataref: Option<&'a str>,
+    decision: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stage: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply_bytes: Option<u64>,
+    attempts: u32,
+}
+
+impl<'a> Record<'a> {
+    fn from(outcome: &'a Outcome) -> Self {
+        let (mut status, mut stage, mut kind, mut reason, mut data_bytes, mut reply_bytes) =
+            (None, None, None, None, None, None);
+        match &outcome.decision {
+            Decision::Delivered { reply, data_bytes: n } => {
+                data_bytes = Some(*n);
+                reply_bytes = reply.as_ref().map(|r| r.data.len() as u64);
+            }
+            Decision::ConsentDenied { status: s } | Decision::Gone { status: s } => status = Some(*s),
+            Decision::Refused { kind: k, reason: r } => (kind, reason) = (Some(*k), Some(r.as_str())),
+            Decision::Failed { stage: s, kind: k, reason: r } => {
+                (stage, kind, reason) = (Some(*s), Some(*k), Some(r.as_str()))
+            }
+        }
+        Record {
+            time: httpdate::fmt_http_date(outcome.time),
+            tenant: &outcome.asker.tenant,
+            handler: &outcome.asker.handler,
+            purpose: &outcome.asker.purpose,
+            topic: &outcome.origin.topic,
+            partition: outcome.origin.partition,
+            offset: outcome.origin.offset,
+            event_id: outcome.event_id.as_deref(),
+            dataref: outcome.dataref_path.as_deref(),
+            decision: outcome.decision.label(),
+            status,
+            stage,
+            kind,
+            reason,
+            data_bytes,
+            reply_bytes,
+            attempts: outcome.attempts,
+        }
+    }
+}
+
+/// Records outcomes: to the log, to the audit file, and to a tap.
+pub struct Audit {
+    /// The audit file, appended one line per outcome. Written before the event's offset is
+    /// stored, so a decision whose offset was committed is never missing from it.
+    file: Option<Mutex<std::fs::File>>,
+    /// A bounded channel for in-process observers; a full tap slows the pipeline rather than
+    /// losing outcomes.
+    tap: Option<mpsc::Sender<Outcome>>,
+}
+
+impl Audit {
+    /// An audit that appends to `path` (created if missing) and/or feeds `tap`.
+    pub fn new(path: Option<&Path>, tap: Option<mpsc::Sender<Outcome>>) -> std::io::Result<Self> {
+        let file = match path {
+            Some(path) => Some(Mutex::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?)),
+            None => None,
+        };
+        Ok(Audit { file, tap })
+    }
+
+    /// Records one outcome.
+    pub async fn record(&self, outcome: Outcome) {
+        let record = Record::from(&outcome);
+        tracing::info!(
+            tenant = record.tenant,
+            handler = record.handler,
+            topic = record.topic,
+            partition = record.partition,
+            offset = record.offset,
+            event_id = record.event_id,
+            decision = record.decision,
+            status = record.status,
+            kind = record.kind,
+            reason = record.reason,
+            attempts = record.attempts,
+            "Event finished."
+        );
+        metrics::counter!(
+            crate::telemetry::EVENTS_FINISHED,
+            "tenant" => outcome.asker.tenant.clone(),
+            "handler" => outcome.asker.handler.clone(),
+            "decision" => outcome.decision.label()
+        )
+        .increment(1);
+        if let Some(file) = &self.file {
+            self.append(file, &record);
+        }
+        if let Some(tap) = &self.tap {
+            // A closed tap means nobody is watching any more; the outcome is recorded above.
+            let _ = tap.send(outcome).await;
+        }
+    }
+
+    fn append(&self, file: &Mutex<std::fs::File>, record: &Record<'_>) {
+        let mut line = match serde_json::to_vec(record) {
+            Ok(line) => line,
+            Err(error) => {
+                tracing::error!(%error, "Cannot encode an audit record.");
+                return;
+            }
+        };
+        line.push(b'\n');
+        // One write of the whole line on an O_APPEND file: lines from concurrent events never
+        // interleave.
+        let mut file = match file.lock() {
+            Ok(file) => file,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Err(error) = file.write_all(&line) {
+            tracing::error!(%error, "Cannot append to the audit file.");
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Kafka: one consumer per binding, rebalances that drain revoked partitions, and offsets stored
+//! only once an event and every earlier event of its partition are finished.
+//!
+//! Delivery is at-least-once: `enable.auto.commit=true` with `enable.auto.offset.store=false`,
+//! so librdkafka commits, in the background, exactly the offsets keyhole stored.
+
+mod offsets;
+mod record;
+
+pub use offsets::{OffsetTracker, Partition, Ticket};
+pub use record::raw_record;
+
+use crate::config::KafkaSettings;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A binding's consumer.
+pub type BindingConsumer = StreamConsumer<BindingContext>;
+
+/// Creates a binding's consumer in group `group_id` and subscribes it to `topics`.
+pub fn consumer(
+    kafka: &KafkaSettings,
+    group_id: &str,
+    topics: &[String],
+    tracker: Arc<OffsetTracker>,
+    drain_timeout: Duration,
+) -> KafkaResult<BindingConsumer> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("group.id", group_id)
+        .set("client.id", "keyhole")
+        // A new group starts at the beginning: a reference published before keyhole started is
+        // still a request someone expects to be handled. Operators may override this one.
+        .set("auto.offset.reset", "earliest");
+    for (name, value) in &kafka.properties {
+        config.set(name, value);
+    }
+    // Set last so that nothing above can undo them (config validation refuses them too).
+    config.set("enable.auto.commit", "true").set("enable.auto.offset.store", "false");
+    let consumer: BindingConsumer =
+        config.create_with_context(BindingContext { group_id: group_id.to_string(), tracker, drain_timeout })?;
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    Ok(consumer)
+}
+
+/// Stores `offset` (the next offset to read) for a partition, for librdkafka to commit.
+pub fn store(consumer: &impl Consumer<BindingContext>, partition: &Partition, offset: i64) {
+    let mut tpl = TopicPartitionList::new();
+    let stored = tpl
+        .add_partition_offset(&partition.0, partition.1, Offset::Offset(offset))
+        .and_then(|()| consumer.store_offsets(&tpl));
+    if let Err(error) = stored {
+        // Happens when the partition was revoked meanwhile: its next owner re-reads from the
+        // last commit, so the event is handled again rather than lost.
+        tracing::warn!(topic = %partition.0, partition = partition.1, offset, %error, "Cannot store offset.");
+    }
+}
+
+/// Commits the given offsets synchronously (shutdown, revocation).
+pub fn commit(consumer: &impl Consumer<BindingContext>, offsets: &[(Partition, i64)]) -> KafkaResult<()> {
+    if offsets.is_empty() {
+        return Ok(());
+    }
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), offset) in offsets {
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+    }
+    consumer.commit(&tpl, CommitMode::Sync)
+}
+
+/// Logs what librdkafka reports and drains revoked partitions before letting them go.
+pub struct BindingContext {
+    group_id: String,
+    tracker: Arc<OffsetTracker>,
+    drain_timeout: Duration,
+}
+
+impl ClientContext for BindingContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(group = %self.group_id, %error, reason, "Kafka client error.");
+    }
+}
+
+impl ConsumerContext for BindingContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let partitions = partitions(tpl);
+                tracing::info!(group = %self.group_id, ?partitions, "Partitions assigned.");
+                self.tracker.assign(partitions);
+            }
+            Rebalance::Revoke(tpl) => {
+                let partitions = partitions(tpl);
+                tracing::info!(group = %self.group_id, ?partitions, "Partitions revoked; draining.");
+                let deadline = Instant::now() + self.drain_timeout;
+                let drain = || self.tracker.revoke_and_drain(&partitions, deadline);
+                // The in-flight events finish on other worker threads; let this one block
+                // without starving the tasks queued on it.
+                let (left, stored) = match tokio::runtime::Handle::try_current() {
+                    Ok(rt) if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                        tokio::task::block_in_place(drain)
+                    }
+                    _ => drain(),
+                };
+                if left > 0 {
+                    tracing::warn!(group = %self.group_id, left, "Drain deadline passed; unfinished events will be redelivered.");
+                }
+                if let Err(error) = commit(consumer, &stored) {
+                    tracing::warn!(group = %self.group_id, %error, "Cannot commit revoked partitions' offsets.");
+                }
+            }
+            Rebalance::Error(error) => tracing::error!(group = %self.group_id, %error, "Rebalance failed."),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => tracing::debug!(group = %self.group_id, offsets = offsets.count(), "Offsets committed."),
+            Err(error) => tracing::warn!(group = %self.group_id, %error, "Offset commit failed."),
+        }
+    }
+}
+
+fn partitions(tpl: &TopicPartitionList) -> Vec<Partition> {
+    tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect()
+}

@@ -1,0 +1,242 @@
+//! Which offset of each partition may be committed, although events finish out of order.
+//!
+//! Events of one partition run concurrently (different keys), so the offset stored for a
+//! partition is the lowest one not yet finished: every event before it is done. Once a partition
+//! is revoked, its events still queued are abandoned rather than handled (the partition's next
+//! owner reads them again from the committed offset), and an abandoned event holds the stored
+//! offset back for good.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+
+/// A topic and partition.
+pub type Partition = (String, i32);
+
+/// Proof that an event was begun in the current assignment of its partition.
+#[derive(Debug)]
+pub struct Ticket {
+    /// The event's partition.
+    pub partition: Partition,
+    /// The event's offset.
+    pub offset: i64,
+    generation: u64,
+}
+
+#[derive(Default)]
+struct PartitionState {
+    /// Which assignment of the partition this is; tickets of earlier ones are stale.
+    generation: u64,
+    /// Begun and not yet finished.
+    in_flight: BTreeSet<i64>,
+    /// Abandoned after revocation: never handled here, so never committed past.
+    abandoned: BTreeSet<i64>,
+    /// One past the highest offset begun.
+    next: Option<i64>,
+    /// The offset last returned for storing.
+    stored: Option<i64>,
+    /// Revoked: begin nothing more.
+    revoked: bool,
+}
+
+impl PartitionState {
+    fn committable(&self) -> Option<i64> {
+        let held = self.in_flight.first().into_iter().chain(self.abandoned.first()).min().copied();
+        held.or(self.next)
+    }
+}
+
+#[derive(Default)]
+struct Partitions {
+    states: HashMap<Partition, PartitionState>,
+    /// Generations are never reused, even for a partition forgotten and assigned again.
+    last_generation: u64,
+}
+
+impl std::ops::Deref for Partitions {
+    type Target = HashMap<Partition, PartitionState>;
+    fn deref(&self) -> &Self::Target {
+        &self.states
+    }
+}
+
+impl std::ops::DerefMut for Partitions {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.states
+    }
+}
+
+/// Tracks every assigned partition of one binding's consumer.
+#[derive(Default)]
+pub struct OffsetTracker {
+    partitions: Mutex<Partitions>,
+    /// Signalled whenever an event finishes, for drains waiting on it.
+    finished: Condvar,
+}
+
+impl OffsetTracker {
+    fn lock(&self) -> MutexGuard<'_, Partitions> {
+        // A panic while holding this lock cannot leave the map half-updated in a way that
+        // matters more than stopping would: carry on with what is there.
+        self.partitions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The partitions were assigned to this consumer: start a new generation for each.
+    pub fn assign(&self, partitions: impl IntoIterator<Item = Partition>) {
+        let mut map = self.lock();
+        for partition in partitions {
+            map.last_generation += 1;
+            let generation = map.last_generation;
+            map.insert(partition, PartitionState { generation, ..PartitionState::default() });
+        }
+    }
+
+    /// Records that an event was read. `None` when its partition is not (or no longer)
+    /// assigned: the event must be dropped, not handled.
+    pub fn begin(&self, partition: Partition, offset: i64) -> Option<Ticket> {
+        let mut map = self.lock();
+        let state = map.get_mut(&partition).filter(|s| !s.revoked)?;
+        state.in_flight.insert(offset);
+        state.next = Some(state.next.map_or(offset + 1, |n| n.max(offset + 1)));
+        // The first event read shows where the group's committed position is: storing it again
+        // would change nothing.
+        state.stored.get_or_insert(offset);
+        Some(Ticket { generation: state.generation, partition, offset })
+    }
+
+    /// Whether the ticket's partition is still assigned in the same generation.
+    pub fn is_current(&self, ticket: &Ticket) -> bool {
+        self.lock().get(&ticket.partition).is_some_and(|s| !s.revoked && s.generation == ticket.generation)
+    }
+
+    /// The event is finished (handled, or decided without the handler). Returns the offset to
+    /// store when the committable offset moved forward.
+    pub fn finish(&self, ticket: Ticket) -> Option<i64> {
+        let mut map = self.lock();
+        let stored = map.get_mut(&ticket.partition).filter(|s| s.generation == ticket.generation).and_then(|state| {
+            state.in_flight.remove(&ticket.offset);
+            let committable = state.committable()?;
+            (state.stored < Some(committable)).then(|| {
+                state.stored = Some(committable);
+                committable
+            })
+        });
+        drop(map);
+        self.finished.notify_all();
+        stored
+    }
+
+    /// The event was not handled (shutdown or revocation interrupted it): it holds the
+    /// committable offset back so it is read again.
+    pub fn abandon(&self, ticket: Ticket) {
+        let mut map = self.lock();
+        if let Some(state) = map.get_mut(&ticket.partition).filter(|s| s.generation == ticket.generation) {
+            state.in_flight.remove(&ticket.offset);
+            state.abandoned.insert(ticket.offset);
+        }
+        drop(map);
+        self.finished.notify_all();
+    }
+
+    /// Marks partitions revoked (nothing more begins in them) and waits until their in-flight
+    /// events finish or `deadline` passes; then forgets them. Returns how many events were still
+    /// running and the offsets stored for the partitions. Blocks the calling thread: it runs in
+    /// librdkafka's rebalance callback, which must not return before offsets are stored.
+    pub fn revoke_and_drain(&self, partitions: &[Partition], deadline: Instant) -> (usize, Vec<(Partition, i64)>) {
+        let mut map = self.lock();
+        for partition in partitions {
+            if let Some(state) = map.get_mut(partition) {
+                state.revoked = true;
+            }
+        }
+        loop {
+            let busy: usize = partitions.iter().filter_map(|p| map.get(p)).map(|s| s.in_flight.len()).sum();
+            let now = Instant::now();
+            if busy == 0 || now >= deadline {
+                let stored = partitions
+                    .iter()
+                    .filter_map(|p| map.remove(p).and_then(|s| s.stored).map(|o| (p.clone(), o)))
+                    .collect();
+                return (busy, stored);
+            }
+            map = match self.finished.wait_timeout(map, deadline - now) {
+                Ok((map, _)) => map,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+    }
+
+    /// Events begun and not finished, over all partitions.
+    pub fn in_flight(&self) -> usize {
+        self.lock().values().map(|s| s.in_flight.len()).sum()
+    }
+
+    /// The offsets stored so far, per partition, for the final commit at shutdown.
+    pub fn stored(&self) -> Vec<(Partition, i64)> {
+        self.lock().iter().filter_map(|(p, s)| s.stored.map(|o| (p.clone(), o))).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p() -> Partition {
+        ("refs".to_string(), 0)
+    }
+
+    #[test]
+    fn commits_only_the_lowest_contiguous_finished_offset() {
+        let tracker = OffsetTracker::default();
+        tracker.assign([p()]);
+        let t10 = tracker.begin(p(), 10).unwrap();
+        let t11 = tracker.begin(p(), 11).unwrap();
+        let t12 = tracker.begin(p(), 12).unwrap();
+        assert_eq!(tracker.finish(t12), None, "10 and 11 are still running");
+        assert_eq!(tracker.finish(t10), Some(11));
+        assert_eq!(tracker.finish(t11), Some(13));
+    }
+
+    #[test]
+    fn an_abandoned_event_holds_the_offset_back() {
+        let tracker = OffsetTracker::default();
+        tracker.assign([p()]);
+        let t1 = tracker.begin(p(), 1).unwrap();
+        let t2 = tracker.begin(p(), 2).unwrap();
+        tracker.abandon(t1);
+        assert_eq!(tracker.finish(t2), None, "1 must be read again: nothing past it is committed");
+        assert_eq!(tracker.stored(), vec![(p(), 1)]);
+    }
+
+    #[test]
+    fn revoked_partitions_begin_nothing_and_stale_tickets_are_ignored() {
+        let tracker = OffsetTracker::default();
+        tracker.assign([p()]);
+        let old = tracker.begin(p(), 5).unwrap();
+        let (left, _) = tracker.revoke_and_drain(&[p()], Instant::now());
+        assert_eq!(left, 1);
+        assert!(tracker.begin(p(), 6).is_none());
+        tracker.assign([p()]);
+        assert!(!tracker.is_current(&old));
+        assert_eq!(tracker.finish(old), None);
+        assert!(tracker.begin(p(), 5).is_some());
+    }
+
+    #[test]
+    fn drain_returns_as_soon_as_the_partition_is_idle() {
+        let tracker = std::sync::Arc::new(OffsetTracker::default());
+        tracker.assign([p()]);
+        let ticket = tracker.begin(p(), 0).unwrap();
+        let finisher = {
+            let tracker = tracker.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                tracker.finish(ticket)
+            })
+        };
+        let (left, stored) = tracker.revoke_and_drain(&[p()], Instant::now() + std::time::Duration::from_secs(30));
+        assert_eq!(left, 0);
+        assert_eq!(stored, vec![(p(), 1)]);
+        assert_eq!(finisher.join().unwrap(), Some(1), "stored before the revocation completes");
+    }
+}

@@ -1,0 +1,443 @@
+//! One data source's HTTP client: a single attempt to resolve a reference, classified.
+
+use super::{
+    DataSourceSettings, EVENT_ID_HEADER, HANDLER_HEADER, Identity, PURPOSE_HEADER, Released, Requester,
+    ResolveError, ResolverBuildError, TENANT_HEADER,
+};
+use bytes::{Bytes, BytesMut};
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use reqwest::StatusCode;
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::Semaphore;
+use url::Url;
+
+/// The most redirects one fetch follows (all within the data source).
+pub const MAX_REDIRECTS: usize = 5;
+
+const USER_AGENT: &str = concat!("keyhole/", env!("CARGO_PKG_VERSION"));
+
+/// What a `Keyhole-*` header value must not carry raw: controls cannot be sent at all (and a
+/// newline could forge headers), non-ASCII is encoded by `utf8_percent_encode` anyway, and `%`
+/// itself is encoded so that the owner can decode every value unambiguously.
+const HEADER_VALUE_ESCAPES: &AsciiSet = &CONTROLS.add(b'%');
+
+/// One pooled HTTP client per data source, plus a semaphore bounding concurrent requests.
+///
+/// Cheap to share: wrap it in an `Arc` and call [`Resolver::fetch`] from many tasks.
+pub struct Resolver {
+    /// The data source's name, for metrics, logs and errors.
+    name: String,
+    /// The data source's base URL: no request and no redirect leaves it.
+    base_url: Url,
+    /// One client for the data source, so that connections (and TLS sessions) are reused.
+    client: reqwest::Client,
+    /// `Bearer <token>`, built once so that a bad token fails at start, marked sensitive so that
+    /// the HTTP stack never prints it.
+    authorization: Option<HeaderValue>,
+    /// Limit on one whole request, body included.
+    timeout: Duration,
+    /// Limit on a released body.
+    max_response_bytes: u64,
+    /// Bounds concurrent requests so that keyhole never floods the owner; a permit is held
+    /// until the body is read.
+    permits: Semaphore,
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolver")
+            .field("name", &self.name)
+            .field("base_url", &self.base_url.as_str())
+            .field("timeout", &self.timeout)
+            .field("max_response_bytes", &self.max_response_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Resolver {
+    /// Builds the client for one data source. Fails on an unusable token, certificate or key,
+    /// with a message that names the data source and never contains the secret.
+    pub fn new(settings: DataSourceSettings) -> Result<Resolver, ResolverBuildError> {
+        let DataSourceSettings {
+            name,
+            base_url,
+            identity,
+            timeout,
+            max_response_bytes,
+            max_concurrent_requests,
+        } = settings;
+        let invalid = |reason| Err(ResolverBuildError::InvalidSetting { data_source: name.clone(), reason });
+        if !matches!(base_url.scheme(), "http" | "https") || base_url.host().is_none() {
+            return invalid("the base URL must be an http or https URL with a host");
+        }
+        if !base_url.path().ends_with('/') {
+            return invalid("the base URL's path must end with '/'");
+        }
+        if timeout.is_zero() {
+            return invalid("the timeout must be above zero");
+        }
+        if max_concurrent_requests == 0 {
+            return invalid("max_concurrent_requests must be at least 1");
+        }
+
+        let mut builder = reqwest::Client::builder()
+            // Personal data goes straight to the data owner or nowhere.
+            .no_proxy()
+            .user_agent(USER_AGENT)
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .redirect(redirect_policy(base_url.clone()))
+            // A Referer on a redirect would repeat the previous URL, query string included.
+            .referer(false)
+            // One attempt per fetch; retrying is the dispatcher's decision, with backoff.
+            .retry(reqwest::retry::never())
+            .https_only(base_url.scheme() == "https");
+        let mut authorization = None;
+        match identity {
+            Identity::None => {}
+            Identity::Bearer(token) => {
+                let mut value = HeaderValue::try_from(format!("Bearer {token}"))
+                    .ok()
+                    .filter(|_| !token.is_empty())
+                    .ok_or_else(|| ResolverBuildError::InvalidBearerToken { data_source: name.clone() })?;
+                value.set_sensitive(true);
+                authorization = Some(value);
+            }
+            Identity::ClientCertificate { certificate_pem, key_pem } => {
+                builder = builder.identity(client_identity(&name, &certificate_pem, &key_pem)?);
+            }
+        }
+        let client = builder.build().map_err(|error| ResolverBuildError::Client {
+            data_source: name.clone(),
+            reason: error_chain(&error.without_url()),
+        })?;
+
+        Ok(Resolver {
+            name,
+            base_url,
+            client,
+            authorization,
+            timeout,
+            max_response_bytes,
+            permits: Semaphore::new(max_concurrent_requests.min(Semaphore::MAX_PERMITS)),
+        })
+    }
+
+    /// The data source's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// One attempt: GET `url` as the consuming service. No retries here.
+    ///
+    /// Waits for one of the data source's request permits first; the timeout starts once the
+    /// permit is held. A `url` outside the data source's base URL is never requested
+    /// ([`ResolveError::Rejected`] with status 0).
+    pub async fn fetch(&self, url: &Url, who: &Requester<'_>) -> Result<Released, ResolveError> {
+        let started = Instant::now();
+        let outcome = self.fetch_once(url, who).await;
+        let label = match &outcome {
+            Ok(_) => "released",
+            Err(error) => error.kind(),
+        };
+        metrics::counter!(
+            "keyhole_resolve_requests_total",
+            "data_source" => self.name.clone(),
+            "outcome" => label,
+        )
+        .increment(1);
+        tracing::debug!(
+            data_source = %self.name,
+            outcome = label,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "Reference resolved."
+        );
+        outcome
+    }
+
+    async fn fetch_once(&self, url: &Url, who: &Requester<'_>) -> Result<Released, ResolveError> {
+        // The caller resolved the reference against the base URL; checking again here means no
+        // bug upstream can make keyhole send its credentials anywhere else.
+        if !within(&self.base_url, url) {
+            return Err(ResolveError::Rejected { status: 0 });
+        }
+        let headers = self.request_headers(who)?;
+        let _permit = self.permits.acquire().await.map_err(|_| ResolveError::Transient {
+            reason: "the resolver is shutting down".to_owned(),
+            retry_after: None,
+        })?;
+        let request = self.client.get(url.clone()).headers(headers);
+        match tokio::time::timeout(self.timeout, self.exchange(request, url)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(ResolveError::Transient {
+                reason: format!("timed out: no complete answer within {} ms", self.timeout.as_millis()),
+                retry_after: None,
+            }),
+        }
+    }
+
+    fn request_headers(&self, who: &Requester<'_>) -> Result<HeaderMap, ResolveError> {
+        let mut headers = HeaderMap::with_capacity(6);
+        headers.insert(ACCEPT, HeaderValue::from_static("*/*"));
+        if let Some(authorization) = &self.authorization {
+            headers.insert(AUTHORIZATION, authorization.clone());
+        }
+        for (name, value) in [
+            (TENANT_HEADER, who.tenant),
+            (HANDLER_HEADER, who.handler),
+            (PURPOSE_HEADER, who.purpose),
+            (EVENT_ID_HEADER, who.event_id),
+        ] {
+            headers.insert(HeaderName::from_static(name), requester_header_value(value)?);
+        }
+        Ok(headers)
+    }
+
+    /// Sends the request and reads the answer; the caller bounds the time.
+    async fn exchange(&self, request: reqwest::RequestBuilder, url: &Url) -> Result<Released, ResolveError> {
+        let mut response = request.send().await.map_err(|error| request_failed(error, url))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(refusal(status, response.headers(), SystemTime::now()));
+        }
+
+        let limit = self.max_response_bytes;
+        if response.content_length().is_some_and(|length| length > limit) {
+            return Err(ResolveError::TooLarge { limit });
+        }
+        let content_type =
+            response.headers().get(CONTENT_TYPE).and_then(|value| value.to_str().ok()).map(str::to_owned);
+
+        // Most bodies arrive in one chunk: keep it as it is and copy only when there are more.
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut total: u64 = 0;
+        while let Some(chunk) = response.chunk().await.map_err(|error| request_failed(error, url))? {
+            total = total.saturating_add(chunk.len() as u64);
+            if total > limit {
+                return Err(ResolveError::TooLarge { limit });
+            }
+            chunks.push(chunk);
+        }
+        let body = match chunks.len() {
+            0 => Bytes::new(),
+            1 => chunks.swap_remove(0),
+            _ => {
+                let mut joined = BytesMut::with_capacity(usize::try_from(total).unwrap_or(usize::MAX));
+                for chunk in &chunks {
+                    joined.extend_from_slice(chunk);
+                }
+                joined.freeze()
+            }
+        };
+        Ok(Released { body, content_type })
+    }
+}
+
+/// Loads a client certificate, telling the operator which half is unreadable.
+fn client_identity(
+    name: &str,
+    certificate_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<reqwest::Identity, ResolverBuildError> {
+    let unreadable =
+        |reason| ResolverBuildError::InvalidClientCertificate { data_source: name.to_owned(), reason };
+    // The TLS library's own messages are not passed on: they are not needed to fix the
+    // problem, and nothing derived from key material may reach an error.
+    let key_pem = key_pem.trim_ascii_start();
+    if !key_pem.starts_with(b"-----BEGIN PRIVATE KEY-----") {
+        return Err(unreadable(
+            "the private key is not a PKCS#8 PEM key (`-----BEGIN PRIVATE KEY-----`); convert it \
+             with `openssl pkcs8 -topk8 -nocrypt`",
+        ));
+    }
+    if reqwest::Certificate::from_pem(certificate_pem).is_err() {
+        return Err(unreadable("the client certificate is not a valid PEM certificate"));
+    }
+    reqwest::Identity::from_pkcs8_pem(certificate_pem, key_pem)
+        .map_err(|_| unreadable("the private key or the certificate chain cannot be read as PEM"))
+}
+
+/// Follows a redirect only while it stays within the data source, and at most
+/// [`MAX_REDIRECTS`] times; otherwise the 3xx itself is the answer (and becomes
+/// [`ResolveError::Rejected`]). An owner must not be able to send keyhole, with its
+/// credentials and the user's reference, to another host.
+fn redirect_policy(base_url: Url) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        // `previous` starts with the original URL, so it holds one more than the redirects so far.
+        if attempt.previous().len() > MAX_REDIRECTS || !within(&base_url, attempt.url()) {
+            attempt.stop()
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
+/// Whether `url` lies within the data source: same scheme, host and port as the base URL, and a
+/// path under the base path (which ends with '/'; `Url` has already removed dot segments).
+fn within(base_url: &Url, url: &Url) -> bool {
+    url.scheme() == base_url.scheme()
+        && url.host() == base_url.host()
+        && url.port_or_known_default() == base_url.port_or_known_default()
+        && url.path().starts_with(base_url.path())
+}
+
+/// Encodes one `Keyhole-*` value (see [`Requester`]): event ids come from Kafka and may hold
+/// anything, and a value that cannot be sent must not stop the event nor panic.
+fn requester_header_value(value: &str) -> Result<HeaderValue, ResolveError> {
+    let encoded = utf8_percent_encode(value, HEADER_VALUE_ESCAPES).to_string();
+    // Cannot fail after encoding (only visible ASCII and spaces remain); should it ever, the
+    // request is refused rather than sent with a wrong value.
+    HeaderValue::try_from(encoded).map_err(|_| ResolveError::Rejected { status: 0 })
+}
+
+/// Classifies an answer that released nothing, after the table "Answers from a data owner".
+fn refusal(status: StatusCode, headers: &HeaderMap, now: SystemTime) -> ResolveError {
+    match status.as_u16() {
+        401 => ResolveError::Unauthorized,
+        403 | 451 => ResolveError::ConsentDenied { status: status.as_u16() },
+        404 | 410 => ResolveError::Gone { status: status.as_u16() },
+        408 | 429 | 500..=599 => ResolveError::Transient {
+            reason: format!("the data owner answered HTTP {status}"),
+            retry_after: retry_after(headers, now),
+        },
+        other => ResolveError::Rejected { status: other },
+    }
+}
+
+/// Reads `Retry-After` (RFC 9110 §10.2.3): delta-seconds or an HTTP-date; a date in the past
+/// means "now". Anything unreadable is ignored, and backoff alone decides.
+fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if !value.is_empty() && value.bytes().all(|byte| byte.is_ascii_digit()) {
+        // Too many digits for a u64 is still "a very long time"; backoff caps it.
+        return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
+    }
+    let date = httpdate::parse_http_date(value).ok()?;
+    Some(date.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// Classifies a request that got no answer. The reason is built from the error's chain of
+/// causes with the URL removed: reqwest puts the URL (query string included) in its `Display`.
+fn request_failed(error: reqwest::Error, url: &Url) -> ResolveError {
+    if error.is_builder() {
+        return ResolveError::Rejected { status: 0 };
+    }
+    let what = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "cannot connect"
+    } else if error.is_body() || error.is_decode() {
+        "the answer broke off"
+    } else {
+        "the request failed"
+    };
+    // reqwest's own message ("error sending request") adds nothing to `what`: keep the causes.
+    let error = error.without_url();
+    let causes = match std::error::Error::source(&error) {
+        Some(cause) => error_chain(cause),
+        None => error.to_string(),
+    };
+    let mut reason = format!("{what}: {causes}");
+    // Belt and braces: no cause is known to repeat the URL, but none may leak its query.
+    if let Some(query) = url.query().filter(|query| !query.is_empty()) {
+        reason = reason.replace(query, "<query>");
+    }
+    ResolveError::Transient { reason, retry_after: None }
+}
+
+/// An error and its causes on one line.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        line.push_str(": ");
+        line.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{refusal, requester_header_value, retry_after, within};
+    use crate::resolve::ResolveError;
+    use reqwest::StatusCode;
+    use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+    use std::time::{Duration, SystemTime};
+    use url::Url;
+
+    fn url(text: &str) -> Url {
+        Url::parse(text).unwrap()
+    }
+
+    #[test]
+    fn only_urls_under_the_base_are_within_the_data_source() {
+        let base = url("https://crm.example.com/api/");
+        assert!(within(&base, &url("https://crm.example.com/api/customers/42?x=1")));
+        assert!(within(&base, &url("https://CRM.example.com:443/api/customers/42")));
+        assert!(!within(&base, &url("http://crm.example.com/api/customers/42")));
+        assert!(!within(&base, &url("https://crm.example.com:8443/api/customers/42")));
+        assert!(!within(&base, &url("https://evil.example.com/api/customers/42")));
+        assert!(!within(&base, &url("https://crm.example.com/apix/customers/42")));
+        assert!(!within(&base, &url("https://crm.example.com/api/../admin")));
+        assert!(!within(&base, &url("https://crm.example.com/admin")));
+    }
+
+    #[test]
+    fn header_values_are_percent_encoded_only_where_needed() {
+        assert_eq!(requester_header_value("ev-1 a/b:c").unwrap(), "ev-1 a/b:c");
+        assert_eq!(requester_header_value("ev\r\nX-Evil: 1").unwrap(), "ev%0D%0AX-Evil: 1");
+        assert_eq!(requester_header_value("zoë%").unwrap(), "zo%C3%AB%25");
+        assert_eq!(requester_header_value("").unwrap(), "");
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(RETRY_AFTER, HeaderValue::from_str(value).unwrap());
+            retry_after(&headers, now)
+        };
+        assert_eq!(with("2"), Some(Duration::from_secs(2)));
+        assert_eq!(with(" 120 "), Some(Duration::from_secs(120)));
+        assert_eq!(with("99999999999999999999999"), Some(Duration::from_secs(u64::MAX)));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(90));
+        assert_eq!(with(&later), Some(Duration::from_secs(90)));
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(90));
+        assert_eq!(with(&earlier), Some(Duration::ZERO));
+        assert_eq!(with("soon"), None);
+        assert_eq!(with("-1"), None);
+        assert_eq!(retry_after(&HeaderMap::new(), now), None);
+    }
+
+    #[test]
+    fn statuses_map_to_the_owner_table() {
+        let now = SystemTime::now();
+        let kind = |code: u16| refusal(StatusCode::from_u16(code).unwrap(), &HeaderMap::new(), now).kind();
+        for (code, expected) in [
+            (401, "unauthorized"),
+            (403, "consent_denied"),
+            (451, "consent_denied"),
+            (404, "gone"),
+            (410, "gone"),
+            (408, "transient"),
+            (429, "transient"),
+            (500, "transient"),
+            (502, "transient"),
+            (503, "transient"),
+            (599, "transient"),
+            (400, "rejected"),
+            (409, "rejected"),
+            (302, "rejected"),
+            (304, "rejected"),
+        ] {
+            assert_eq!(kind(code), expected, "HTTP {code}");
+        }
+        assert!(matches!(
+            refusal(StatusCode::MOVED_PERMANENTLY, &HeaderMap::new(), now),
+            ResolveError::Rejected { status: 301 }
+        ));
+    }
+}

@@ -1,0 +1,175 @@
+//! The data owner's answers that release nothing, and what the caller does about each.
+//!
+//! The table "Answers from a data owner" in the project's reference decides the mapping: a
+//! consent decision must never be confused with an owner that is merely unavailable, nor with
+//! keyhole's own credentials being refused.
+
+use std::time::Duration;
+
+/// A data source's client could not be built. Messages name what to fix and never contain a
+/// token or key bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolverBuildError {
+    /// A setting is out of range or the base URL cannot be used.
+    #[error("data source `{data_source}`: {reason}")]
+    InvalidSetting {
+        /// The data source's name.
+        data_source: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The bearer token cannot be sent in an HTTP header.
+    #[error(
+        "data source `{data_source}`: the bearer token is not a valid HTTP header value (it must \
+         be non-empty visible ASCII)"
+    )]
+    InvalidBearerToken {
+        /// The data source's name.
+        data_source: String,
+    },
+    /// The client certificate or its key cannot be read.
+    #[error("data source `{data_source}`: {reason}")]
+    InvalidClientCertificate {
+        /// The data source's name.
+        data_source: String,
+        /// Which part is unreadable and what is expected instead.
+        reason: &'static str,
+    },
+    /// The HTTP client itself could not be built (TLS set-up, for instance).
+    #[error("data source `{data_source}`: cannot build the HTTP client: {reason}")]
+    Client {
+        /// The data source's name.
+        data_source: String,
+        /// The client library's explanation.
+        reason: String,
+    },
+}
+
+/// The owner released nothing. [`ResolveError::disposition`] says what the caller does next.
+///
+/// Messages carry statuses and short reasons only: never the token, the body or the URL.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// 403 or 451: consent missing or withdrawn (or legally unavailable).
+    #[error("the data owner refused to release the data (HTTP {status}): consent is missing or withdrawn")]
+    ConsentDenied {
+        /// The owner's status: 403 or 451.
+        status: u16,
+    },
+    /// 404 or 410: unknown, deleted or erased.
+    #[error("the data owner does not have the data (HTTP {status}): unknown, deleted or erased")]
+    Gone {
+        /// The owner's status: 404 or 410.
+        status: u16,
+    },
+    /// 401: keyhole's own credentials were refused — not the user's decision.
+    #[error("the data owner refused keyhole's credentials (HTTP 401)")]
+    Unauthorized,
+    /// 408, 429, 5xx, connection errors, timeouts: try again later.
+    #[error("the data owner is unavailable, try again later: {reason}")]
+    Transient {
+        /// What happened, without the URL.
+        reason: String,
+        /// The owner's `Retry-After`, when it sent one.
+        retry_after: Option<Duration>,
+    },
+    /// The body (or its Content-Length) exceeds max_response_bytes.
+    #[error("the data owner's answer exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// The data source's `max_response_bytes`.
+        limit: u64,
+    },
+    /// Any other status (other 4xx, a 3xx redirect that was not followed, 1xx...): a permanent
+    /// problem with this reference.
+    ///
+    /// `status` is 0 when keyhole sent nothing: the URL lies outside the data source's base URL,
+    /// or no valid request could be built from it.
+    #[error("{}", rejected_message(*status))]
+    Rejected {
+        /// The owner's status, or 0 when no request was sent.
+        status: u16,
+    },
+}
+
+fn rejected_message(status: u16) -> String {
+    if status == 0 {
+        "keyhole refused to request this reference: it lies outside the data source or cannot be \
+         sent"
+            .to_owned()
+    } else {
+        format!("the data owner answered HTTP {status}, which releases nothing for this reference")
+    }
+}
+
+/// What the caller does with an event whose reference could not be resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// The owner decided (consent denied, data gone): acknowledge, record, do not call the
+    /// handler.
+    Decided,
+    /// Try the same event again later, with backoff; do not acknowledge.
+    Retry,
+    /// keyhole's credentials were refused: pause the binding, retry later, skip nothing.
+    Pause,
+    /// A permanent failure of this event (dead letter).
+    Fail,
+}
+
+impl ResolveError {
+    /// Decided: ConsentDenied/Gone (acknowledge, record, do not call the handler). Retry:
+    /// Transient. Pause: Unauthorized (pause the binding, retry later, skip nothing). Fail:
+    /// TooLarge/Rejected (permanent failure of this event).
+    pub fn disposition(&self) -> Disposition {
+        match self {
+            ResolveError::ConsentDenied { .. } | ResolveError::Gone { .. } => Disposition::Decided,
+            ResolveError::Transient { .. } => Disposition::Retry,
+            ResolveError::Unauthorized => Disposition::Pause,
+            ResolveError::TooLarge { .. } | ResolveError::Rejected { .. } => Disposition::Fail,
+        }
+    }
+
+    /// Stable short label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ResolveError::ConsentDenied { .. } => "consent_denied",
+            ResolveError::Gone { .. } => "gone",
+            ResolveError::Unauthorized => "unauthorized",
+            ResolveError::Transient { .. } => "transient",
+            ResolveError::TooLarge { .. } => "too_large",
+            ResolveError::Rejected { .. } => "rejected",
+        }
+    }
+
+    /// The owner's `Retry-After`, when the error is transient and it sent one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ResolveError::Transient { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Disposition, ResolveError};
+
+    #[test]
+    fn every_answer_has_its_disposition_and_label() {
+        let cases = [
+            (ResolveError::ConsentDenied { status: 403 }, Disposition::Decided, "consent_denied"),
+            (ResolveError::Gone { status: 410 }, Disposition::Decided, "gone"),
+            (ResolveError::Unauthorized, Disposition::Pause, "unauthorized"),
+            (
+                ResolveError::Transient { reason: "timed out".into(), retry_after: None },
+                Disposition::Retry,
+                "transient",
+            ),
+            (ResolveError::TooLarge { limit: 1 }, Disposition::Fail, "too_large"),
+            (ResolveError::Rejected { status: 400 }, Disposition::Fail, "rejected"),
+        ];
+        for (error, disposition, kind) in cases {
+            assert_eq!(error.disposition(), disposition, "{error}");
+            assert_eq!(error.kind(), kind, "{error}");
+        }
+    }
+}

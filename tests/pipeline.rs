@@ -1,0 +1,320 @@
+//! The reference pipeline end to end: a real broker (tansu), a real data owner on loopback, the
+//! real sandbox running the echo handler. Each test uses its own topic and consumer group.
+
+mod common;
+
+use common::broker::{self, create_topic, publish, reference};
+use common::owner::{Answer, Owner};
+use keyhole::audit::{Decision, Outcome};
+use keyhole::config::{Config, Settings};
+use keyhole::pipeline::{self, PipelineError};
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// keyhole running in-process, with its outcomes tapped.
+struct Running {
+    outcomes: mpsc::Receiver<Outcome>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), PipelineError>>,
+}
+
+impl Running {
+    fn start(settings: Settings) -> Running {
+        let (tap, outcomes) = mpsc::channel(1024);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(pipeline::run(settings, Some(tap), async {
+            let _ = stopped.await;
+        }));
+        Running { outcomes, stop: Some(stop), task }
+    }
+
+    /// The next `n` outcomes; fails the test if they take longer than `within`.
+    async fn take(&mut self, n: usize, within: Duration) -> Vec<Outcome> {
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + within;
+        while got.len() < n {
+            match tokio::time::timeout_at(deadline, self.outcomes.recv()).await {
+                Ok(Some(outcome)) => got.push(outcome),
+                Ok(None) => panic!("the pipeline stopped after {} of {n} outcomes", got.len()),
+                Err(_) => panic!("only {} of {n} outcomes within {within:?}: {got:#?}", got.len()),
+            }
+        }
+        got
+    }
+
+    /// Asserts that nothing is decided for `quiet`.
+    async fn assert_quiet(&mut self, quiet: Duration) {
+        if let Ok(Some(outcome)) = tokio::time::timeout(quiet, self.outcomes.recv()).await {
+            panic!("expected no outcome, got {outcome:#?}");
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+struct Setup {
+    topic: String,
+    group: String,
+    settings: Settings,
+}
+
+/// A configuration for one echo binding on a fresh topic, against `owner`.
+async fn setup(owner_base: &str, partitions: i32, extra_handler_toml: &str) -> Setup {
+    let topic = create_topic(partitions).await;
+    let group = broker::unique("keyhole");
+    let echo = common::guest_path("echo");
+    let toml = format!(
+        r#"
+        [kafka]
+        bootstrap_servers = "{bootstrap}"
+        group_id = "{group}"
+        # tansu holds every fetch for fetch.wait.max.ms even when data is ready.
+        properties = {{ "fetch.wait.max.ms" = "10", "auto.commit.interval.ms" = "200" }}
+
+        [shutdown]
+        drain_timeout_ms = 10000
+
+        [[data_source]]
+        name = "owner"
+        base_url = "{owner_base}"
+        identity = {{ bearer_token = {{ value = "{token}" }} }}
+        timeout_ms = 2000
+
+        [[handler]]
+        name = "echo"
+        tenant = "acme"
+        component = "{echo}"
+        topics = ["{topic}"]
+        data_source = "owner"
+        purpose = "integration-test"
+        {extra_handler_toml}
+        [handler.retry]
+        initial_backoff_ms = 50
+        max_backoff_ms = 500
+        "#,
+        bootstrap = broker::bootstrap(),
+        token = common::owner::TOKEN,
+        echo = echo.display(),
+    );
+    let config: Config = toml::from_str(&toml).unwrap();
+    let settings = config.validate(Path::new(".")).unwrap_or_else(|p| panic!("{p:#?}"));
+    Setup { group: settings.bindings[0].group_id.clone(), topic, settings }
+}
+
+/// What the echo handler was given, from its reply.
+fn echoed(outcome: &Outcome) -> serde_json::Value {
+    match &outcome.decision {
+        Decision::Delivered { reply: Some(reply), .. } => serde_json::from_slice(&reply.data).unwrap(),
+        other => panic!("not delivered: {other:?} ({:?})", outcome.event_id),
+    }
+}
+
+fn by_id(outcomes: &[Outcome]) -> HashMap<String, &Outcome> {
+    outcomes.iter().map(|o| (o.event_id.clone().unwrap_or_default(), o)).collect()
+}
+
+const WITHIN: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_granted_delivers_exactly_the_owners_bytes() {
+    let owner = Owner::start().await;
+    let bytes = "{\"name\":\"Zoë\",\"email\":\"zoe@example.com\"}".as_bytes().to_vec();
+    owner.set("customers/1", Answer::Release("application/json", bytes.clone()));
+    owner.set("blobs/2", Answer::Release("application/octet-stream", vec![0, 159, 146, 150]));
+    let s = setup(&owner.base_url(), 1, "").await;
+    let producer = broker::producer();
+    let mut ce = reference("ev-1", "customers/1?fields=name");
+    ce.push(("ce_correlationid".into(), b"req-9".to_vec()));
+    publish(&producer, &s.topic, Some(0), Some("customer-1"), &ce, None).await;
+    publish(&producer, &s.topic, Some(0), Some("blob-2"), &reference("ev-2", "blobs/2"), None).await;
+
+    let mut keyhole = Running::start(s.settings);
+    let outcomes = keyhole.take(2, WITHIN).await;
+    let outcomes = by_id(&outcomes);
+    let first = echoed(outcomes["ev-1"]);
+    assert_eq!(first["data"], String::from_utf8(bytes).unwrap());
+    assert_eq!(first["datacontenttype"], "application/json");
+    assert_eq!(first["extensions"], serde_json::json!({"correlationid": "req-9"}));
+    assert_eq!(first["id"], "ev-1");
+    let second = echoed(outcomes["ev-2"]);
+    assert_eq!(second["data_base64"], "AJ+Slg==");
+    // The handler saw no reference, topic, key or offset: only these keys.
+    let keys: Vec<&str> = first.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, ["data", "datacontenttype", "extensions", "id", "source", "subject", "time", "type"]);
+    // The owner was told who asked and why.
+    let seen = owner.seen();
+    let ev1 = seen.iter().find(|r| r.event_id.as_deref() == Some("ev-1")).unwrap();
+    assert_eq!((ev1.tenant.as_deref(), ev1.handler.as_deref()), (Some("acme"), Some("echo")));
+    assert_eq!(ev1.purpose.as_deref(), Some("integration-test"));
+    keyhole.stop().await;
+    assert_eq!(broker::committed(&s.group, &s.topic, 1), [2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_withdrawn_after_produce_is_never_delivered() {
+    let owner = Owner::start().await;
+    owner.set("customers/7", Answer::Release("application/json", b"{\"secret\":1}".to_vec()));
+    let s = setup(&owner.base_url(), 1, "").await;
+    let producer = broker::producer();
+    publish(&producer, &s.topic, Some(0), Some("c7"), &reference("ev-7", "customers/7"), None).await;
+    // The user withdraws consent after the event was produced, before keyhole consumes it.
+    owner.set("customers/7", Answer::Status(403));
+    owner.set("customers/8", Answer::Status(451));
+    publish(&producer, &s.topic, Some(0), Some("c8"), &reference("ev-8", "customers/8"), None).await;
+
+    let mut keyhole = Running::start(s.settings);
+    let outcomes = keyhole.take(2, WITHIN).await;
+    let outcomes = by_id(&outcomes);
+    assert!(matches!(outcomes["ev-7"].decision, Decision::ConsentDenied { status: 403 }), "{:?}", outcomes["ev-7"]);
+    assert!(matches!(outcomes["ev-8"].decision, Decision::ConsentDenied { status: 451 }));
+    keyhole.stop().await;
+    // Acknowledged: the group moved past both.
+    assert_eq!(broker::committed(&s.group, &s.topic, 1), [2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_and_erased_records_are_skipped_and_acknowledged() {
+    let owner = Owner::start().await;
+    owner.set("customers/gone", Answer::Status(410));
+    owner.set("customers/ok", Answer::Release("text/plain", b"ok".to_vec()));
+    let s = setup(&owner.base_url(), 1, "").await;
+    let producer = broker::producer();
+    publish(&producer, &s.topic, Some(0), None, &reference("ev-404", "customers/unknown"), None).await;
+    publish(&producer, &s.topic, Some(0), None, &reference("ev-410", "customers/gone"), None).await;
+    publish(&producer, &s.topic, Some(0), None, &reference("ev-ok", "customers/ok"), None).await;
+
+    let mut keyhole = Running::start(s.settings);
+    let outcomes = keyhole.take(3, WITHIN).await;
+    let outcomes = by_id(&outcomes);
+    assert!(matches!(outcomes["ev-404"].decision, Decision::Gone { status: 404 }));
+    assert!(matches!(outcomes["ev-410"].decision, Decision::Gone { status: 410 }));
+    assert_eq!(echoed(outcomes["ev-ok"])["data"], "ok");
+    keyhole.stop().await;
+    assert_eq!(broker::committed(&s.group, &s.topic, 1), [3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_pause_the_binding_and_skip_nothing() {
+    let owner = Owner::start().await;
+    owner.set("customers/1", Answer::Release("text/plain", b"one".to_vec()));
+    owner.set("customers/2", Answer::Release("text/plain", b"two".to_vec()));
+    owner.set_token("rotated"); // keyhole's token is now refused: 401
+    let s = setup(&owner.base_url(), 1, "").await;
+    let producer = broker::producer();
+    publish(&producer, &s.topic, Some(0), Some("a"), &reference("ev-1", "customers/1"), None).await;
+    publish(&producer, &s.topic, Some(0), Some("b"), &reference("ev-2", "customers/2"), None).await;
+
+    let mut keyhole = Running::start(s.settings);
+    keyhole.assert_quiet(Duration::from_secs(2)).await;
+    assert!(owner.seen().iter().any(|r| r.status == 401), "keyhole kept asking while paused");
+    assert_eq!(broker::committed(&s.group, &s.topic, 1), [-1], "nothing acknowledged while paused");
+    owner.set_token(common::owner::TOKEN); // credentials work again
+    let outcomes = keyhole.take(2, WITHIN).await;
+    let outcomes = by_id(&outcomes);
+    assert_eq!(echoed(outcomes["ev-1"])["data"], "one");
+    assert_eq!(echoed(outcomes["ev-2"])["data"], "two");
+    keyhole.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_that_is_down_loses_nothing_and_processing_resumes() {
+    // Reserve a port, then leave it closed: the owner is down.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let s = setup(&format!("http://{addr}/api/"), 1, "").await;
+    let producer = broker::producer();
+    for i in 0..5 {
+        let key = format!("k{}", i % 2);
+        publish(&producer, &s.topic, Some(0), Some(&key), &reference(&format!("ev-{i}"), &format!("customers/{i}")), None).await;
+    }
+    let mut keyhole = Running::start(s.settings);
+    keyhole.assert_quiet(Duration::from_secs(2)).await;
+    assert_eq!(broker::committed(&s.group, &s.topic, 1), [-1]);
+
+    let owner = Owner::start_on(addr).await;
+    for i in 0..5 {
+        owner.set(&format!("customers/{i}"), Answer::Release("text/plain", format!("record {i}").into_bytes()));
+    }
+    let outcomes = keyhole.take(5, WITHIN).await;
+    let outcomes = by_id(&outcomes);
+    for i in 0..5 {
+        assert_eq!(echoed(outcomes[&format!("ev-{i}")])["data"], format!("record {i}"));
+    }
+    keyhole.stop().await;
+    assert_eq!(broker::committed(&s.group, &s.topic, 1), [5]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_references_never_reach_anyone() {
+    let owner = Owner::start().await;
+    let canary = Owner::start().await;
+    let s = setup(&owner.base_url(), 1, "").await;
+    let producer = broker::producer();
+    let c = canary.addr;
+    let hostile = [
+        format!("http://{c}/api/steal"),
+        format!("//{c}/api/steal"),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+        "//169.254.169.254/latest/meta-data/".to_string(),
+        "../../api/admin".to_string(),
+        "customers/../../admin".to_string(),
+        "customers/%2e%2e/%2e%2e/admin".to_string(),
+        "customers/%2E%2E%2Fadmin".to_string(),
+        "customers/%252e%252e/admin".to_string(),
+        "/etc/passwd".to_string(),
+        "file:///etc/passwd".to_string(),
+    ];
+    for (i, dataref) in hostile.iter().enumerate() {
+        publish(&producer, &s.topic, Some(0), None, &reference(&format!("ev-{i}"), dataref), None).await;
+    }
+    // Personal data inline on a reference topic is refused too.
+    publish(&producer, &s.topic, Some(0), None, &reference("ev-inline", "customers/1"), Some(b"{\"name\":\"x\"}")).await;
+    let mut keyhole = Running::start(s.settings);
+    let outcomes = keyhole.take(hostile.len() + 1, WITHIN).await;
+    for outcome in &outcomes {
+        assert!(matches!(outcome.decision, Decision::Refused { .. }), "{outcome:?}");
+    }
+    assert!(canary.seen().is_empty(), "the canary was reached: {:?}", canary.seen());
+    assert!(owner.seen().is_empty(), "the owner was asked: {:?}", owner.seen());
+    keyhole.stop().await;
+    assert_eq!(broker::committed(&s.group, &s.topic, 1), [hostile.len() as i64 + 1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_key_order_holds_with_many_keys_in_flight() {
+    let owner = Owner::start().await;
+    owner.set_delay(Duration::from_millis(20));
+    let (keys, per_key) = (16, 8);
+    let s = setup(&owner.base_url(), 2, "max_in_flight = 32").await;
+    let producer = broker::producer();
+    for n in 0..per_key {
+        for k in 0..keys {
+            let id = format!("k{k}-{n}");
+            owner.set(&format!("r/{id}"), Answer::Release("text/plain", id.clone().into_bytes()));
+            publish(&producer, &s.topic, None, Some(&format!("key-{k}")), &reference(&id, &format!("r/{id}")), None).await;
+        }
+    }
+    let mut keyhole = Running::start(s.settings);
+    let outcomes = keyhole.take(keys * per_key, Duration::from_secs(60)).await;
+    // Order per key, as the owner saw the requests and as the outcomes were decided.
+    for k in 0..keys {
+        let prefix = format!("k{k}-");
+        let expected: Vec<String> = (0..per_key).map(|n| format!("k{k}-{n}")).collect();
+        let requested: Vec<String> =
+            owner.seen().into_iter().filter_map(|r| r.event_id).filter(|id| id.starts_with(&prefix)).collect();
+        assert_eq!(requested, expected, "requests out of order for key {k}");
+        let decided: Vec<String> =
+            outcomes.iter().filter_map(|o| o.event_id.clone()).filter(|id| id.starts_with(&prefix)).collect();
+        assert_eq!(decided, expected, "outcomes out of order for key {k}");
+    }
+    assert!(owner.max_concurrent() > 1, "different keys should run concurrently");
+    keyhole.stop().await;
+    let committed: i64 = broker::committed(&s.group, &s.topic, 2).iter().sum();
+    assert_eq!(committed, (keys * per_key) as i64);
+}

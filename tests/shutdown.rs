@@ -1,0 +1,137 @@
+//! `keyhole run` as an operator runs it: stopped with SIGTERM mid-stream, or killed with
+//! SIGKILL, then restarted. Every event must be handled at least once; the audit file, written
+//! before an offset is stored, is the record of what was handled.
+
+mod common;
+
+use common::broker::{self, create_topic, publish, reference};
+use common::owner::{Answer, Owner};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const EVENTS: usize = 300;
+
+fn write_config(dir: &Path, owner: &Owner, topic: &str, group: &str) -> PathBuf {
+    let config = dir.join("keyhole.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+            [kafka]
+            bootstrap_servers = "{bootstrap}"
+            group_id = "{group}"
+            properties = {{ "fetch.wait.max.ms" = "10", "auto.commit.interval.ms" = "100" }}
+
+            [audit]
+            path = "audit.jsonl"
+
+            [shutdown]
+            drain_timeout_ms = 10000
+
+            [[data_source]]
+            name = "owner"
+            base_url = "{base}"
+            identity = {{ bearer_token = {{ env = "KEYHOLE_TEST_OWNER_TOKEN" }} }}
+
+            [[handler]]
+            name = "echo"
+            tenant = "acme"
+            component = "{echo}"
+            topics = ["{topic}"]
+            data_source = "owner"
+            purpose = "shutdown-test"
+            max_in_flight = 16
+            "#,
+            bootstrap = broker::bootstrap(),
+            base = owner.base_url(),
+            echo = common::guest_path("echo").display(),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+fn start(config: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_keyhole"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("KEYHOLE_TEST_OWNER_TOKEN", common::owner::TOKEN)
+        .env("RUST_LOG", "warn,keyhole=info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+/// Handled count per event id, from the audit file.
+fn handled(audit: &Path) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for line in std::fs::read_to_string(audit).unwrap_or_default().lines() {
+        let record: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(record["decision"], "delivered", "{record}");
+        *counts.entry(record["event_id"].as_str().unwrap().to_string()).or_default() += 1;
+    }
+    counts
+}
+
+async fn wait_for(audit: &Path, at_least: usize, within: Duration) -> HashMap<String, usize> {
+    let deadline = Instant::now() + within;
+    loop {
+        let counts = handled(audit);
+        if counts.len() >= at_least || Instant::now() > deadline {
+            return counts;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn stop_mid_stream_then_restart(signal: &str) {
+    let owner = Owner::start().await;
+    owner.set_delay(Duration::from_millis(50));
+    let topic = create_topic(2).await;
+    let group = broker::unique("keyhole");
+    let dir = std::env::temp_dir().join(broker::unique("keyhole-shutdown"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = write_config(&dir, &owner, &topic, &group);
+    let audit = dir.join("audit.jsonl");
+    let producer = broker::producer();
+    for i in 0..EVENTS {
+        let id = format!("ev-{i}");
+        owner.set(&format!("r/{id}"), Answer::Release("text/plain", id.clone().into_bytes()));
+        publish(&producer, &topic, None, Some(&format!("key-{}", i % 20)), &reference(&id, &format!("r/{id}")), None).await;
+    }
+
+    let mut first = start(&config);
+    let before = wait_for(&audit, EVENTS / 4, Duration::from_secs(60)).await;
+    assert!(before.len() >= EVENTS / 4, "keyhole handled only {} events", before.len());
+    let status = Command::new("kill").args([signal, &first.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let exit = first.wait().unwrap();
+    if signal == "-TERM" {
+        assert_eq!(exit.code(), Some(0), "SIGTERM must drain, commit and exit 0");
+    }
+    let stopped_at = handled(&audit).len();
+    assert!(stopped_at < EVENTS, "stopped too late to test anything ({stopped_at} handled)");
+
+    let mut second = start(&config);
+    let after = wait_for(&audit, EVENTS, Duration::from_secs(90)).await;
+    Command::new("kill").args(["-TERM", &second.id().to_string()]).status().unwrap();
+    assert_eq!(second.wait().unwrap().code(), Some(0));
+    let missing: Vec<String> = (0..EVENTS).map(|i| format!("ev-{i}")).filter(|id| !after.contains_key(id)).collect();
+    assert!(missing.is_empty(), "never handled after {signal} and restart: {missing:?}");
+    let redelivered = after.values().filter(|n| **n > 1).count();
+    eprintln!("{signal}: {stopped_at} handled before the stop, {redelivered} handled twice");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_stream_then_restart_handles_every_event_at_least_once() {
+    stop_mid_stream_then_restart("-TERM").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_then_restart_handles_every_event_at_least_once() {
+    stop_mid_stream_then_restart("-KILL").await;
+}
