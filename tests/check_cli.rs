@@ -27,7 +27,9 @@ fn check_accepts_both_examples_and_lists_imports_and_exports() {
 
 #[test]
 fn check_refuses_each_hostile_import_and_names_it() {
-    for (name, import) in [("hostile-filesystem", "wasi:filesystem/types@"), ("hostile-sockets", "wasi:sockets/tcp@")] {
+    for (name, import) in
+        [("hostile-filesystem", "wasi:filesystem/types@"), ("hostile-sockets", "wasi:sockets/tcp@")]
+    {
         let output = keyhole_check(&guest_path(name));
         let text = stdout(&output);
         assert_eq!(output.status.code(), Some(1), "{name}: {text}");

@@ -172,7 +172,11 @@ async fn consent_withdrawn_after_produce_is_never_delivered() {
     let mut keyhole = Running::start(s.settings);
     let outcomes = keyhole.take(2, WITHIN).await;
     let outcomes = by_id(&outcomes);
-    assert!(matches!(outcomes["ev-7"].decision, Decision::ConsentDenied { status: 403 }), "{:?}", outcomes["ev-7"]);
+    assert!(
+        matches!(outcomes["ev-7"].decision, Decision::ConsentDenied { status: 403 }),
+        "{:?}",
+        outcomes["ev-7"]
+    );
     assert!(matches!(outcomes["ev-8"].decision, Decision::ConsentDenied { status: 451 }));
     keyhole.stop().await;
     // Acknowledged: the group moved past both.
@@ -231,7 +235,15 @@ async fn an_owner_that_is_down_loses_nothing_and_processing_resumes() {
     let producer = broker::producer();
     for i in 0..5 {
         let key = format!("k{}", i % 2);
-        publish(&producer, &s.topic, Some(0), Some(&key), &reference(&format!("ev-{i}"), &format!("customers/{i}")), None).await;
+        publish(
+            &producer,
+            &s.topic,
+            Some(0),
+            Some(&key),
+            &reference(&format!("ev-{i}"), &format!("customers/{i}")),
+            None,
+        )
+        .await;
     }
     let mut keyhole = Running::start(s.settings);
     keyhole.assert_quiet(Duration::from_secs(2)).await;
@@ -239,7 +251,10 @@ async fn an_owner_that_is_down_loses_nothing_and_processing_resumes() {
 
     let owner = Owner::start_on(addr).await;
     for i in 0..5 {
-        owner.set(&format!("customers/{i}"), Answer::Release("text/plain", format!("record {i}").into_bytes()));
+        owner.set(
+            &format!("customers/{i}"),
+            Answer::Release("text/plain", format!("record {i}").into_bytes()),
+        );
     }
     let outcomes = keyhole.take(5, WITHIN).await;
     let outcomes = by_id(&outcomes);
@@ -274,7 +289,15 @@ async fn hostile_references_never_reach_anyone() {
         publish(&producer, &s.topic, Some(0), None, &reference(&format!("ev-{i}"), dataref), None).await;
     }
     // Personal data inline on a reference topic is refused too.
-    publish(&producer, &s.topic, Some(0), None, &reference("ev-inline", "customers/1"), Some(b"{\"name\":\"x\"}")).await;
+    publish(
+        &producer,
+        &s.topic,
+        Some(0),
+        None,
+        &reference("ev-inline", "customers/1"),
+        Some(b"{\"name\":\"x\"}"),
+    )
+    .await;
     let mut keyhole = Running::start(s.settings);
     let outcomes = keyhole.take(hostile.len() + 1, WITHIN).await;
     for outcome in &outcomes {
@@ -297,7 +320,15 @@ async fn per_key_order_holds_with_many_keys_in_flight() {
         for k in 0..keys {
             let id = format!("k{k}-{n}");
             owner.set(&format!("r/{id}"), Answer::Release("text/plain", id.clone().into_bytes()));
-            publish(&producer, &s.topic, None, Some(&format!("key-{k}")), &reference(&id, &format!("r/{id}")), None).await;
+            publish(
+                &producer,
+                &s.topic,
+                None,
+                Some(&format!("key-{k}")),
+                &reference(&id, &format!("r/{id}")),
+                None,
+            )
+            .await;
         }
     }
     let mut keyhole = Running::start(s.settings);
@@ -306,8 +337,12 @@ async fn per_key_order_holds_with_many_keys_in_flight() {
     for k in 0..keys {
         let prefix = format!("k{k}-");
         let expected: Vec<String> = (0..per_key).map(|n| format!("k{k}-{n}")).collect();
-        let requested: Vec<String> =
-            owner.seen().into_iter().filter_map(|r| r.event_id).filter(|id| id.starts_with(&prefix)).collect();
+        let requested: Vec<String> = owner
+            .seen()
+            .into_iter()
+            .filter_map(|r| r.event_id)
+            .filter(|id| id.starts_with(&prefix))
+            .collect();
         assert_eq!(requested, expected, "requests out of order for key {k}");
         let decided: Vec<String> =
             outcomes.iter().filter_map(|o| o.event_id.clone()).filter(|id| id.starts_with(&prefix)).collect();

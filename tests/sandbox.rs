@@ -100,7 +100,10 @@ async fn a_panic_is_a_trap() {
 #[tokio::test]
 async fn a_malformed_return_is_refused() {
     let error = load("hostile-malformed-reply", limits()).handle(&event("m", b"{}")).await.unwrap_err();
-    assert!(matches!(error, GuestError::MalformedReturn(ref m) if m.contains("utf-8") || m.contains("UTF-8")), "{error:?}");
+    assert!(
+        matches!(error, GuestError::MalformedReturn(ref m) if m.contains("utf-8") || m.contains("UTF-8")),
+        "{error:?}"
+    );
     assert_serves_normal_event().await;
 }
 
@@ -137,7 +140,10 @@ async fn memory_obeyed() {
 async fn memory_violated() {
     let limits = Limits { max_memory_bytes: 32 << 20, ..limits() };
     let error = load("hostile-memory-bomb", limits).handle(&event("m", b"{}")).await.unwrap_err();
-    assert!(matches!(error, GuestError::MemoryExceeded { limit_bytes } if limit_bytes == 32 << 20), "{error:?}");
+    assert!(
+        matches!(error, GuestError::MemoryExceeded { limit_bytes } if limit_bytes == 32 << 20),
+        "{error:?}"
+    );
     assert!(!error.is_retryable());
     assert_serves_normal_event().await;
 }
@@ -235,7 +241,10 @@ async fn log_budget_obeyed() {
 async fn log_budget_violated() {
     let limits = Limits { max_log_bytes: 16 << 10, ..limits() };
     let error = load("hostile-log-flood", limits).handle(&event("l", b"{}")).await.unwrap_err();
-    assert!(matches!(error, GuestError::LogBudgetExceeded { limit_bytes } if limit_bytes == 16 << 10), "{error:?}");
+    assert!(
+        matches!(error, GuestError::LogBudgetExceeded { limit_bytes } if limit_bytes == 16 << 10),
+        "{error:?}"
+    );
     assert_serves_normal_event().await;
 }
 
@@ -274,14 +283,20 @@ fn both_examples_are_accepted() {
 #[test]
 fn filesystem_import_is_refused_by_name() {
     let error = refusal(&guest("hostile-filesystem"));
-    assert!(matches!(&error, LoadError::ForbiddenImports { imports } if imports.iter().all(|i| i.starts_with("wasi:filesystem/"))), "{error:?}");
+    assert!(
+        matches!(&error, LoadError::ForbiddenImports { imports } if imports.iter().all(|i| i.starts_with("wasi:filesystem/"))),
+        "{error:?}"
+    );
     assert!(error.to_string().contains("wasi:filesystem/preopens"), "{error}");
 }
 
 #[test]
 fn sockets_import_is_refused_by_name() {
     let error = refusal(&guest("hostile-sockets"));
-    assert!(matches!(&error, LoadError::ForbiddenImports { imports } if imports.iter().all(|i| i.starts_with("wasi:sockets/"))), "{error:?}");
+    assert!(
+        matches!(&error, LoadError::ForbiddenImports { imports } if imports.iter().all(|i| i.starts_with("wasi:sockets/"))),
+        "{error:?}"
+    );
     assert!(error.to_string().contains("wasi:sockets/tcp@"), "{error}");
 }
 
@@ -308,7 +323,9 @@ fn a_component_without_the_handler_export_is_refused() {
 
 #[tokio::test]
 async fn on_demand_allocation_runs_the_same_handler() {
-    let on_demand = Sandbox::new(&SandboxConfig { allocation: AllocationChoice::OnDemand, ..Default::default() }).unwrap();
+    let on_demand =
+        Sandbox::new(&SandboxConfig { allocation: AllocationChoice::OnDemand, ..Default::default() })
+            .unwrap();
     assert_eq!(on_demand.allocation(), Allocation::OnDemand);
     assert_eq!(sandbox().allocation(), Allocation::Pooling);
     let identity = HandlerIdentity { tenant: "t".into(), handler: "echo".into() };
@@ -320,7 +337,12 @@ async fn on_demand_allocation_runs_the_same_handler() {
 
 #[tokio::test]
 async fn a_full_pool_is_a_retryable_error() {
-    let small = Sandbox::new(&SandboxConfig { allocation: AllocationChoice::Pooling, max_concurrent_instances: 1, ..Default::default() }).unwrap();
+    let small = Sandbox::new(&SandboxConfig {
+        allocation: AllocationChoice::Pooling,
+        max_concurrent_instances: 1,
+        ..Default::default()
+    })
+    .unwrap();
     let identity = HandlerIdentity { tenant: "t".into(), handler: "probe".into() };
     let handler = small.load(identity, &guest("probe"), limits()).unwrap();
     let _held = handler.instantiate("first").await.unwrap();

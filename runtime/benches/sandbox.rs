@@ -5,7 +5,9 @@
 //! Run: `scripts/build-guests.sh && cargo bench --bench sandbox`
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use keyhole::sandbox::{AllocationChoice, Event, Extension, Handler, HandlerIdentity, Limits, Sandbox, SandboxConfig};
+use keyhole::sandbox::{
+    AllocationChoice, Event, Extension, Handler, HandlerIdentity, Limits, Sandbox, SandboxConfig,
+};
 use std::hint::black_box;
 
 fn echo(sandbox: &Sandbox) -> Handler {
@@ -34,7 +36,9 @@ fn per_event(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
     let event = event();
     let mut group = c.benchmark_group("sandbox");
-    for (name, allocation) in [("pooling", AllocationChoice::Pooling), ("on_demand", AllocationChoice::OnDemand)] {
+    for (name, allocation) in
+        [("pooling", AllocationChoice::Pooling), ("on_demand", AllocationChoice::OnDemand)]
+    {
         let sandbox = Sandbox::new(&SandboxConfig { allocation, ..Default::default() }).expect("sandbox");
         let handler = echo(&sandbox);
         group.bench_function(format!("fresh_instance_per_event/{name}"), |b| {

@@ -75,7 +75,9 @@ impl fmt::Debug for Secret {
 impl Secret {
     fn resolve(&self) -> Result<String, String> {
         match self {
-            Secret::Env(name) => std::env::var(name).map_err(|_| format!("environment variable {name} is not set")),
+            Secret::Env(name) => {
+                std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))
+            }
             Secret::File(path) => std::fs::read_to_string(path)
                 .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
                 .map_err(|e| format!("cannot read {}: {e}", path.display())),
@@ -335,14 +337,12 @@ const REFUSED_PROPERTIES: &[(&str, &str)] = &[
 impl Config {
     /// Reads and validates a configuration file. Relative paths in it are relative to the file.
     pub fn load(path: &Path) -> Result<Settings, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        let config: Config =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let config: Config = toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        config
-            .validate(base)
-            .map_err(|problems| ConfigError::Invalid { path: path.to_path_buf(), problems })
+        config.validate(base).map_err(|problems| ConfigError::Invalid { path: path.to_path_buf(), problems })
     }
 
     /// Checks everything and resolves secrets; returns every problem found, not just the first.
@@ -377,7 +377,11 @@ impl Config {
             problems.add("kafka.group_id", "must not be empty");
         }
         let mut properties = BTreeMap::new();
-        let names = k.properties.keys().map(|n| ("properties", n)).chain(k.secret_properties.keys().map(|n| ("secret_properties", n)));
+        let names = k
+            .properties
+            .keys()
+            .map(|n| ("properties", n))
+            .chain(k.secret_properties.keys().map(|n| ("secret_properties", n)));
         for (table, name) in names {
             if let Some((_, reason)) = REFUSED_PROPERTIES.iter().find(|(refused, _)| refused == name) {
                 problems.add(format!("kafka.{table}.\"{name}\""), format!("not allowed: {reason}"));
@@ -388,7 +392,10 @@ impl Config {
         }
         for (name, secret) in &k.secret_properties {
             if k.properties.contains_key(name) {
-                problems.add(format!("kafka.secret_properties.\"{name}\""), "also set in kafka.properties; set it once");
+                problems.add(
+                    format!("kafka.secret_properties.\"{name}\""),
+                    "also set in kafka.properties; set it once",
+                );
             }
             match secret.resolve() {
                 Ok(value) => {
@@ -417,7 +424,8 @@ impl Config {
                 if !is_name(&source.name) {
                     problems.add(at("name"), "must be 1-64 characters of a-z, 0-9, '-', '_' or '.'");
                 } else if !seen.insert(source.name.as_str()) {
-                    problems.add(at("name"), format!("another data source is already named {:?}", source.name));
+                    problems
+                        .add(at("name"), format!("another data source is already named {:?}", source.name));
                 }
                 let base_url = match parse_base_url(&source.base_url) {
                     Ok(url) => Some(url),
@@ -435,7 +443,8 @@ impl Config {
                 if source.max_concurrent_requests == 0 {
                     problems.add(at("max_concurrent_requests"), "must be greater than 0");
                 }
-                let identity = validate_identity(&source.identity, base, &|k| at(&format!("identity.{k}")), problems);
+                let identity =
+                    validate_identity(&source.identity, base, &|k| at(&format!("identity.{k}")), problems);
                 match (base_url, problems.len() == before) {
                     (Some(base_url), true) => Some(DataSourceSettings {
                         name: source.name.clone(),
@@ -471,7 +480,10 @@ impl Config {
             if !is_name(&h.name) {
                 problems.add(at("name"), "must be 1-64 characters of a-z, 0-9, '-', '_' or '.'");
             } else if !seen.insert((h.tenant.as_str(), h.name.as_str())) {
-                problems.add(at("name"), format!("tenant {:?} already has a handler named {:?}", h.tenant, h.name));
+                problems.add(
+                    at("name"),
+                    format!("tenant {:?} already has a handler named {:?}", h.tenant, h.name),
+                );
             }
             let component = base.join(&h.component);
             if !component.is_file() {
@@ -494,7 +506,11 @@ impl Config {
                     let known: Vec<&str> = self.data_sources.iter().map(|s| s.name.as_str()).collect();
                     problems.add(
                         at("data_source"),
-                        format!("no data source named {:?} (configured: {})", h.data_source, known.join(", ")),
+                        format!(
+                            "no data source named {:?} (configured: {})",
+                            h.data_source,
+                            known.join(", ")
+                        ),
                     );
                 }
                 // The source's own problems are reported under data_source[..].
@@ -502,9 +518,15 @@ impl Config {
                 Some(_) => {}
             }
             if h.purpose.trim().is_empty() {
-                problems.add(at("purpose"), "must declare the purpose of processing; it is sent to the data owner");
+                problems.add(
+                    at("purpose"),
+                    "must declare the purpose of processing; it is sent to the data owner",
+                );
             } else if !h.purpose.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) || h.purpose.len() > 512 {
-                problems.add(at("purpose"), "must be at most 512 printable ASCII characters (it travels in an HTTP header)");
+                problems.add(
+                    at("purpose"),
+                    "must be at most 512 printable ASCII characters (it travels in an HTTP header)",
+                );
             }
             if h.max_in_flight == 0 || h.max_in_flight > 100_000 {
                 problems.add(at("max_in_flight"), "must be between 1 and 100000");
@@ -559,30 +581,47 @@ fn validate_identity(
         (None, Some(certificate), Some(key)) => {
             let certificate = base.join(certificate);
             let certificate_pem = std::fs::read(&certificate)
-                .map_err(|e| problems.add(at("client_certificate"), format!("cannot read {}: {e}", certificate.display())))
+                .map_err(|e| {
+                    problems
+                        .add(at("client_certificate"), format!("cannot read {}: {e}", certificate.display()))
+                })
                 .ok();
             let key_pem = key.resolve().map_err(|e| problems.add(at("client_key"), e)).ok();
-            Some(Identity::ClientCertificate { certificate_pem: certificate_pem?, key_pem: key_pem?.into_bytes() })
+            Some(Identity::ClientCertificate {
+                certificate_pem: certificate_pem?,
+                key_pem: key_pem?.into_bytes(),
+            })
         }
         (None, Some(_), None) | (None, None, Some(_)) => {
             problems.add(at("client_certificate"), "mTLS needs both client_certificate and client_key");
             None
         }
         (Some(_), _, _) => {
-            problems.add(at("bearer_token"), "choose one identity: a bearer token, or a client certificate and key");
+            problems.add(
+                at("bearer_token"),
+                "choose one identity: a bearer token, or a client certificate and key",
+            );
             None
         }
     }
 }
 
-fn validate_limits(limits: &Limits, sandbox: &SandboxConfig, at: &dyn Fn(&str) -> String, problems: &mut Problems) {
+fn validate_limits(
+    limits: &Limits,
+    sandbox: &SandboxConfig,
+    at: &dyn Fn(&str) -> String,
+    problems: &mut Problems,
+) {
     if limits.deadline_ms == 0 {
         problems.add(at("deadline_ms"), "must be greater than 0");
     }
     if limits.max_memory_bytes == 0 || limits.max_memory_bytes > sandbox.max_memory_bytes_ceiling {
         problems.add(
             at("max_memory_bytes"),
-            format!("must be between 1 and sandbox.max_memory_bytes_ceiling ({})", sandbox.max_memory_bytes_ceiling),
+            format!(
+                "must be between 1 and sandbox.max_memory_bytes_ceiling ({})",
+                sandbox.max_memory_bytes_ceiling
+            ),
         );
     }
     for (key, value) in [
@@ -622,7 +661,9 @@ fn parse_base_url(text: &str) -> Result<url::Url, String> {
 
 fn is_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 fn is_topic(topic: &str) -> bool {
@@ -690,7 +731,10 @@ mod tests {
         let text = MINIMAL
             .replace(r#"data_source = "crm""#, r#"data_source = "nope""#)
             .replace(r#"purpose = "testing""#, "purpose = \"\"\n        max_in_flight = 0")
-            .replace(r#"group_id = "keyhole""#, "group_id = \"keyhole\"\n        properties = { \"enable.auto.offset.store\" = \"true\" }");
+            .replace(
+                r#"group_id = "keyhole""#,
+                "group_id = \"keyhole\"\n        properties = { \"enable.auto.offset.store\" = \"true\" }",
+            );
         let problems = parse(&text).validate(Path::new(".")).unwrap_err();
         let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(
@@ -715,7 +759,9 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused() {
-        let error = toml::from_str::<Config>(&MINIMAL.replace("purpose =", "purpos = \"x\"\n        purpose =")).unwrap_err();
+        let error =
+            toml::from_str::<Config>(&MINIMAL.replace("purpose =", "purpos = \"x\"\n        purpose ="))
+                .unwrap_err();
         assert!(error.to_string().contains("purpos"), "{error}");
     }
 

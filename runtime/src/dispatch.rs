@@ -10,7 +10,7 @@ use crate::audit::{Asker, Audit, Decision, Origin, Outcome};
 use crate::config::BindingSettings;
 use crate::envelope::{EnvelopeError, ReferenceEvent};
 use crate::kafka::{self, BindingConsumer, OffsetTracker, Ticket};
-use crate::resolve::{Backoff, Disposition, Released, ResolveError, Requester, Resolver};
+use crate::resolve::{Backoff, Disposition, Released, Requester, ResolveError, Resolver};
 use crate::sandbox::{self, GuestError, Handler};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -69,6 +69,8 @@ impl PauseGate {
     async fn wait_open(&self, cancel: &CancellationToken) -> bool {
         let mut paused = self.0.subscribe();
         tokio::select! {
+            // An open gate wins over shutdown: events already read are finished in the drain.
+            biased;
             opened = paused.wait_for(|p| !*p) => opened.is_ok(),
             () = cancel.cancelled() => false,
         }
@@ -173,8 +175,10 @@ async fn resolve(
         event_id: &event.id,
     };
     let mut retries = 0;
+    // An event that met the refusal probes on through the closed gate; the others wait at it.
+    let mut probing = false;
     loop {
-        if !binding.gate.wait_open(cancel).await {
+        if !probing && !binding.gate.wait_open(cancel).await {
             return Err(Interrupted);
         }
         let error = match binding.resolver.fetch(url, &who).await {
@@ -186,15 +190,22 @@ async fn resolve(
         };
         let (name, event_id) = (&binding.settings.name, &event.id);
         let retry_after = match (&error, error.disposition()) {
-            (ResolveError::ConsentDenied { status }, _) => return Ok(Err(Decision::ConsentDenied { status: *status })),
+            (ResolveError::ConsentDenied { status }, _) => {
+                return Ok(Err(Decision::ConsentDenied { status: *status }));
+            }
             (ResolveError::Gone { status }, _) => return Ok(Err(Decision::Gone { status: *status })),
             (_, Disposition::Decided | Disposition::Fail) => {
-                return Ok(Err(Decision::Failed { stage: "resolve", kind: error.kind(), reason: error.to_string() }));
+                return Ok(Err(Decision::Failed {
+                    stage: "resolve",
+                    kind: error.kind(),
+                    reason: error.to_string(),
+                }));
             }
             (_, Disposition::Pause) => {
                 tracing::error!(binding = %name, event_id = %event_id, data_source = binding.resolver.name(),
                     "The data owner refused keyhole's credentials (401); binding paused, retrying.");
                 binding.gate.close();
+                probing = true;
                 None
             }
             (ResolveError::Transient { retry_after, .. }, Disposition::Retry) => {
@@ -271,7 +282,8 @@ pub struct Dispatcher {
     tracker: Arc<OffsetTracker>,
     /// Events waiting behind a busy key.
     waiting: Mutex<HashMap<Slot, VecDeque<Work>>>,
-    /// Stops retries and queued events at shutdown.
+    /// Interrupts retries at shutdown: an event waiting for an unavailable owner is left to be
+    /// read again rather than holding up the drain.
     cancel: CancellationToken,
 }
 
@@ -327,9 +339,10 @@ impl Dispatcher {
 
     async fn run(&self, work: Work) {
         let Work { ticket, origin, event, permit, .. } = work;
-        // Revoked or shutting down: leave the event to be read again, by this consumer or the
-        // partition's next owner.
-        if self.cancel.is_cancelled() || !self.tracker.is_current(&ticket) {
+        // Revoked: leave the event to the partition's next owner, which reads it again. (At
+        // shutdown, events already read are still handled: the drain finishes them, so a clean
+        // stop redelivers nothing.)
+        if !self.tracker.is_current(&ticket) {
             self.tracker.abandon(ticket);
             return;
         }
@@ -337,10 +350,8 @@ impl Dispatcher {
             Some(outcome) => {
                 // Recorded before the offset is stored: a committed decision is always on record.
                 self.binding.audit.record(outcome).await;
-                let partition = ticket.partition.clone();
-                if let Some(offset) = self.tracker.finish(ticket) {
-                    kafka::store(self.consumer.as_ref(), &partition, offset);
-                }
+                let consumer = self.consumer.as_ref();
+                self.tracker.finish(ticket, |partition, offset| kafka::store(consumer, partition, offset));
             }
             None => self.tracker.abandon(ticket),
         }

@@ -108,10 +108,7 @@ impl DataRef {
             Some((path, query)) => (path, Some(query.to_owned())),
             None => (reference, None),
         };
-        Ok(DataRef {
-            path: path.to_owned(),
-            query,
-        })
+        Ok(DataRef { path: path.to_owned(), query })
     }
 
     /// The path part only (never the query), safe to log and to record.
@@ -144,9 +141,7 @@ impl DataRef {
             Some(query) => format!("{}?{}", self.path, query),
             None => self.path.clone(),
         };
-        let joined = base
-            .join(&relative)
-            .map_err(|_| forbidden(DatarefRefusal::NotJoinable))?;
+        let joined = base.join(&relative).map_err(|_| forbidden(DatarefRefusal::NotJoinable))?;
 
         // Defence in depth: `parse` already refused everything that could change the origin
         // or climb out of the base path, but the request goes wherever the `url` crate says,
@@ -395,11 +390,7 @@ fn content_mode(record: &RawRecord<'_>) -> Result<ContentMode, EnvelopeError> {
             .get(..STRUCTURED_PREFIX.len())
             .is_some_and(|prefix| prefix.eq_ignore_ascii_case(STRUCTURED_PREFIX))
     });
-    Ok(if is_structured {
-        ContentMode::Structured
-    } else {
-        ContentMode::Binary
-    })
+    Ok(if is_structured { ContentMode::Structured } else { ContentMode::Binary })
 }
 
 /// Binary mode: attributes are `ce_` headers, and the value must be empty.
@@ -410,19 +401,14 @@ fn parse_binary(record: &RawRecord<'_>) -> Result<ReferenceEvent, EnvelopeError>
             continue;
         };
         let value = value.ok_or_else(|| malformed_header(name, HeaderProblem::NullValue))?;
-        let value = std::str::from_utf8(value).map_err(|_| EnvelopeError::NotUtf8 {
-            header: printable_name(name),
-        })?;
-        if attributes
-            .insert(attribute.to_owned(), value.to_owned())
-            .is_some()
-        {
+        let value = std::str::from_utf8(value)
+            .map_err(|_| EnvelopeError::NotUtf8 { header: printable_name(name) })?;
+        if attributes.insert(attribute.to_owned(), value.to_owned()).is_some() {
             return Err(malformed_header(name, HeaderProblem::Duplicated));
         }
     }
     // A `ce_data` header is data travelling through the topic just as much as a value is.
-    let inline_data =
-        record.value.is_some_and(|value| !value.is_empty()) || attributes.contains_key("data");
+    let inline_data = record.value.is_some_and(|value| !value.is_empty()) || attributes.contains_key("data");
     assemble(attributes, inline_data, ContentMode::Binary)
 }
 
@@ -457,11 +443,7 @@ fn parse_structured(record: &RawRecord<'_>) -> Result<ReferenceEvent, EnvelopeEr
             serde_json::error::Category::Eof => "truncated JSON",
             serde_json::error::Category::Syntax | serde_json::error::Category::Io => "invalid JSON",
         };
-        malformed_event(format!(
-            "{what} at line {} column {}",
-            error.line(),
-            error.column()
-        ))
+        malformed_event(format!("{what} at line {} column {}", error.line(), error.column()))
     })?;
 
     let mut attributes: BTreeMap<String, String> = BTreeMap::new();
@@ -471,10 +453,7 @@ fn parse_structured(record: &RawRecord<'_>) -> Result<ReferenceEvent, EnvelopeEr
         // serde_json keeps the last of duplicated members, other parsers the first: refuse,
         // so that every reader sees the same `dataref`.
         if !seen.insert(name.as_str()) {
-            return Err(malformed_event(format!(
-                "member `{}` is duplicated",
-                printable_name(name)
-            )));
+            return Err(malformed_event(format!("member `{}` is duplicated", printable_name(name))));
         }
         match name.as_str() {
             // Any presence counts, even `null`: a producer that writes the key writes data.
@@ -483,9 +462,7 @@ fn parse_structured(record: &RawRecord<'_>) -> Result<ReferenceEvent, EnvelopeEr
             "datacontenttype" | "dataschema" => {}
             "specversion" | "id" | "source" | "type" | "subject" | "time" | "dataref" => {
                 let Value::String(text) = value else {
-                    return Err(malformed_event(format!(
-                        "attribute `{name}` must be a string"
-                    )));
+                    return Err(malformed_event(format!("attribute `{name}` must be a string")));
                 };
                 attributes.insert(name.clone(), text.clone());
             }
@@ -512,14 +489,8 @@ fn check_structured_format(record: &RawRecord<'_>) -> Result<(), EnvelopeError> 
         .and_then(|(_, value)| *value)
         .unwrap_or_default()
         .trim_ascii_start();
-    let format = content_type
-        .get(STRUCTURED_PREFIX.len()..)
-        .unwrap_or_default();
-    let format = format
-        .split(|byte| *byte == b';')
-        .next()
-        .unwrap_or_default()
-        .trim_ascii();
+    let format = content_type.get(STRUCTURED_PREFIX.len()..).unwrap_or_default();
+    let format = format.split(|byte| *byte == b';').next().unwrap_or_default().trim_ascii();
     if format.eq_ignore_ascii_case(b"+json") {
         Ok(())
     } else if format.eq_ignore_ascii_case(b"-batch+json") {
@@ -527,9 +498,7 @@ fn check_structured_format(record: &RawRecord<'_>) -> Result<(), EnvelopeError> 
             "batched events (application/cloudevents-batch+json) are not supported".to_owned(),
         ))
     } else {
-        Err(malformed_event(
-            "unsupported event format (only application/cloudevents+json)".to_owned(),
-        ))
+        Err(malformed_event("unsupported event format (only application/cloudevents+json)".to_owned()))
     }
 }
 
@@ -540,12 +509,12 @@ fn canonical_extension_value(name: &str, value: &Value) -> Result<String, Envelo
         Value::Bool(flag) => Ok(flag.to_string()),
         Value::Number(number) if number.is_i64() || number.is_u64() => Ok(number.to_string()),
         // CloudEvents has integers but no floating-point type.
-        Value::Number(_) => Err(malformed_event(format!(
-            "extension `{name}` must be an integer, not a fraction"
-        ))),
-        Value::Null | Value::Array(_) | Value::Object(_) => Err(malformed_event(format!(
-            "extension `{name}` must be a string, number or boolean"
-        ))),
+        Value::Number(_) => {
+            Err(malformed_event(format!("extension `{name}` must be an integer, not a fraction")))
+        }
+        Value::Null | Value::Array(_) | Value::Object(_) => {
+            Err(malformed_event(format!("extension `{name}` must be a string, number or boolean")))
+        }
     }
 }
 
@@ -561,9 +530,7 @@ fn assemble(
 ) -> Result<ReferenceEvent, EnvelopeError> {
     let specversion = attributes
         .remove("specversion")
-        .ok_or(EnvelopeError::MissingAttribute {
-            attribute: "specversion",
-        })?;
+        .ok_or(EnvelopeError::MissingAttribute { attribute: "specversion" })?;
     if specversion != "1.0" {
         return Err(EnvelopeError::UnsupportedSpecversion);
     }
@@ -575,30 +542,15 @@ fn assemble(
     let type_ = required(&mut attributes, "type")?;
     let subject = optional(&mut attributes, "subject")?;
     let time = optional(&mut attributes, "time")?;
-    let dataref = attributes
-        .remove("dataref")
-        .ok_or(EnvelopeError::MissingDataref)?;
+    let dataref = attributes.remove("dataref").ok_or(EnvelopeError::MissingDataref)?;
     let dataref = DataRef::parse(&dataref)?;
     let replyto = attributes.remove("replyto");
     // The partition key has done its work once the record is on its partition.
     attributes.remove("partitionkey");
     let correlationid = attributes.get("correlationid").cloned();
-    let extensions = attributes
-        .into_iter()
-        .filter(|(name, _)| !CORE_ATTRIBUTES.contains(&name.as_str()))
-        .collect();
-    Ok(ReferenceEvent {
-        id,
-        source,
-        type_,
-        subject,
-        time,
-        extensions,
-        dataref,
-        correlationid,
-        replyto,
-        mode,
-    })
+    let extensions =
+        attributes.into_iter().filter(|(name, _)| !CORE_ATTRIBUTES.contains(&name.as_str())).collect();
+    Ok(ReferenceEvent { id, source, type_, subject, time, extensions, dataref, correlationid, replyto, mode })
 }
 
 fn required(
@@ -622,17 +574,11 @@ fn optional(
 
 /// CloudEvents attribute names: lower-case ASCII letters and digits, at least one.
 fn is_attribute_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit())
+    !name.is_empty() && name.bytes().all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit())
 }
 
 fn malformed_header(header: &str, problem: HeaderProblem) -> EnvelopeError {
-    EnvelopeError::MalformedHeader {
-        header: printable_name(header),
-        problem,
-    }
+    EnvelopeError::MalformedHeader { header: printable_name(header), problem }
 }
 
 fn malformed_event(detail: String) -> EnvelopeError {
@@ -641,11 +587,7 @@ fn malformed_event(detail: String) -> EnvelopeError {
 
 /// A name fit for a log line: escaped (no newlines or control characters) and truncated.
 fn printable_name(name: &str) -> String {
-    let mut shown: String = name
-        .chars()
-        .take(MAX_NAME_CHARS_SHOWN)
-        .flat_map(char::escape_debug)
-        .collect();
+    let mut shown: String = name.chars().take(MAX_NAME_CHARS_SHOWN).flat_map(char::escape_debug).collect();
     if name.chars().count() > MAX_NAME_CHARS_SHOWN {
         shown.push('…');
     }
@@ -662,10 +604,7 @@ fn check_reference(reference: &str) -> Result<(), DatarefRefusal> {
     }
     // The `url` crate silently strips tabs, newlines and surrounding spaces: what it would
     // request is then not what was checked.
-    if reference
-        .bytes()
-        .any(|byte| byte.is_ascii_control() || byte == b' ')
-    {
+    if reference.bytes().any(|byte| byte.is_ascii_control() || byte == b' ') {
         return Err(DatarefRefusal::ControlOrSpace);
     }
     // WHATWG URL parsing reads '\' as '/' in http(s) URLs, so `..\admin` climbs.
@@ -707,9 +646,7 @@ fn check_reference(reference: &str) -> Result<(), DatarefRefusal> {
 /// `^[A-Za-z][A-Za-z0-9+.-]*$` (RFC 3986 3.1).
 fn is_scheme(candidate: &str) -> bool {
     let mut bytes = candidate.bytes();
-    bytes
-        .next()
-        .is_some_and(|first| first.is_ascii_alphabetic())
+    bytes.next().is_some_and(|first| first.is_ascii_alphabetic())
         && bytes.all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'+' | b'.' | b'-'))
 }
 
@@ -721,11 +658,8 @@ fn check_path(path: &str) -> Result<(), DatarefRefusal> {
         // so `..;x/admin` climbs there although it is a plain name to the `url` crate.
         // A `%3B` is cut too, for servers that decode before stripping.
         let lowered = segment.to_ascii_lowercase();
-        let end = [lowered.find(';'), lowered.find("%3b")]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(segment.len());
+        let end =
+            [lowered.find(';'), lowered.find("%3b")].into_iter().flatten().min().unwrap_or(segment.len());
         let head = segment.get(..end).unwrap_or(segment);
         if head == "." || head == ".." {
             return Err(DatarefRefusal::DotSegment);
@@ -751,8 +685,7 @@ fn check_percent_escapes(part: &str, in_path: bool) -> Result<(), DatarefRefusal
             return Err(DatarefRefusal::MalformedPercentEscape);
         };
         let decoded = high * 16 + low;
-        if in_path && (matches!(decoded, b'.' | b'/' | b'\\' | b'%') || decoded.is_ascii_control())
-        {
+        if in_path && (matches!(decoded, b'.' | b'/' | b'\\' | b'%') || decoded.is_ascii_control()) {
             return Err(DatarefRefusal::EncodedDotOrSlash);
         }
         index += 3;
@@ -761,9 +694,7 @@ fn check_percent_escapes(part: &str, in_path: bool) -> Result<(), DatarefRefusal
 }
 
 fn hex_value(digit: u8) -> Option<u8> {
-    char::from(digit)
-        .to_digit(16)
-        .and_then(|value| u8::try_from(value).ok())
+    char::from(digit).to_digit(16).and_then(|value| u8::try_from(value).ok())
 }
 
 /// The members of a JSON object in document order, duplicates kept so that they can be refused
@@ -810,11 +741,7 @@ mod tests {
     }
 
     fn binary(headers: Vec<(&str, Option<&[u8]>)>) -> Result<ReferenceEvent, EnvelopeError> {
-        parse(&RawRecord {
-            key: Some(b"42"),
-            value: None,
-            headers,
-        })
+        parse(&RawRecord { key: Some(b"42"), value: None, headers })
     }
 
     fn with(
@@ -837,10 +764,7 @@ mod tests {
         parse(&RawRecord {
             key: None,
             value: Some(json.as_bytes()),
-            headers: vec![(
-                "content-type",
-                Some(b"application/cloudevents+json; charset=utf-8".as_slice()),
-            )],
+            headers: vec![("content-type", Some(b"application/cloudevents+json; charset=utf-8".as_slice()))],
         })
     }
 
@@ -876,12 +800,7 @@ mod tests {
             ("traceparent", Some(b"ignored, not a ce_ header".as_slice())),
             ("content-type", Some(b"application/json".as_slice())),
         ];
-        let event = parse(&RawRecord {
-            key: Some(b"42"),
-            value: Some(b""),
-            headers,
-        })
-        .unwrap();
+        let event = parse(&RawRecord { key: Some(b"42"), value: Some(b""), headers }).unwrap();
         assert_eq!(event.id, "evt-1");
         assert_eq!(event.source, "/crm");
         assert_eq!(event.type_, "com.example.customer.updated");
@@ -909,10 +828,7 @@ mod tests {
         assert_eq!(event.correlationid, None);
         assert_eq!(event.replyto, None);
         assert!(event.extensions.is_empty());
-        assert_eq!(
-            event.dataref,
-            DataRef::parse("customers/42?fields=name").unwrap()
-        );
+        assert_eq!(event.dataref, DataRef::parse("customers/42?fields=name").unwrap());
     }
 
     #[test]
@@ -927,11 +843,7 @@ mod tests {
 
     #[test]
     fn binary_empty_required_attributes_are_refused() {
-        for (attribute, header) in [
-            ("id", "ce_id"),
-            ("source", "ce_source"),
-            ("type", "ce_type"),
-        ] {
+        for (attribute, header) in [("id", "ce_id"), ("source", "ce_source"), ("type", "ce_type")] {
             let headers = with(without(binary_headers(), header), header, Some(b""));
             let error = binary(headers).unwrap_err();
             assert_eq!(error, EnvelopeError::EmptyAttribute { attribute });
@@ -944,11 +856,7 @@ mod tests {
     #[test]
     fn binary_other_specversion_is_unsupported() {
         for version in [b"0.3".as_slice(), b"1.0.2", b"1", b""] {
-            let headers = with(
-                without(binary_headers(), "ce_specversion"),
-                "ce_specversion",
-                Some(version),
-            );
+            let headers = with(without(binary_headers(), "ce_specversion"), "ce_specversion", Some(version));
             let error = binary(headers).unwrap_err();
             assert_eq!(error, EnvelopeError::UnsupportedSpecversion);
             assert_eq!(error.kind(), "unsupported_specversion");
@@ -957,18 +865,10 @@ mod tests {
 
     #[test]
     fn binary_value_is_inline_data() {
-        let error = parse(&RawRecord {
-            key: None,
-            value: Some(b"{\"name\":\"Alice\"}"),
-            headers: binary_headers(),
-        })
-        .unwrap_err();
-        assert_eq!(
-            error,
-            EnvelopeError::InlineData {
-                mode: ContentMode::Binary
-            }
-        );
+        let error =
+            parse(&RawRecord { key: None, value: Some(b"{\"name\":\"Alice\"}"), headers: binary_headers() })
+                .unwrap_err();
+        assert_eq!(error, EnvelopeError::InlineData { mode: ContentMode::Binary });
         assert_eq!(error.kind(), "inline_data");
         assert!(!error.to_string().contains("Alice"));
     }
@@ -988,32 +888,15 @@ mod tests {
 
     #[test]
     fn binary_hostile_dataref_is_refused() {
-        let headers = with(
-            without(binary_headers(), "ce_dataref"),
-            "ce_dataref",
-            Some(b"../admin"),
-        );
+        let headers = with(without(binary_headers(), "ce_dataref"), "ce_dataref", Some(b"../admin"));
         let error = binary(headers).unwrap_err();
-        assert_eq!(
-            error,
-            EnvelopeError::ForbiddenDataref {
-                reason: DatarefRefusal::DotSegment
-            }
-        );
+        assert_eq!(error, EnvelopeError::ForbiddenDataref { reason: DatarefRefusal::DotSegment });
         assert_eq!(error.kind(), "forbidden_dataref");
     }
 
     #[test]
     fn binary_invalid_attribute_names_are_malformed_headers() {
-        for name in [
-            "ce_Foo",
-            "ce_foo-bar",
-            "ce_foo_bar",
-            "ce_",
-            "CE_id",
-            "Ce_x",
-            "ce_é",
-        ] {
+        for name in ["ce_Foo", "ce_foo-bar", "ce_foo_bar", "ce_", "CE_id", "Ce_x", "ce_é"] {
             let error = binary(with(binary_headers(), name, Some(b"x"))).unwrap_err();
             assert_eq!(
                 error,
@@ -1054,12 +937,7 @@ mod tests {
     #[test]
     fn binary_non_utf8_value_names_the_header() {
         let error = binary(with(binary_headers(), "ce_subject", Some(b"\xff\xfe"))).unwrap_err();
-        assert_eq!(
-            error,
-            EnvelopeError::NotUtf8 {
-                header: "ce_subject".to_owned()
-            }
-        );
+        assert_eq!(error, EnvelopeError::NotUtf8 { header: "ce_subject".to_owned() });
         assert_eq!(error.kind(), "not_utf8");
         assert!(error.to_string().contains("ce_subject"));
     }
@@ -1088,10 +966,7 @@ mod tests {
         let event = parse(&RawRecord {
             key: None,
             value: Some(json.as_bytes()),
-            headers: vec![(
-                "Content-Type",
-                Some(b"Application/CloudEvents+JSON".as_slice()),
-            )],
+            headers: vec![("Content-Type", Some(b"Application/CloudEvents+JSON".as_slice()))],
         })
         .unwrap();
         assert_eq!(event.mode, ContentMode::Structured);
@@ -1117,10 +992,7 @@ mod tests {
         let error = parse(&RawRecord {
             key: None,
             value: Some(b"[]"),
-            headers: vec![(
-                "content-type",
-                Some(b"application/cloudevents-batch+json".as_slice()),
-            )],
+            headers: vec![("content-type", Some(b"application/cloudevents-batch+json".as_slice()))],
         })
         .unwrap_err();
         assert_eq!(error.kind(), "malformed_structured_event");
@@ -1132,10 +1004,7 @@ mod tests {
         let error = parse(&RawRecord {
             key: None,
             value: Some(b"\x01\x02"),
-            headers: vec![(
-                "content-type",
-                Some(b"application/cloudevents+avro".as_slice()),
-            )],
+            headers: vec![("content-type", Some(b"application/cloudevents+avro".as_slice()))],
         })
         .unwrap_err();
         assert_eq!(error.kind(), "malformed_structured_event");
@@ -1192,48 +1061,30 @@ mod tests {
 
     #[test]
     fn structured_data_member_is_inline_data_even_when_null() {
-        for member in [
-            r#""data": {"name": "Alice"}"#,
-            r#""data": null"#,
-            r#""data_base64": "QWxpY2U=""#,
-        ] {
+        for member in [r#""data": {"name": "Alice"}"#, r#""data": null"#, r#""data_base64": "QWxpY2U=""#] {
             let json = format!(
                 r#"{{"specversion":"1.0","id":"1","source":"s","type":"t","dataref":"a/1",{member}}}"#
             );
             let error = structured(&json).unwrap_err();
-            assert_eq!(
-                error,
-                EnvelopeError::InlineData {
-                    mode: ContentMode::Structured
-                },
-                "{member}"
-            );
+            assert_eq!(error, EnvelopeError::InlineData { mode: ContentMode::Structured }, "{member}");
             assert!(!error.to_string().contains("Alice"));
         }
     }
 
     #[test]
     fn structured_missing_attributes_are_refused() {
-        let error = structured(r#"{"specversion":"1.0","source":"s","type":"t","dataref":"a"}"#)
-            .unwrap_err();
+        let error = structured(r#"{"specversion":"1.0","source":"s","type":"t","dataref":"a"}"#).unwrap_err();
         assert_eq!(error, EnvelopeError::MissingAttribute { attribute: "id" });
         let error = structured(r#"{"id":"1","source":"s","type":"t","dataref":"a"}"#).unwrap_err();
-        assert_eq!(
-            error,
-            EnvelopeError::MissingAttribute {
-                attribute: "specversion"
-            }
-        );
-        let error =
-            structured(r#"{"specversion":"1.0","id":"1","source":"s","type":"t"}"#).unwrap_err();
+        assert_eq!(error, EnvelopeError::MissingAttribute { attribute: "specversion" });
+        let error = structured(r#"{"specversion":"1.0","id":"1","source":"s","type":"t"}"#).unwrap_err();
         assert_eq!(error, EnvelopeError::MissingDataref);
     }
 
     #[test]
     fn structured_other_specversion_is_unsupported() {
-        let error =
-            structured(r#"{"specversion":"0.3","id":"1","source":"s","type":"t","dataref":"a"}"#)
-                .unwrap_err();
+        let error = structured(r#"{"specversion":"0.3","id":"1","source":"s","type":"t","dataref":"a"}"#)
+            .unwrap_err();
         assert_eq!(error, EnvelopeError::UnsupportedSpecversion);
     }
 
@@ -1284,14 +1135,9 @@ mod tests {
 
     #[test]
     fn structured_value_must_be_a_json_object() {
-        for value in [
-            "",
-            "[1,2]",
-            "\"text\"",
-            "{\"specversion\": \"1.0\", \"secret",
-            "{} trailing",
-            "not json",
-        ] {
+        for value in
+            ["", "[1,2]", "\"text\"", "{\"specversion\": \"1.0\", \"secret", "{} trailing", "not json"]
+        {
             let error = structured(value).unwrap_err();
             assert_eq!(error.kind(), "malformed_structured_event", "{value}");
         }
@@ -1314,26 +1160,16 @@ mod tests {
             r#"{"specversion":"1.0","id":"1","source":"s","type":"t","dataref":"http://127.0.0.1:9999/x"}"#,
         )
         .unwrap_err();
-        assert_eq!(
-            error,
-            EnvelopeError::ForbiddenDataref {
-                reason: DatarefRefusal::AbsoluteUrl
-            }
-        );
+        assert_eq!(error, EnvelopeError::ForbiddenDataref { reason: DatarefRefusal::AbsoluteUrl });
     }
 
     #[test]
     fn structured_ignores_ce_headers() {
         let event = parse(&RawRecord {
             key: None,
-            value: Some(
-                br#"{"specversion":"1.0","id":"1","source":"s","type":"t","dataref":"a/1"}"#,
-            ),
+            value: Some(br#"{"specversion":"1.0","id":"1","source":"s","type":"t","dataref":"a/1"}"#),
             headers: vec![
-                (
-                    "content-type",
-                    Some(b"application/cloudevents+json".as_slice()),
-                ),
+                ("content-type", Some(b"application/cloudevents+json".as_slice())),
                 ("ce_dataref", Some(b"../admin".as_slice())),
             ],
         })
@@ -1417,10 +1253,7 @@ mod tests {
         let event = binary(binary_headers()).unwrap();
         assert!(!format!("{event:?}").contains("fields"));
         let url = dataref.resolve_against(&base()).unwrap();
-        assert_eq!(
-            url.as_str(),
-            "https://crm.example.com/api/v1/customers/42?fields=name"
-        );
+        assert_eq!(url.as_str(), "https://crm.example.com/api/v1/customers/42?fields=name");
     }
 
     #[test]
@@ -1446,17 +1279,12 @@ mod tests {
         let shown = binary(headers).unwrap_err().to_string();
         assert!(!shown.contains("email"), "{shown}");
 
-        let headers = with(
-            without(binary_headers(), "ce_specversion"),
-            "ce_specversion",
-            Some(b"alice@example.com"),
-        );
+        let headers =
+            with(without(binary_headers(), "ce_specversion"), "ce_specversion", Some(b"alice@example.com"));
         let shown = binary(headers).unwrap_err().to_string();
         assert!(!shown.contains("alice"), "{shown}");
 
-        let shown = binary(with(binary_headers(), "ce_subject", Some(b"alice\xff")))
-            .unwrap_err()
-            .to_string();
+        let shown = binary(with(binary_headers(), "ce_subject", Some(b"alice\xff"))).unwrap_err().to_string();
         assert!(!shown.contains("alice"), "{shown}");
 
         let shown = structured(r#"{"specversion":"1.0","id":"1","source":"s","type":"t","dataref":"a","ext":{"email":"alice@example.com"}}"#)
@@ -1467,30 +1295,21 @@ mod tests {
 
     #[test]
     fn resolution_stays_under_the_base_path() {
-        let url = DataRef::parse("customers/42")
-            .unwrap()
-            .resolve_against(&base())
-            .unwrap();
+        let url = DataRef::parse("customers/42").unwrap().resolve_against(&base()).unwrap();
         assert_eq!(url.as_str(), "https://crm.example.com/api/v1/customers/42");
     }
 
     #[test]
     fn base_without_trailing_slash_keeps_its_last_segment() {
         let base = url::Url::parse("https://crm.example.com/api/v1?token=x#top").unwrap();
-        let url = DataRef::parse("customers/42")
-            .unwrap()
-            .resolve_against(&base)
-            .unwrap();
+        let url = DataRef::parse("customers/42").unwrap().resolve_against(&base).unwrap();
         assert_eq!(url.as_str(), "https://crm.example.com/api/v1/customers/42");
     }
 
     #[test]
     fn resolution_keeps_the_base_port_and_encodes_odd_characters() {
         let base = url::Url::parse("http://127.0.0.1:8080/owner/").unwrap();
-        let url = DataRef::parse("customers/a\"b")
-            .unwrap()
-            .resolve_against(&base)
-            .unwrap();
+        let url = DataRef::parse("customers/a\"b").unwrap().resolve_against(&base).unwrap();
         assert_eq!(url.as_str(), "http://127.0.0.1:8080/owner/customers/a%22b");
     }
 
@@ -1501,24 +1320,15 @@ mod tests {
             ("../admin", DatarefRefusal::EscapesBasePath),
             ("//evil.example/x", DatarefRefusal::OtherHost),
             ("http://evil.example/api/v1/x", DatarefRefusal::OtherHost),
-            (
-                "https://crm.example.com:8443/api/v1/x",
-                DatarefRefusal::OtherHost,
-            ),
+            ("https://crm.example.com:8443/api/v1/x", DatarefRefusal::OtherHost),
             ("/etc/passwd", DatarefRefusal::EscapesBasePath),
             // The `url` crate reads `%2e%2e` as `..` (WHATWG), so this climbs two levels.
-            (
-                "customers/%2e%2e/%2e%2e/%2e%2e/x",
-                DatarefRefusal::EscapesBasePath,
-            ),
+            ("customers/%2e%2e/%2e%2e/%2e%2e/x", DatarefRefusal::EscapesBasePath),
             ("customers%2f..%2fadmin", DatarefRefusal::EncodedDotOrSlash),
             ("customers/..;/x", DatarefRefusal::DotSegment),
         ];
         for (path, expected) in hostile {
-            let dataref = DataRef {
-                path: path.to_owned(),
-                query: None,
-            };
+            let dataref = DataRef { path: path.to_owned(), query: None };
             assert_eq!(
                 dataref.resolve_against(&base()),
                 Err(EnvelopeError::ForbiddenDataref { reason: expected }),
@@ -1530,29 +1340,15 @@ mod tests {
     #[test]
     fn non_hierarchical_base_is_refused() {
         let base = url::Url::parse("mailto:owner@example.com").unwrap();
-        let error = DataRef::parse("customers/42")
-            .unwrap()
-            .resolve_against(&base)
-            .unwrap_err();
-        assert_eq!(
-            error,
-            EnvelopeError::ForbiddenDataref {
-                reason: DatarefRefusal::BaseNotHierarchical
-            }
-        );
+        let error = DataRef::parse("customers/42").unwrap().resolve_against(&base).unwrap_err();
+        assert_eq!(error, EnvelopeError::ForbiddenDataref { reason: DatarefRefusal::BaseNotHierarchical });
     }
 
     #[test]
     fn every_kind_label_is_stable() {
         let errors = [
-            (
-                EnvelopeError::MissingAttribute { attribute: "id" },
-                "missing_attribute",
-            ),
-            (
-                EnvelopeError::EmptyAttribute { attribute: "id" },
-                "missing_attribute",
-            ),
+            (EnvelopeError::MissingAttribute { attribute: "id" }, "missing_attribute"),
+            (EnvelopeError::EmptyAttribute { attribute: "id" }, "missing_attribute"),
             (
                 EnvelopeError::MalformedHeader {
                     header: "ce_x".to_owned(),
@@ -1560,35 +1356,12 @@ mod tests {
                 },
                 "malformed_header",
             ),
-            (
-                EnvelopeError::NotUtf8 {
-                    header: "ce_x".to_owned(),
-                },
-                "not_utf8",
-            ),
-            (
-                EnvelopeError::UnsupportedSpecversion,
-                "unsupported_specversion",
-            ),
-            (
-                EnvelopeError::InlineData {
-                    mode: ContentMode::Binary,
-                },
-                "inline_data",
-            ),
+            (EnvelopeError::NotUtf8 { header: "ce_x".to_owned() }, "not_utf8"),
+            (EnvelopeError::UnsupportedSpecversion, "unsupported_specversion"),
+            (EnvelopeError::InlineData { mode: ContentMode::Binary }, "inline_data"),
             (EnvelopeError::MissingDataref, "missing_dataref"),
-            (
-                EnvelopeError::ForbiddenDataref {
-                    reason: DatarefRefusal::Fragment,
-                },
-                "forbidden_dataref",
-            ),
-            (
-                EnvelopeError::MalformedStructuredEvent {
-                    detail: String::new(),
-                },
-                "malformed_structured_event",
-            ),
+            (EnvelopeError::ForbiddenDataref { reason: DatarefRefusal::Fragment }, "forbidden_dataref"),
+            (EnvelopeError::MalformedStructuredEvent { detail: String::new() }, "malformed_structured_event"),
         ];
         for (error, kind) in errors {
             assert_eq!(error.kind(), kind);

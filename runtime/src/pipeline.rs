@@ -70,7 +70,9 @@ pub async fn run(
         match ended {
             Ok(Ok(())) => {}
             Ok(Err(error)) => result = Err(error),
-            Err(join) => result = Err(PipelineError::Binding { binding: "?".into(), message: join.to_string() }),
+            Err(join) => {
+                result = Err(PipelineError::Binding { binding: "?".into(), message: join.to_string() })
+            }
         }
     }
     result
@@ -82,7 +84,8 @@ type Started = Vec<(Arc<Binding>, Arc<BindingConsumer>, Arc<OffsetTracker>)>;
 fn start(settings: &Settings, tap: Option<mpsc::Sender<Outcome>>) -> Result<Started, PipelineError> {
     let mut problems = Vec::new();
     let problem = |path: String, message: String| Problem { path, message };
-    let sandbox = Sandbox::new(&settings.sandbox).map_err(|e| PipelineError::Start(vec![problem("sandbox".into(), e.to_string())]))?;
+    let sandbox = Sandbox::new(&settings.sandbox)
+        .map_err(|e| PipelineError::Start(vec![problem("sandbox".into(), e.to_string())]))?;
     let resolvers: Vec<Option<Arc<Resolver>>> = settings
         .data_sources
         .iter()
@@ -104,15 +107,18 @@ fn start(settings: &Settings, tap: Option<mpsc::Sender<Outcome>>) -> Result<Star
         }
     };
     let mut started = Vec::new();
-    for settings_of in &settings.bindings {
-        let at = |key: &str| format!("{}.{key}", settings_of.key_path);
-        let handler = std::fs::read(&settings_of.component)
-            .map_err(|e| format!("cannot read {}: {e}", settings_of.component.display()))
+    for binding_config in &settings.bindings {
+        let at = |key: &str| format!("{}.{key}", binding_config.key_path);
+        let handler = std::fs::read(&binding_config.component)
+            .map_err(|e| format!("cannot read {}: {e}", binding_config.component.display()))
             .and_then(|wasm| {
-                let identity = HandlerIdentity { tenant: settings_of.tenant.clone(), handler: settings_of.handler.clone() };
+                let identity = HandlerIdentity {
+                    tenant: binding_config.tenant.clone(),
+                    handler: binding_config.handler.clone(),
+                };
                 sandbox
-                    .load(identity, &wasm, settings_of.limits.clone())
-                    .map_err(|e| format!("{} refused: {e}", settings_of.component.display()))
+                    .load(identity, &wasm, binding_config.limits.clone())
+                    .map_err(|e| format!("{} refused: {e}", binding_config.component.display()))
             });
         let handler = match handler {
             Ok(handler) => handler,
@@ -121,14 +127,16 @@ fn start(settings: &Settings, tap: Option<mpsc::Sender<Outcome>>) -> Result<Star
                 continue;
             }
         };
-        let (Some(resolver), Some(audit)) = (resolvers.get(settings_of.data_source).cloned().flatten(), audit.clone()) else {
+        let (Some(resolver), Some(audit)) =
+            (resolvers.get(binding_config.data_source).cloned().flatten(), audit.clone())
+        else {
             continue;
         };
         let tracker = Arc::new(OffsetTracker::default());
         let consumer = match kafka::consumer(
             &settings.kafka,
-            &settings_of.group_id,
-            &settings_of.topics,
+            &binding_config.group_id,
+            &binding_config.topics,
             tracker.clone(),
             settings.drain_timeout,
         ) {
@@ -139,11 +147,11 @@ fn start(settings: &Settings, tap: Option<mpsc::Sender<Outcome>>) -> Result<Star
             }
         };
         let binding = Arc::new(Binding {
-            settings: settings_of.clone(),
+            settings: binding_config.clone(),
             handler,
-            base_url: resolver_base(settings, settings_of),
+            base_url: resolver_base(settings, binding_config),
             resolver,
-            backoff: backoff(settings_of),
+            backoff: backoff(binding_config),
             gate: PauseGate::default(),
             audit,
         });
@@ -199,7 +207,11 @@ async fn consume(
                 continue;
             }
         };
-        let origin = Origin { topic: message.topic().to_string(), partition: message.partition(), offset: message.offset() };
+        let origin = Origin {
+            topic: message.topic().to_string(),
+            partition: message.partition(),
+            offset: message.offset(),
+        };
         let Some(ticket) = tracker.begin((origin.topic.clone(), origin.partition), origin.offset) else {
             continue; // Its partition was revoked meanwhile: its next owner reads it.
         };
@@ -217,11 +229,15 @@ async fn consume(
         tracing::warn!(binding = %name, in_flight = tracker.in_flight(), "Drain timeout passed; unfinished events will be redelivered.");
     }
     let stored = tracker.stored();
+    tracing::info!(binding = %name, offsets = ?stored, "Committing stored offsets.");
     let consumer_for_commit = consumer.clone();
-    let committed = tokio::task::spawn_blocking(move || kafka::commit(consumer_for_commit.as_ref(), &stored)).await;
+    let committed =
+        tokio::task::spawn_blocking(move || kafka::commit(consumer_for_commit.as_ref(), &stored)).await;
     match committed {
         Ok(Ok(())) => tracing::info!(binding = %name, "Offsets committed; binding stopped."),
-        Ok(Err(error)) => tracing::warn!(binding = %name, %error, "Final commit failed; the last events may be redelivered."),
+        Ok(Err(error)) => {
+            tracing::warn!(binding = %name, %error, "Final commit failed; the last events may be redelivered.")
+        }
         Err(error) => tracing::warn!(binding = %name, %error, "Final commit did not run."),
     }
     Ok(())

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 /// The broker's address, from scripts/test.sh.
 pub fn bootstrap() -> String {
-    std::env::var("KEYHOLE_TEST_BROKER")
-        .expect("KEYHOLE_TEST_BROKER is not set: run the tests with scripts/test.sh, which starts the tansu broker")
+    std::env::var("KEYHOLE_TEST_BROKER").expect(
+        "KEYHOLE_TEST_BROKER is not set: run the tests with scripts/test.sh, which starts the tansu broker",
+    )
 }
 
 /// A name no other test uses.
@@ -83,11 +84,8 @@ pub async fn publish(
 
 /// The offsets `group` has committed for each partition of `topic` (-1 when none).
 pub fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .set("group.id", group)
-        .create()
-        .unwrap();
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap()).set("group.id", group).create().unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition(topic, p);

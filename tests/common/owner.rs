@@ -69,7 +69,8 @@ impl Owner {
     fn serve(listener: tokio::net::TcpListener) -> Owner {
         let table = Arc::new(Table::default());
         *table.token.lock().unwrap() = TOKEN.to_string();
-        let app = axum::Router::new().route("/api/{*path}", axum::routing::get(answer)).with_state(table.clone());
+        let app =
+            axum::Router::new().route("/api/{*path}", axum::routing::get(answer)).with_state(table.clone());
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.ok();

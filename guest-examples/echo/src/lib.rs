@@ -13,11 +13,8 @@ struct Echo;
 
 impl Guest for Echo {
     fn handle(event: Event) -> Result<Option<Reply>, HandlerError> {
-        let extensions: Map<String, Value> = event
-            .extensions
-            .into_iter()
-            .map(|e| (e.name, Value::String(e.value)))
-            .collect();
+        let extensions: Map<String, Value> =
+            event.extensions.into_iter().map(|e| (e.name, Value::String(e.value))).collect();
         let mut body = json!({
             "id": event.id,
             "source": event.source,
@@ -29,10 +26,9 @@ impl Guest for Echo {
         });
         let (key, data) = match String::from_utf8(event.data) {
             Ok(text) => ("data", text),
-            Err(bytes) => (
-                "data_base64",
-                base64::engine::general_purpose::STANDARD.encode(bytes.into_bytes()),
-            ),
+            Err(bytes) => {
+                ("data_base64", base64::engine::general_purpose::STANDARD.encode(bytes.into_bytes()))
+            }
         };
         body[key] = Value::String(data);
         Ok(Some(Reply {

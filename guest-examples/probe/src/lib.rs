@@ -59,11 +59,7 @@ impl Guest for Probe {
             Some(_) => return Err(HandlerError::Permanent("asked to fail".into())),
             None => {}
         }
-        let data = if ask.count_calls {
-            calls.to_string().into_bytes()
-        } else {
-            vec![b'x'; ask.reply_bytes]
-        };
+        let data = if ask.count_calls { calls.to_string().into_bytes() } else { vec![b'x'; ask.reply_bytes] };
         Ok(Some(Reply {
             type_: "keyhole.example.probe".to_string(),
             datacontenttype: "application/octet-stream".to_string(),

@@ -42,8 +42,11 @@ pub fn consumer(
     }
     // Set last so that nothing above can undo them (config validation refuses them too).
     config.set("enable.auto.commit", "true").set("enable.auto.offset.store", "false");
-    let consumer: BindingConsumer =
-        config.create_with_context(BindingContext { group_id: group_id.to_string(), tracker, drain_timeout })?;
+    let consumer: BindingConsumer = config.create_with_context(BindingContext {
+        group_id: group_id.to_string(),
+        tracker,
+        drain_timeout,
+    })?;
     let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     Ok(consumer)
@@ -121,7 +124,9 @@ impl ConsumerContext for BindingContext {
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         match result {
-            Ok(()) => tracing::debug!(group = %self.group_id, offsets = offsets.count(), "Offsets committed."),
+            Ok(()) => {
+                tracing::debug!(group = %self.group_id, offsets = offsets.count(), "Offsets committed.")
+            }
             Err(error) => tracing::warn!(group = %self.group_id, %error, "Offset commit failed."),
         }
     }

@@ -109,18 +109,25 @@ impl OffsetTracker {
         self.lock().get(&ticket.partition).is_some_and(|s| !s.revoked && s.generation == ticket.generation)
     }
 
-    /// The event is finished (handled, or decided without the handler). Returns the offset to
-    /// store when the committable offset moved forward.
-    pub fn finish(&self, ticket: Ticket) -> Option<i64> {
+    /// The event is finished (handled, or decided without the handler). When the committable
+    /// offset moved forward, calls `store` with it and returns it.
+    ///
+    /// `store` runs under the tracker's lock: events finish on many tasks at once, and storing
+    /// outside the lock could let an older offset overwrite a newer one in librdkafka.
+    pub fn finish(&self, ticket: Ticket, store: impl FnOnce(&Partition, i64)) -> Option<i64> {
         let mut map = self.lock();
-        let stored = map.get_mut(&ticket.partition).filter(|s| s.generation == ticket.generation).and_then(|state| {
-            state.in_flight.remove(&ticket.offset);
-            let committable = state.committable()?;
-            (state.stored < Some(committable)).then(|| {
-                state.stored = Some(committable);
-                committable
-            })
-        });
+        let stored =
+            map.get_mut(&ticket.partition).filter(|s| s.generation == ticket.generation).and_then(|state| {
+                state.in_flight.remove(&ticket.offset);
+                let committable = state.committable()?;
+                (state.stored < Some(committable)).then(|| {
+                    state.stored = Some(committable);
+                    committable
+                })
+            });
+        if let Some(offset) = stored {
+            store(&ticket.partition, offset);
+        }
         drop(map);
         self.finished.notify_all();
         stored
@@ -142,7 +149,11 @@ impl OffsetTracker {
     /// events finish or `deadline` passes; then forgets them. Returns how many events were still
     /// running and the offsets stored for the partitions. Blocks the calling thread: it runs in
     /// librdkafka's rebalance callback, which must not return before offsets are stored.
-    pub fn revoke_and_drain(&self, partitions: &[Partition], deadline: Instant) -> (usize, Vec<(Partition, i64)>) {
+    pub fn revoke_and_drain(
+        &self,
+        partitions: &[Partition],
+        deadline: Instant,
+    ) -> (usize, Vec<(Partition, i64)>) {
         let mut map = self.lock();
         for partition in partitions {
             if let Some(state) = map.get_mut(partition) {
@@ -192,9 +203,9 @@ mod tests {
         let t10 = tracker.begin(p(), 10).unwrap();
         let t11 = tracker.begin(p(), 11).unwrap();
         let t12 = tracker.begin(p(), 12).unwrap();
-        assert_eq!(tracker.finish(t12), None, "10 and 11 are still running");
-        assert_eq!(tracker.finish(t10), Some(11));
-        assert_eq!(tracker.finish(t11), Some(13));
+        assert_eq!(tracker.finish(t12, |_, _| {}), None, "10 and 11 are still running");
+        assert_eq!(tracker.finish(t10, |_, _| {}), Some(11));
+        assert_eq!(tracker.finish(t11, |_, _| {}), Some(13));
     }
 
     #[test]
@@ -204,7 +215,7 @@ mod tests {
         let t1 = tracker.begin(p(), 1).unwrap();
         let t2 = tracker.begin(p(), 2).unwrap();
         tracker.abandon(t1);
-        assert_eq!(tracker.finish(t2), None, "1 must be read again: nothing past it is committed");
+        assert_eq!(tracker.finish(t2, |_, _| {}), None, "1 must be read again: nothing past it is committed");
         assert_eq!(tracker.stored(), vec![(p(), 1)]);
     }
 
@@ -218,7 +229,7 @@ mod tests {
         assert!(tracker.begin(p(), 6).is_none());
         tracker.assign([p()]);
         assert!(!tracker.is_current(&old));
-        assert_eq!(tracker.finish(old), None);
+        assert_eq!(tracker.finish(old, |_, _| {}), None);
         assert!(tracker.begin(p(), 5).is_some());
     }
 
@@ -231,10 +242,11 @@ mod tests {
             let tracker = tracker.clone();
             std::thread::spawn(move || {
                 std::thread::sleep(std::time::Duration::from_millis(50));
-                tracker.finish(ticket)
+                tracker.finish(ticket, |_, _| {})
             })
         };
-        let (left, stored) = tracker.revoke_and_drain(&[p()], Instant::now() + std::time::Duration::from_secs(30));
+        let (left, stored) =
+            tracker.revoke_and_drain(&[p()], Instant::now() + std::time::Duration::from_secs(30));
         assert_eq!(left, 0);
         assert_eq!(stored, vec![(p(), 1)]);
         assert_eq!(finisher.join().unwrap(), Some(1), "stored before the revocation completes");

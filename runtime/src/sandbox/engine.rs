@@ -134,9 +134,9 @@ fn engine(config: &SandboxConfig, pooling: bool) -> Result<Engine, SandboxError>
 /// `wasi:cli`, `wasi:io`, and keyhole's log. Filesystem and sockets are never linked, so even a
 /// component that slipped past validation could not instantiate with them.
 fn linker(engine: &Engine) -> Result<Linker<GuestState>, SandboxError> {
-    use wasmtime_wasi::p2::bindings::{cli, clocks, io, random};
     use wasmtime_wasi::cli::{WasiCli, WasiCliView};
     use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
+    use wasmtime_wasi::p2::bindings::{cli, clocks, io, random};
     use wasmtime_wasi::random::{WasiRandom, WasiRandomView};
 
     fn io_table(state: &mut GuestState) -> &mut wasmtime::component::ResourceTable {

@@ -107,9 +107,7 @@ impl GuestError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            GuestError::HandlerRetryable(_)
-                | GuestError::DeadlineExceeded { .. }
-                | GuestError::NoCapacity(_)
+            GuestError::HandlerRetryable(_) | GuestError::DeadlineExceeded { .. } | GuestError::NoCapacity(_)
         )
     }
 

@@ -133,7 +133,9 @@ enum Stage {
 fn classify(state: &GuestState, limits: &Limits, error: &wasmtime::Error, stage: Stage) -> GuestError {
     match state.limiter.hit {
         Some(LimitHit::Memory) => return GuestError::MemoryExceeded { limit_bytes: limits.max_memory_bytes },
-        Some(LimitHit::TableElements) => return GuestError::TableExceeded { limit: limits.max_table_elements },
+        Some(LimitHit::TableElements) => {
+            return GuestError::TableExceeded { limit: limits.max_table_elements };
+        }
         None => {}
     }
     if state.log_budget_exceeded || state.output_exhausted(limits.max_log_bytes) {

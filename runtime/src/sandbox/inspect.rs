@@ -62,27 +62,19 @@ impl Sandbox {
         if wasm.get(4..8) == Some(&[1, 0, 0, 0]) {
             return Err(LoadError::CoreModule);
         }
-        let component =
-            Component::new(&self.engine, wasm).map_err(|e| LoadError::Invalid(describe(&e)))?;
+        let component = Component::new(&self.engine, wasm).map_err(|e| LoadError::Invalid(describe(&e)))?;
         let ty = component.component_type();
         let imports = ty.imports(&self.engine).map(|(name, _)| name.to_string()).collect();
-        let exports = ty
-            .exports(&self.engine)
-            .map(|(name, item)| format!("{name} ({})", kind(&item.ty)))
-            .collect();
+        let exports =
+            ty.exports(&self.engine).map(|(name, item)| format!("{name} ({})", kind(&item.ty))).collect();
         Ok(Inspection { component, report: ComponentReport { imports, exports } })
     }
 
     /// Accepts or refuses an inspected component: every import must be allowed, the handler
     /// export must exist, and both must match the contract's types.
     pub(crate) fn validate(&self, inspection: &Inspection) -> Result<HandlerPre<GuestState>, LoadError> {
-        let forbidden: Vec<String> = inspection
-            .report
-            .imports
-            .iter()
-            .filter(|name| !is_allowed_import(name))
-            .cloned()
-            .collect();
+        let forbidden: Vec<String> =
+            inspection.report.imports.iter().filter(|name| !is_allowed_import(name)).cloned().collect();
         if !forbidden.is_empty() {
             return Err(LoadError::ForbiddenImports { imports: forbidden });
         }

@@ -110,8 +110,7 @@ impl bindings::keyhole::handler::log::Host for GuestState {
             wasmtime::bail!("log budget exhausted");
         }
         self.log_budget -= size;
-        let (tenant, handler, event_id) =
-            (&self.identity.tenant, &self.identity.handler, &self.event_id);
+        let (tenant, handler, event_id) = (&self.identity.tenant, &self.identity.handler, &self.event_id);
         // `?message` escapes control characters, so a guest cannot forge log lines.
         macro_rules! emit {
             ($level:expr) => {
