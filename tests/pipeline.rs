@@ -76,7 +76,7 @@ async fn setup(owner_base: &str, partitions: i32, extra_handler_toml: &str) -> S
         bootstrap_servers = "{bootstrap}"
         group_id = "{group}"
         # tansu holds every fetch for fetch.wait.max.ms even when data is ready.
-        properties = {{ "fetch.wait.max.ms" = "10", "auto.commit.interval.ms" = "200" }}
+        properties = {{ "fetch.wait.max.ms" = "10", "auto.commit.interval.ms" = "200", "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
 
         [shutdown]
         drain_timeout_ms = 10000
@@ -352,4 +352,49 @@ async fn per_key_order_holds_with_many_keys_in_flight() {
     keyhole.stop().await;
     let committed: i64 = broker::committed(&s.group, &s.topic, 2).iter().sum();
     assert_eq!(committed, (keys * per_key) as i64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_drains_revoked_partitions_before_handing_them_over() {
+    let owner = Owner::start().await;
+    owner.set_delay(Duration::from_millis(100));
+    let events = 300;
+    let s = setup(&owner.base_url(), 4, "max_in_flight = 16").await;
+    let producer = broker::producer();
+    for i in 0..events {
+        let id = format!("ev-{i}");
+        owner.set(&format!("r/{id}"), Answer::Release("text/plain", id.clone().into_bytes()));
+        publish(
+            &producer,
+            &s.topic,
+            None,
+            Some(&format!("key-{}", i % 20)),
+            &reference(&id, &format!("r/{id}")),
+            None,
+        )
+        .await;
+    }
+    let mut first = Running::start(s.settings.clone());
+    let mut outcomes = first.take(20, WITHIN).await;
+    // A second instance joins the group: the first must drain what it revokes, then share.
+    let mut second = Running::start(s.settings);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let (mut from_first, mut from_second) = (outcomes.len(), 0);
+    while by_id(&outcomes).len() < events && tokio::time::Instant::now() < deadline {
+        tokio::select! {
+            Some(o) = first.outcomes.recv() => { from_first += 1; outcomes.push(o) }
+            Some(o) = second.outcomes.recv() => { from_second += 1; outcomes.push(o) }
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+    let handled = by_id(&outcomes);
+    let missing: Vec<String> =
+        (0..events).map(|i| format!("ev-{i}")).filter(|id| !handled.contains_key(id)).collect();
+    assert!(missing.is_empty(), "never handled: {missing:?}");
+    assert!(from_second > 0, "the second instance got no partitions");
+    let twice = outcomes.len() - handled.len();
+    assert_eq!(twice, 0, "revoked partitions were handed over before their events were finished");
+    eprintln!("first handled {from_first}, second {from_second}");
+    first.stop().await;
+    second.stop().await;
 }

@@ -339,9 +339,9 @@ impl Dispatcher {
 
     async fn run(&self, work: Work) {
         let Work { ticket, origin, event, permit, .. } = work;
-        // Revoked: leave the event to the partition's next owner, which reads it again. (At
-        // shutdown, events already read are still handled: the drain finishes them, so a clean
-        // stop redelivers nothing.)
+        // Its partition was revoked and drained meanwhile: the partition's next owner reads the
+        // event again. (Events read before a revocation or a shutdown are still handled: the
+        // drain finishes them, so a clean stop or rebalance redelivers nothing.)
         if !self.tracker.is_current(&ticket) {
             self.tracker.abandon(ticket);
             return;

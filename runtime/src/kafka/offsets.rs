@@ -1,9 +1,10 @@
 //! Which offset of each partition may be committed, although events finish out of order.
 //!
 //! Events of one partition run concurrently (different keys), so the offset stored for a
-//! partition is the lowest one not yet finished: every event before it is done. Once a partition
-//! is revoked, its events still queued are abandoned rather than handled (the partition's next
-//! owner reads them again from the committed offset), and an abandoned event holds the stored
+//! partition is the lowest one not yet finished: every event before it is done. When a partition
+//! is revoked, nothing more begins in it and the events already read are finished during the
+//! drain; whatever is left when the drain deadline passes is forgotten here and read again by the
+//! partition's next owner. An abandoned event (interrupted before a decision) holds the stored
 //! offset back for good.
 
 use std::collections::{BTreeSet, HashMap};
@@ -104,9 +105,11 @@ impl OffsetTracker {
         Some(Ticket { generation: state.generation, partition, offset })
     }
 
-    /// Whether the ticket's partition is still assigned in the same generation.
+    /// Whether the ticket's partition is still assigned in the same generation. A revoked
+    /// partition still counts until its drain ends: events already read are finished then, so
+    /// its next owner need not handle them again.
     pub fn is_current(&self, ticket: &Ticket) -> bool {
-        self.lock().get(&ticket.partition).is_some_and(|s| !s.revoked && s.generation == ticket.generation)
+        self.lock().get(&ticket.partition).is_some_and(|s| s.generation == ticket.generation)
     }
 
     /// The event is finished (handled, or decided without the handler). When the committable
@@ -224,6 +227,7 @@ mod tests {
         let tracker = OffsetTracker::default();
         tracker.assign([p()]);
         let old = tracker.begin(p(), 5).unwrap();
+        assert!(tracker.is_current(&old));
         let (left, _) = tracker.revoke_and_drain(&[p()], Instant::now());
         assert_eq!(left, 1);
         assert!(tracker.begin(p(), 6).is_none());
