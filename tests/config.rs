@@ -2,6 +2,8 @@
 // Setting an environment variable is `unsafe` since Rust 2024; this binary's other tests do not
 // read it.
 #![allow(unsafe_code)]
+// A test fails loudly on anything unexpected; unwrap is how it says so.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -28,10 +30,11 @@ fn every_key_of_the_example_is_documented() {
     let mut keys = Vec::new();
     for line in example.lines().map(str::trim) {
         let line = line.trim_start_matches("# ");
-        if let Some((key, _)) = line.split_once(" = ") {
-            if !key.contains(' ') && !key.starts_with('"') {
-                keys.push(key.to_string());
-            }
+        if let Some((key, _)) = line.split_once(" = ")
+            && !key.contains(' ')
+            && !key.starts_with('"')
+        {
+            keys.push(key.to_string());
         }
     }
     assert!(keys.len() > 20, "{keys:?}");

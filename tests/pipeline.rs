@@ -1,5 +1,7 @@
 //! The reference pipeline end to end: a real broker (tansu), a real data owner on loopback, the
 //! real sandbox running the echo handler. Each test uses its own topic and consumer group.
+// A test fails loudly on anything unexpected; unwrap is how it says so.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -397,4 +399,35 @@ async fn a_rebalance_drains_revoked_partitions_before_handing_them_over() {
     eprintln!("first handled {from_first}, second {from_second}");
     first.stop().await;
     second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_from_keyhole_publish_are_consumed_as_published() {
+    use keyhole::publish::{self, ReferenceEventSpec};
+    let owner = Owner::start().await;
+    owner.set("customers/42", Answer::Release("application/json", b"{\"country\":\"DE\"}".to_vec()));
+    let s = setup(&owner.base_url(), 2, "").await;
+    let producer = publish::producer(&broker::bootstrap(), &[]).unwrap();
+    let event = ReferenceEventSpec {
+        id: publish::new_id(),
+        source: "urn:example:crm".into(),
+        type_: "com.example.customer.updated".into(),
+        subject: Some("customer/42".into()),
+        dataref: "customers/42".into(),
+        partition_key: Some("customer-42".into()),
+        correlation_id: Some("req-1".into()),
+    };
+    publish::publish(&producer, &s.topic, &event, Duration::from_secs(10)).await.unwrap();
+    let hostile = ReferenceEventSpec { dataref: "../admin".into(), ..event.clone() };
+    assert!(publish::publish(&producer, &s.topic, &hostile, Duration::from_secs(10)).await.is_err());
+
+    let mut keyhole = Running::start(s.settings);
+    let outcome = keyhole.take(1, WITHIN).await.remove(0);
+    let seen = echoed(&outcome);
+    assert_eq!(seen["id"], event.id.as_str());
+    assert_eq!(seen["subject"], "customer/42");
+    assert_eq!(seen["data"], "{\"country\":\"DE\"}");
+    // partitionkey is routing, not handler input; correlationid is passed on.
+    assert_eq!(seen["extensions"], serde_json::json!({"correlationid": "req-1"}));
+    keyhole.stop().await;
 }

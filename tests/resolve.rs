@@ -1,6 +1,8 @@
 //! Resolution against real HTTP servers on loopback: what the owner receives, how each of its
 //! answers is classified, the limits (time, size, concurrency, redirects) and that no error
 //! repeats the token or a reference's query string.
+// A test fails loudly on anything unexpected; unwrap is how it says so.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use axum::Router;
 use axum::body::Body;

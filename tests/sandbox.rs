@@ -1,5 +1,7 @@
 //! The sandbox against real components: what reaches a handler, how every guest failure is
 //! reported, and each limit as a pair, obeyed and violated.
+// A test fails loudly on anything unexpected; unwrap is how it says so.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

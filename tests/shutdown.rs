@@ -1,6 +1,8 @@
 //! `keyhole run` as an operator runs it: stopped with SIGTERM mid-stream, or killed with
 //! SIGKILL, then restarted. Every event must be handled at least once; the audit file, written
 //! before an offset is stored, is the record of what was handled.
+// A test fails loudly on anything unexpected; unwrap is how it says so.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

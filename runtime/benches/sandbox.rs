@@ -3,6 +3,8 @@
 //! and a call on a reused instance to show what instantiation costs.
 //!
 //! Run: `scripts/build-guests.sh && cargo bench --bench sandbox`
+// A test fails loudly on anything unexpected; unwrap is how it says so.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use keyhole::sandbox::{

@@ -152,7 +152,7 @@ impl<'a> Record<'a> {
             }
         }
         Record {
-            time: httpdate::fmt_http_date(outcome.time),
+            time: humantime::format_rfc3339_millis(outcome.time).to_string(),
             tenant: &outcome.asker.tenant,
             handler: &outcome.asker.handler,
             purpose: &outcome.asker.purpose,

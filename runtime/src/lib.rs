@@ -16,6 +16,7 @@
 //!   the partition is finished.
 //! - [`pipeline`]: wires the above together for every configured binding and runs them until
 //!   shutdown.
+//! - [`publish`]: the producer's side, for data owners and requesters (`keyhole publish`).
 //! - [`telemetry`]: logging set-up and metric names.
 
 pub mod audit;
@@ -24,6 +25,7 @@ pub mod dispatch;
 pub mod envelope;
 pub mod kafka;
 pub mod pipeline;
+pub mod publish;
 pub mod resolve;
 pub mod sandbox;
 pub mod telemetry;

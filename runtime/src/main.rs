@@ -38,6 +38,49 @@ enum Command {
         #[arg(long, default_value = "keyhole.toml")]
         config: PathBuf,
     },
+    /// Publishes one reference event (a binary-mode CloudEvent with a `dataref` and no data),
+    /// as a data owner or requester would, and prints where it landed.
+    Publish(Box<PublishArgs>),
+}
+
+#[derive(clap::Args)]
+struct PublishArgs {
+    /// Kafka's bootstrap servers.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    bootstrap_servers: String,
+    /// The topic of reference events.
+    #[arg(long)]
+    topic: String,
+    /// The reference: a path relative to the data owner's base URL, e.g. `customers/42`.
+    #[arg(long)]
+    dataref: String,
+    /// The CloudEvents id (default: a random UUID).
+    #[arg(long)]
+    id: Option<String>,
+    /// The CloudEvents source.
+    #[arg(long, default_value = "urn:keyhole:cli")]
+    source: String,
+    /// The CloudEvents type.
+    #[arg(long = "type", default_value = "com.example.reference")]
+    type_: String,
+    /// The CloudEvents subject.
+    #[arg(long)]
+    subject: Option<String>,
+    /// The partition key (also the message key): events with the same key stay in order.
+    #[arg(long)]
+    key: Option<String>,
+    /// The correlation id.
+    #[arg(long)]
+    correlation_id: Option<String>,
+    /// A librdkafka producer property, `name=value` (repeatable).
+    #[arg(long = "property", value_parser = parse_property)]
+    properties: Vec<(String, String)>,
+}
+
+fn parse_property(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{text:?} is not name=value"))
 }
 
 fn main() -> ExitCode {
@@ -46,6 +89,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { file, json } => check(&file, json),
         Command::Run { config } => run(&config),
+        Command::Publish(args) => publish(*args),
     };
     match result {
         Ok(code) => code,
@@ -95,6 +139,29 @@ fn run(config: &std::path::Path) -> anyhow::Result<ExitCode> {
     let settings = Config::load(config)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(pipeline::run(settings, None, shutdown_signal()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
+    use keyhole::publish::{self, ReferenceEventSpec};
+    let event = ReferenceEventSpec {
+        id: args.id.unwrap_or_else(publish::new_id),
+        source: args.source,
+        type_: args.type_,
+        subject: args.subject,
+        dataref: args.dataref,
+        partition_key: args.key,
+        correlation_id: args.correlation_id,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let producer = publish::producer(&args.bootstrap_servers, &args.properties)?;
+    let (partition, offset) = runtime.block_on(publish::publish(
+        &producer,
+        &args.topic,
+        &event,
+        std::time::Duration::from_secs(30),
+    ))?;
+    println!("published {} to {}[{partition}]@{offset}", event.id, args.topic);
     Ok(ExitCode::SUCCESS)
 }
 

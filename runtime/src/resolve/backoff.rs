@@ -63,6 +63,7 @@ impl Backoff {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::{Backoff, RETRY_AFTER_CEILING};
     use std::time::Duration;

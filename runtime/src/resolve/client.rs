@@ -359,6 +359,7 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::{refusal, requester_header_value, retry_after, within};
     use crate::resolve::ResolveError;

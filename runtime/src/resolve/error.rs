@@ -150,6 +150,7 @@ impl ResolveError {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::{Disposition, ResolveError};
 

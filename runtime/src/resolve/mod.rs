@@ -124,6 +124,7 @@ impl fmt::Debug for Released {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::{Identity, Released};
 

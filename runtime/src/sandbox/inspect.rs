@@ -120,6 +120,7 @@ fn kind(item: &ComponentItem) -> &'static str {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::is_allowed_import;
 

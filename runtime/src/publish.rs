@@ -1,0 +1,126 @@
+//! The producer's side: well-formed reference events, as a data owner or requester emits them.
+//!
+//! An event is a binary-mode CloudEvent (`ce_*` headers) with a `dataref` and no value: the
+//! personal data stays with its owner. The reference is checked with the same rules keyhole
+//! applies when consuming, so a producer learns at once that a reference would be refused.
+
+use crate::envelope::{DataRef, EnvelopeError};
+use rdkafka::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::time::Duration;
+
+/// What to publish.
+#[derive(Clone, Debug)]
+pub struct ReferenceEventSpec {
+    /// The CloudEvents `id`; unique per source.
+    pub id: String,
+    /// The CloudEvents `source`.
+    pub source: String,
+    /// The CloudEvents `type`.
+    pub type_: String,
+    /// The CloudEvents `subject`.
+    pub subject: Option<String>,
+    /// The reference: a path relative to the data owner's base URL.
+    pub dataref: String,
+    /// The `partitionkey` extension, also used as the message key so that events of one key
+    /// stay in order.
+    pub partition_key: Option<String>,
+    /// The `correlationid` extension.
+    pub correlation_id: Option<String>,
+}
+
+/// Why publishing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The reference would be refused by any consumer.
+    #[error("the reference would be refused")]
+    Reference(#[from] EnvelopeError),
+    /// Kafka did not take the event.
+    #[error("Kafka did not accept the event")]
+    Kafka(#[from] KafkaError),
+}
+
+/// An idempotent producer with `acks=all`: a confirmed event is on every in-sync replica, and a
+/// retried send is never written twice.
+pub fn producer(
+    bootstrap_servers: &str,
+    properties: &[(String, String)],
+) -> Result<FutureProducer, KafkaError> {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap_servers).set("client.id", "keyhole-publish");
+    for (name, value) in properties {
+        config.set(name, value);
+    }
+    config.set("enable.idempotence", "true").set("acks", "all");
+    config.create()
+}
+
+/// A fresh random (version 4) UUID, for event ids.
+pub fn new_id() -> String {
+    let b: [u8; 16] = rand::random();
+    let hex = |range: std::ops::Range<usize>| b[range].iter().map(|x| format!("{x:02x}")).collect::<String>();
+    format!(
+        "{}-{}-4{}-{:x}{}-{}",
+        hex(0..4),
+        hex(4..6),
+        &hex(6..8)[1..],
+        8 | (b[8] & 0x3),
+        &hex(8..10)[1..],
+        hex(10..16)
+    )
+}
+
+/// Publishes one reference event and waits until Kafka confirms it; returns its partition and
+/// offset.
+pub async fn publish(
+    producer: &FutureProducer,
+    topic: &str,
+    event: &ReferenceEventSpec,
+    timeout: Duration,
+) -> Result<(i32, i64), PublishError> {
+    DataRef::parse(&event.dataref)?;
+    let mut headers = OwnedHeaders::new();
+    let mut add = |name: &str, value: &str| {
+        headers = std::mem::replace(&mut headers, OwnedHeaders::new())
+            .insert(Header { key: name, value: Some(value.as_bytes()) });
+    };
+    add("ce_specversion", "1.0");
+    add("ce_id", &event.id);
+    add("ce_source", &event.source);
+    add("ce_type", &event.type_);
+    add("ce_time", &humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
+    add("ce_dataref", &event.dataref);
+    if let Some(subject) = &event.subject {
+        add("ce_subject", subject);
+    }
+    if let Some(key) = &event.partition_key {
+        add("ce_partitionkey", key);
+    }
+    if let Some(correlation) = &event.correlation_id {
+        add("ce_correlationid", correlation);
+    }
+    let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).headers(headers);
+    if let Some(key) = &event.partition_key {
+        record = record.key(key.as_str());
+    }
+    let delivery = producer.send(record, timeout).await.map_err(|(error, _)| error)?;
+    Ok((delivery.partition, delivery.offset))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_version_4_uuids() {
+        let id = new_id();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+        assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
+        let groups: Vec<usize> = id.split('-').map(str::len).collect();
+        assert_eq!(groups, [8, 4, 4, 4, 12], "{id}");
+    }
+}
