@@ -71,40 +71,8 @@ struct Setup {
 async fn setup(owner_base: &str, partitions: i32, extra_handler_toml: &str) -> Setup {
     let topic = create_topic(partitions).await;
     let group = broker::unique("keyhole");
-    let echo = common::guest_path("echo");
-    let toml = format!(
-        r#"
-        [kafka]
-        bootstrap_servers = "{bootstrap}"
-        group_id = "{group}"
-        # tansu holds every fetch for fetch.wait.max.ms even when data is ready.
-        properties = {{ "fetch.wait.max.ms" = "10", "auto.commit.interval.ms" = "200", "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
-
-        [shutdown]
-        drain_timeout_ms = 10000
-
-        [[data_source]]
-        name = "owner"
-        base_url = "{owner_base}"
-        identity = {{ bearer_token = {{ value = "{token}" }} }}
-        timeout_ms = 2000
-
-        [[handler]]
-        name = "echo"
-        tenant = "acme"
-        component = "{echo}"
-        topics = ["{topic}"]
-        data_source = "owner"
-        purpose = "integration-test"
-        {extra_handler_toml}
-        [handler.retry]
-        initial_backoff_ms = 50
-        max_backoff_ms = 500
-        "#,
-        bootstrap = broker::bootstrap(),
-        token = common::owner::TOKEN,
-        echo = echo.display(),
-    );
+    let identity = format!(r#"{{ bearer_token = {{ value = "{}" }} }}"#, common::owner::TOKEN);
+    let toml = common::echo_config(&group, &topic, owner_base, &identity, extra_handler_toml);
     let config: Config = toml::from_str(&toml).unwrap();
     let settings = config.validate(Path::new(".")).unwrap_or_else(|p| panic!("{p:#?}"));
     Setup { group: settings.bindings[0].group_id.clone(), topic, settings }

@@ -17,42 +17,10 @@ const EVENTS: usize = 300;
 
 fn write_config(dir: &Path, owner: &Owner, topic: &str, group: &str) -> PathBuf {
     let config = dir.join("keyhole.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-            [kafka]
-            bootstrap_servers = "{bootstrap}"
-            group_id = "{group}"
-            # A member killed with SIGKILL holds its partitions until its session times out.
-            properties = {{ "fetch.wait.max.ms" = "10", "auto.commit.interval.ms" = "100", "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "1000" }}
-
-            [audit]
-            path = "audit.jsonl"
-
-            [shutdown]
-            drain_timeout_ms = 10000
-
-            [[data_source]]
-            name = "owner"
-            base_url = "{base}"
-            identity = {{ bearer_token = {{ env = "KEYHOLE_TEST_OWNER_TOKEN" }} }}
-
-            [[handler]]
-            name = "echo"
-            tenant = "acme"
-            component = "{echo}"
-            topics = ["{topic}"]
-            data_source = "owner"
-            purpose = "shutdown-test"
-            max_in_flight = 16
-            "#,
-            bootstrap = broker::bootstrap(),
-            base = owner.base_url(),
-            echo = common::guest_path("echo").display(),
-        ),
-    )
-    .unwrap();
+    let identity = r#"{ bearer_token = { env = "KEYHOLE_TEST_OWNER_TOKEN" } }"#;
+    let mut toml = common::echo_config(group, topic, &owner.base_url(), identity, "max_in_flight = 16");
+    toml.push_str("\n[audit]\npath = \"audit.jsonl\"\n");
+    std::fs::write(&config, toml).unwrap();
     config
 }
 

@@ -66,3 +66,49 @@ pub async fn assert_serves_normal_event() {
     assert_eq!(body["id"], "after");
     assert_eq!(body["data"], r#"{"ok":true}"#);
 }
+
+/// A keyhole configuration with one `echo` handler (tenant `acme`) consuming `topic` in consumer
+/// group prefix `group`, resolving against the data owner at `owner_base` with `identity` (a TOML
+/// inline table). `handler_extra` adds keys to the handler.
+pub fn echo_config(
+    group: &str,
+    topic: &str,
+    owner_base: &str,
+    identity: &str,
+    handler_extra: &str,
+) -> String {
+    format!(
+        r#"
+        [kafka]
+        bootstrap_servers = "{bootstrap}"
+        group_id = "{group}"
+        # tansu holds every fetch for fetch.wait.max.ms even when data is ready; a member killed
+        # with SIGKILL holds its partitions until its session times out.
+        properties = {{ "fetch.wait.max.ms" = "10", "auto.commit.interval.ms" = "100", "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
+
+        [shutdown]
+        drain_timeout_ms = 10000
+
+        [[data_source]]
+        name = "owner"
+        base_url = "{owner_base}"
+        identity = {identity}
+        timeout_ms = 2000
+
+        [[handler]]
+        name = "echo"
+        tenant = "acme"
+        component = "{echo}"
+        topics = ["{topic}"]
+        data_source = "owner"
+        purpose = "integration-test"
+        {handler_extra}
+
+        [handler.retry]
+        initial_backoff_ms = 50
+        max_backoff_ms = 500
+        "#,
+        bootstrap = broker::bootstrap(),
+        echo = guest_path("echo").display(),
+    )
+}
