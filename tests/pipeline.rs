@@ -381,6 +381,7 @@ async fn events_from_keyhole_publish_are_consumed_as_published() {
         source: "urn:example:crm".into(),
         type_: "com.example.customer.updated".into(),
         subject: Some("customer/42".into()),
+        time: None,
         dataref: "customers/42".into(),
         partition_key: Some("customer-42".into()),
         correlation_id: Some("req-1".into()),

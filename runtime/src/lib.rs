@@ -17,6 +17,8 @@
 //! - [`pipeline`]: wires the above together for every configured binding and runs them until
 //!   shutdown.
 //! - [`publish`]: the producer's side, for data owners and requesters (`keyhole publish`).
+//! - [`simulate`]: the same pipeline on an in-process broker and sample data owner, for
+//!   `keyhole dev` and `keyhole demo`.
 //! - [`telemetry`]: logging set-up and metric names.
 
 pub mod audit;
@@ -28,4 +30,5 @@ pub mod pipeline;
 pub mod publish;
 pub mod resolve;
 pub mod sandbox;
+pub mod simulate;
 pub mod telemetry;

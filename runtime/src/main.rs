@@ -38,9 +38,38 @@ enum Command {
         #[arg(long, default_value = "keyhole.toml")]
         config: PathBuf,
     },
+    /// Runs a handler on fixtures through the real pipeline, with an in-process broker and data
+    /// owner, and prints each outcome; exits 1 when the handler failed on any event.
+    Dev(DevArgs),
+    /// Shows keyhole at work with nothing else running: publishes a scenario (consent granted,
+    /// missing, withdrawn after publishing, a record erased) and prints what the handler got.
+    Demo {
+        /// The handler.
+        #[arg(long, default_value = "guest-examples/dist/echo.wasm")]
+        handler: PathBuf,
+        /// The scenario.
+        #[arg(long, default_value = "examples/demo")]
+        fixtures: PathBuf,
+    },
     /// Publishes one reference event (a binary-mode CloudEvent with a `dataref` and no data),
     /// as a data owner or requester would, and prints where it landed.
     Publish(Box<PublishArgs>),
+}
+
+#[derive(clap::Args)]
+struct DevArgs {
+    /// The handler component (`.wasm`).
+    #[arg(long)]
+    handler: PathBuf,
+    /// A directory holding `fixtures.toml` (see docs/writing-handlers.md).
+    #[arg(long)]
+    fixtures: PathBuf,
+    /// Prints one JSON object per event instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Runs again whenever the handler file changes.
+    #[arg(long)]
+    watch: bool,
 }
 
 #[derive(clap::Args)]
@@ -85,11 +114,18 @@ fn parse_property(text: &str) -> Result<(String, String), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format, "warn,keyhole=info");
+    // The simulator prints its own report; there, only errors and the handler's own logs show.
+    let default_filter = match cli.command {
+        Command::Dev(_) | Command::Demo { .. } => "error,keyhole::guest=debug",
+        _ => "warn,keyhole=info",
+    };
+    telemetry::init(cli.log_format, default_filter);
     let result = match cli.command {
         Command::Check { file, json } => check(&file, json),
         Command::Run { config } => run(&config),
         Command::Publish(args) => publish(*args),
+        Command::Dev(args) => dev(&args),
+        Command::Demo { handler, fixtures } => demo(&handler, &fixtures),
     };
     match result {
         Ok(code) => code,
@@ -142,6 +178,74 @@ fn run(config: &std::path::Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn dev(args: &DevArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let mut last_change = modified(&args.handler);
+    loop {
+        let code = simulate_once(&runtime, &args.handler, &args.fixtures, args.json)?;
+        if !args.watch {
+            return Ok(code);
+        }
+        eprintln!("watching {} for changes (Ctrl-C stops)", args.handler.display());
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let now = modified(&args.handler);
+            if now != last_change {
+                last_change = now;
+                // Let the compiler finish writing the file.
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                break;
+            }
+        }
+    }
+}
+
+fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Runs the fixtures once; errors in the fixtures or the handler are reported and, in watch
+/// mode, waited out.
+fn simulate_once(
+    runtime: &tokio::runtime::Runtime,
+    handler: &std::path::Path,
+    fixtures: &std::path::Path,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use keyhole::simulate::{self, fixtures::Fixtures, report};
+    let fixtures = Fixtures::load(fixtures).map_err(anyhow::Error::msg)?;
+    if !json {
+        eprintln!("Starting an in-process Kafka cluster and data owner; running {}...", handler.display());
+    }
+    let results = match runtime.block_on(simulate::run(handler, &fixtures)) {
+        Ok(results) => results,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if json {
+        print!("{}", report::json_lines(&results));
+    } else {
+        print!("{}", report::text(&handler.display().to_string(), &results));
+    }
+    Ok(if report::handler_failed(&results) { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn demo(handler: &std::path::Path, fixtures: &std::path::Path) -> anyhow::Result<ExitCode> {
+    if !handler.is_file() {
+        anyhow::bail!(
+            "{} does not exist: build the example handlers first (scripts/build-guests.sh)",
+            handler.display()
+        );
+    }
+    println!("keyhole demo: a data owner published references to customer records; keyhole resolves each");
+    println!("one with the owner at the moment of consumption, and the handler sees only what the owner");
+    println!("released. Here the handler is `echo`, which replies with exactly what it received.\n");
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    simulate_once(&runtime, handler, fixtures, false)
+}
+
 fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     use keyhole::publish::{self, ReferenceEventSpec};
     let event = ReferenceEventSpec {
@@ -149,6 +253,7 @@ fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
         source: args.source,
         type_: args.type_,
         subject: args.subject,
+        time: None,
         dataref: args.dataref,
         partition_key: args.key,
         correlation_id: args.correlation_id,
