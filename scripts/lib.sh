@@ -59,3 +59,29 @@ start_tansu() {
     echo "tansu did not accept connections on 127.0.0.1:$port within 10 s" >&2
     return 1
 }
+
+COMPONENTIZE_PY_VERSION=0.25.1
+PY_VENV="$KEYHOLE_CACHE/componentize-py-$COMPONENTIZE_PY_VERSION"
+
+# componentize-py (PyPI) in its own virtualenv.
+ensure_componentize_py() {
+    if [ ! -x "$PY_VENV/bin/componentize-py" ]; then
+        step "Installing componentize-py $COMPONENTIZE_PY_VERSION into $PY_VENV"
+        python3 -m venv "$PY_VENV"
+        "$PY_VENV/bin/pip" install --quiet "componentize-py==$COMPONENTIZE_PY_VERSION"
+    fi
+}
+
+COMPONENTIZE_JS_VERSION=0.23.0
+JCO_VERSION=1.35.0
+NODE_TOOLS="$KEYHOLE_CACHE/node-componentize-js-$COMPONENTIZE_JS_VERSION"
+
+# componentize-js and jco (npm) in their own prefix.
+ensure_componentize_js() {
+    if [ ! -x "$NODE_TOOLS/node_modules/.bin/componentize-js" ]; then
+        step "Installing componentize-js $COMPONENTIZE_JS_VERSION and jco $JCO_VERSION into $NODE_TOOLS"
+        mkdir -p "$NODE_TOOLS"
+        npm install --silent --no-audit --no-fund --prefix "$NODE_TOOLS" \
+            "@bytecodealliance/componentize-js@$COMPONENTIZE_JS_VERSION" "@bytecodealliance/jco@$JCO_VERSION"
+    fi
+}

@@ -364,3 +364,15 @@ async fn deadline_violated_while_waiting_in_a_host_call() {
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
     assert_serves_normal_event().await;
 }
+
+#[tokio::test]
+async fn deadlines_fire_after_the_sandbox_that_loaded_the_handler_is_dropped() {
+    let sandbox = Sandbox::new(&SandboxConfig::default()).unwrap();
+    let identity = HandlerIdentity { tenant: "t".into(), handler: "loop".into() };
+    let handler = sandbox
+        .load(identity, &guest("hostile-endless-loop"), Limits { deadline_ms: 200, ..limits() })
+        .unwrap();
+    drop(sandbox);
+    let error = handler.handle(&event("d", b"{}")).await.unwrap_err();
+    assert!(matches!(error, GuestError::DeadlineExceeded { .. }), "{error:?}");
+}

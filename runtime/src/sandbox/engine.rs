@@ -3,7 +3,7 @@
 use super::error::SandboxError;
 use super::state::GuestState;
 use serde::Deserialize;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use wasmtime::component::{HasSelf, Linker};
@@ -66,8 +66,9 @@ pub struct Sandbox {
     pub(crate) engine: Engine,
     pub(crate) linker: Linker<GuestState>,
     allocation: Allocation,
-    /// Advances the engine's epoch; stops when the sandbox is dropped.
-    _ticker: EpochTicker,
+    /// Advances the engine's epoch. Shared with every loaded handler: deadlines must keep firing
+    /// for as long as any handler can run, even after the sandbox itself is dropped.
+    pub(crate) ticker: Arc<EpochTicker>,
 }
 
 impl Sandbox {
@@ -87,7 +88,7 @@ impl Sandbox {
         let linker = linker(&engine)?;
         let ticker = EpochTicker::start(engine.clone())
             .map_err(|e| SandboxError::Engine(format!("cannot start the epoch ticker: {e}")))?;
-        Ok(Sandbox { engine, linker, allocation, _ticker: ticker })
+        Ok(Sandbox { engine, linker, allocation, ticker: Arc::new(ticker) })
     }
 
     /// The allocator in use.
@@ -178,7 +179,7 @@ impl wasmtime::component::HasData for HasIoTable {
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] on its own thread; stopped and joined when
 /// dropped.
-struct EpochTicker {
+pub(crate) struct EpochTicker {
     stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }

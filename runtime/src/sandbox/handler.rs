@@ -18,6 +18,8 @@ const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
 pub struct Handler {
     identity: Arc<HandlerIdentity>,
     engine: Engine,
+    /// Keeps the epoch advancing while this handler exists: without it no deadline fires.
+    _ticker: Arc<super::engine::EpochTicker>,
     pre: HandlerPre<GuestState>,
     limits: Limits,
     report: ComponentReport,
@@ -31,6 +33,7 @@ impl Sandbox {
         Ok(Handler {
             identity: Arc::new(identity),
             engine: self.engine.clone(),
+            _ticker: self.ticker.clone(),
             pre,
             limits,
             report: inspection.report,

@@ -57,7 +57,7 @@ pub fn text(handler: &str, results: &[EventResult]) -> String {
     let _ = writeln!(out, "{} event(s) through {handler}\n", results.len());
     for result in results {
         let event = &result.event;
-        let _ = write!(out, "  {:<11} {}  {}", verdict(result), event.id, event.dataref);
+        let _ = write!(out, "  {:<17}  {}  {}", verdict(result), event.id, event.dataref);
         if let Some(note) = &event.note {
             let _ = write!(out, "  ({note})");
         }
@@ -66,17 +66,17 @@ pub fn text(handler: &str, results: &[EventResult]) -> String {
             Decision::Delivered { reply: Some(reply), data_bytes } => {
                 let _ = writeln!(
                     out,
-                    "              received {data_bytes} bytes; replied {} ({}): {}",
+                    "                     received {data_bytes} bytes; replied {} ({}): {}",
                     reply.type_,
                     reply.datacontenttype,
                     reply_text(reply)
                 );
             }
             Decision::Delivered { reply: None, data_bytes } => {
-                let _ = writeln!(out, "              received {data_bytes} bytes; no reply");
+                let _ = writeln!(out, "                     received {data_bytes} bytes; no reply");
             }
             other => {
-                let _ = writeln!(out, "              {}", why(other));
+                let _ = writeln!(out, "                     {}", why(other));
             }
         }
     }
