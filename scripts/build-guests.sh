@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the example and test handlers for wasm32-wasip2 and copies the components to
-# guest-examples/dist/, where the tests and the docs expect them.
+# Builds the example and test handlers and puts the components in guest-examples/dist/, where
+# the tests and the docs expect them: the Rust ones (wasm32-wasip2), then the Python and
+# JavaScript echo handlers. `--rust-only` skips the last two.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 . "$root/scripts/lib.sh"
@@ -16,6 +17,11 @@ for wasm in "$target_dir"/wasm32-wasip2/release/*.wasm; do
     name=$(basename "$wasm" .wasm)
     cp "$wasm" "dist/${name//_/-}.wasm"
 done
+
+if [ "${1:-}" = "--rust-only" ]; then
+    step "Guests ready in guest-examples/dist/: $(cd dist && ls *.wasm | tr '\n' ' ')"
+    exit 0
+fi
 
 # Python: componentize-py from PyPI, in a virtualenv under the cache. --stub-wasi replaces the
 # interpreter's filesystem and socket imports (which keyhole refuses) with trapping stubs.
