@@ -83,9 +83,8 @@ impl SampleOwner {
 
     /// The base URL references resolve against.
     pub fn base_url(&self) -> url::Url {
-        // invariant: a socket address always makes a valid http URL.
         #[allow(clippy::expect_used)]
-        url::Url::parse(&format!("http://{}/api/", self.addr)).expect("loopback URL")
+        url::Url::parse(&format!("http://{}/api/", self.addr)).expect("loopback URL") // invariant: a socket address always makes a valid URL
     }
 
     /// Changes the consent for a record (the user withdraws it, say).
