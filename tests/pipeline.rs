@@ -400,3 +400,56 @@ async fn events_from_keyhole_publish_are_consumed_as_published() {
     assert_eq!(seen["extensions"], serde_json::json!({"correlationid": "req-1"}));
     keyhole.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_are_published_correlated_to_their_requests() {
+    use rdkafka::Message;
+    let owner = Owner::start().await;
+    owner.set("customers/1", Answer::Release("text/plain", b"one".to_vec()));
+    let replies = create_topic(1).await;
+    let other = create_topic(1).await;
+    let extra = format!("reply_topic = \"{replies}\"\n        reply_topics_allowed = [\"{other}\"]");
+    let s = setup(&owner.base_url(), 1, &extra).await;
+    let producer = broker::producer();
+    let mut first = reference("req-1", "customers/1");
+    first.push(("ce_correlationid".into(), b"conversation-9".to_vec()));
+    publish(&producer, &s.topic, Some(0), Some("customer-1"), &first, None).await;
+    let mut second = reference("req-2", "customers/1");
+    second.push(("ce_replyto".into(), other.as_bytes().to_vec()));
+    publish(&producer, &s.topic, Some(0), Some("customer-1"), &second, None).await;
+    let mut third = reference("req-3", "customers/1");
+    third.push(("ce_replyto".into(), b"somebody-elses-topic".to_vec()));
+    publish(&producer, &s.topic, Some(0), Some("customer-1"), &third, None).await;
+
+    let mut keyhole = Running::start(s.settings);
+    let outcomes = keyhole.take(3, WITHIN).await;
+    let outcomes = by_id(&outcomes);
+    assert!(
+        matches!(&outcomes["req-3"].decision, Decision::Failed { kind: "reply_topic_not_allowed", .. }),
+        "{:?}",
+        outcomes["req-3"]
+    );
+    let reply = broker::read(&replies, 1).await.remove(0);
+    assert_eq!(broker::header(&reply, "ce_correlationid").as_deref(), Some("conversation-9"));
+    assert_eq!(broker::header(&reply, "ce_causationid").as_deref(), Some("req-1"));
+    assert_eq!(broker::header(&reply, "ce_source").as_deref(), Some("urn:keyhole:acme:echo"));
+    assert_eq!(broker::header(&reply, "ce_type").as_deref(), Some("keyhole.example.echo"));
+    assert_eq!(broker::header(&reply, "content-type").as_deref(), Some("application/json"));
+    assert_eq!(reply.key(), Some(b"customer-1".as_slice()), "keyed like the request");
+    let body: serde_json::Value = serde_json::from_slice(reply.payload().unwrap()).unwrap();
+    assert_eq!(body["data"], "one");
+    let reply_id = broker::header(&reply, "ce_id").unwrap();
+    assert_ne!(reply_id, "req-1", "a reply has an id of its own");
+    match &outcomes["req-1"].decision {
+        Decision::Delivered { published: Some((topic, id)), .. } => {
+            assert_eq!((topic, id), (&replies, &reply_id))
+        }
+        other => panic!("{other:?}"),
+    }
+    // A request may name another reply topic when the handler's allow-list has it; the
+    // correlation id is then the request's id.
+    let redirected = broker::read(&other, 1).await.remove(0);
+    assert_eq!(broker::header(&redirected, "ce_correlationid").as_deref(), Some("req-2"));
+    assert_eq!(broker::header(&redirected, "ce_causationid").as_deref(), Some("req-2"));
+    keyhole.stop().await;
+}

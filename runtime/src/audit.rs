@@ -46,6 +46,9 @@ pub enum Decision {
         reply: Option<Reply>,
         /// Bytes the owner released.
         data_bytes: u64,
+        /// Where the reply was published, and its CloudEvents id (its `causationid` is the
+        /// request's id).
+        published: Option<(String, String)>,
     },
     /// The owner refused: consent missing or withdrawn (403), or legally unavailable (451).
     ConsentDenied {
@@ -133,6 +136,10 @@ struct Record<'a> {
     data_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reply_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply_topic: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply_id: Option<&'a str>,
     attempts: u32,
 }
 
@@ -140,10 +147,12 @@ impl<'a> Record<'a> {
     fn from(outcome: &'a Outcome) -> Self {
         let (mut status, mut stage, mut kind, mut reason, mut data_bytes, mut reply_bytes) =
             (None, None, None, None, None, None);
+        let (mut reply_topic, mut reply_id) = (None, None);
         match &outcome.decision {
-            Decision::Delivered { reply, data_bytes: n } => {
+            Decision::Delivered { reply, data_bytes: n, published } => {
                 data_bytes = Some(*n);
                 reply_bytes = reply.as_ref().map(|r| r.data.len() as u64);
+                (reply_topic, reply_id) = published.as_ref().map(|(t, i)| (t.as_str(), i.as_str())).unzip();
             }
             Decision::ConsentDenied { status: s } | Decision::Gone { status: s } => status = Some(*s),
             Decision::Refused { kind: k, reason: r } => (kind, reason) = (Some(*k), Some(r.as_str())),
@@ -168,6 +177,8 @@ impl<'a> Record<'a> {
             reason,
             data_bytes,
             reply_bytes,
+            reply_topic,
+            reply_id,
             attempts: outcome.attempts,
         }
     }

@@ -172,6 +172,11 @@ pub struct HandlerConfig {
     /// Events read but not yet finished, at most; fetching pauses at this number.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// Where the handler's replies are published. Without it, a reply is logged and dropped.
+    pub reply_topic: Option<String>,
+    /// Other topics a request may name in its `replyto` attribute; any other is refused.
+    #[serde(default)]
+    pub reply_topics_allowed: Vec<String>,
     /// Sandbox limits for each call.
     #[serde(default)]
     pub limits: Limits,
@@ -308,6 +313,10 @@ pub struct BindingSettings {
     pub purpose: String,
     /// Maximum events in flight.
     pub max_in_flight: usize,
+    /// The default reply topic.
+    pub reply_topic: Option<String>,
+    /// Topics a request may ask its reply to go to.
+    pub reply_topics_allowed: Vec<String>,
     /// Sandbox limits.
     pub limits: Limits,
     /// Retry policy.
@@ -500,6 +509,21 @@ impl Config {
                     );
                 }
             }
+            for (key, topic) in h.reply_topic.iter().map(|t| ("reply_topic".to_string(), t)).chain(
+                h.reply_topics_allowed
+                    .iter()
+                    .enumerate()
+                    .map(|(t, topic)| (format!("reply_topics_allowed[{t}]"), topic)),
+            ) {
+                if !is_topic(topic) {
+                    problems.add(at(&key), format!("{topic:?} is not a valid topic name"));
+                } else if h.topics.contains(topic) {
+                    problems.add(
+                        at(&key),
+                        format!("{topic:?} is also consumed by this handler: its replies would loop"),
+                    );
+                }
+            }
             let source = self.data_sources.iter().position(|s| s.name == h.data_source);
             match source {
                 None => {
@@ -549,6 +573,8 @@ impl Config {
                     data_source,
                     purpose: h.purpose.clone(),
                     max_in_flight: h.max_in_flight,
+                    reply_topic: h.reply_topic.clone(),
+                    reply_topics_allowed: h.reply_topics_allowed.clone(),
                     limits: h.limits.clone(),
                     retry: h.retry.clone(),
                     key_path: format!("handler[{i}]"),

@@ -12,6 +12,7 @@ use crate::envelope::{EnvelopeError, ReferenceEvent};
 use crate::kafka::{self, BindingConsumer, OffsetTracker, Ticket};
 use crate::resolve::{Backoff, Disposition, Released, Requester, ResolveError, Resolver};
 use crate::sandbox::{self, GuestError, Handler};
+use rdkafka::producer::FutureProducer;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -34,6 +35,8 @@ pub struct Binding {
     pub gate: PauseGate,
     /// Where outcomes go.
     pub audit: Arc<Audit>,
+    /// Publishes replies (shared by every binding).
+    pub replies: Arc<FutureProducer>,
 }
 
 impl Binding {
@@ -90,6 +93,7 @@ pub async fn decide(
     binding: &Binding,
     event: Result<ReferenceEvent, EnvelopeError>,
     origin: Origin,
+    key: Option<&[u8]>,
     cancel: &CancellationToken,
 ) -> Option<Outcome> {
     let mut outcome = Outcome {
@@ -133,7 +137,21 @@ pub async fn decide(
         let data_bytes = released.body.len() as u64;
         match binding.handler.handle(&guest_event(&event, released)).await {
             Ok(reply) => {
-                outcome.decision = Decision::Delivered { reply, data_bytes };
+                let destination = reply_destination(&binding.settings, &event, reply.is_some());
+                outcome.decision = match (reply, destination) {
+                    (_, Err(reason)) => {
+                        Decision::Failed { stage: "reply", kind: "reply_topic_not_allowed", reason }
+                    }
+                    (Some(reply), Ok(Some(topic))) => {
+                        let id = publish_reply(binding, topic, &event, key, &reply, cancel).await.ok()?;
+                        Decision::Delivered {
+                            reply: Some(reply),
+                            data_bytes,
+                            published: Some((topic.to_string(), id)),
+                        }
+                    }
+                    (reply, Ok(_)) => Decision::Delivered { reply, data_bytes, published: None },
+                };
                 break;
             }
             Err(error) if error.is_retryable() && handler_attempts < max_attempts => {
@@ -219,6 +237,59 @@ async fn resolve(
         *attempts += 1;
         metrics::counter!(crate::telemetry::EVENT_RETRIES, "binding" => name.clone(), "cause" => error.kind()).increment(1);
         sleep_or_cancel(binding.backoff.delay(retries, retry_after), cancel).await?;
+    }
+}
+
+/// Where a reply goes: the topic the request names, if this handler may use it, else the
+/// handler's reply topic. `Ok(None)` when there is nothing to publish or nowhere to publish it.
+fn reply_destination<'a>(
+    settings: &'a BindingSettings,
+    request: &'a ReferenceEvent,
+    has_reply: bool,
+) -> Result<Option<&'a str>, String> {
+    if !has_reply {
+        return Ok(None);
+    }
+    match &request.replyto {
+        Some(asked)
+            if settings.reply_topic.as_ref() == Some(asked)
+                || settings.reply_topics_allowed.contains(asked) =>
+        {
+            Ok(Some(asked))
+        }
+        Some(_) => Err("the request's replyto names a topic this handler may not publish to".into()),
+        None => {
+            if settings.reply_topic.is_none() {
+                tracing::warn!(binding = %settings.name, event_id = %request.id, "The handler replied but no reply_topic is configured; reply dropped.");
+            }
+            Ok(settings.reply_topic.as_deref())
+        }
+    }
+}
+
+/// Publishes a reply until the broker confirms it: the request's offset is not stored before.
+async fn publish_reply(
+    binding: &Binding,
+    topic: &str,
+    request: &ReferenceEvent,
+    key: Option<&[u8]>,
+    reply: &sandbox::Reply,
+    cancel: &CancellationToken,
+) -> Result<String, Interrupted> {
+    let who = binding.handler.identity();
+    let mut attempt = 0;
+    loop {
+        let sent =
+            kafka::reply::publish(&binding.replies, topic, who, request, key, reply, Duration::from_secs(30));
+        match tokio::select! { biased; sent = sent => Some(sent), () = cancel.cancelled() => None } {
+            Some(Ok(id)) => return Ok(id),
+            Some(Err(error)) => {
+                attempt += 1;
+                tracing::warn!(binding = %binding.settings.name, event_id = %request.id, %error, attempt, "Reply not confirmed; retrying.");
+                sleep_or_cancel(binding.backoff.delay(attempt, None), cancel).await?;
+            }
+            None => return Err(Interrupted),
+        }
     }
 }
 
@@ -338,7 +409,7 @@ impl Dispatcher {
     }
 
     async fn run(&self, work: Work) {
-        let Work { ticket, origin, event, permit, .. } = work;
+        let Work { ticket, origin, event, permit, key } = work;
         // Its partition was revoked and drained meanwhile: the partition's next owner reads the
         // event again. (Events read before a revocation or a shutdown are still handled: the
         // drain finishes them, so a clean stop or rebalance redelivers nothing.)
@@ -346,7 +417,7 @@ impl Dispatcher {
             self.tracker.abandon(ticket);
             return;
         }
-        match decide(&self.binding, event, origin, &self.cancel).await {
+        match decide(&self.binding, event, origin, key.as_deref(), &self.cancel).await {
             Some(outcome) => {
                 // Recorded before the offset is stored: a committed decision is always on record.
                 self.binding.audit.record(outcome).await;

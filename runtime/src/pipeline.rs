@@ -106,6 +106,13 @@ fn start(settings: &Settings, tap: Option<mpsc::Sender<Outcome>>) -> Result<Star
             None
         }
     };
+    let replies = match kafka::reply::producer(&settings.kafka) {
+        Ok(producer) => Some(Arc::new(producer)),
+        Err(e) => {
+            problems.push(problem("kafka".into(), format!("cannot create the reply producer: {e}")));
+            None
+        }
+    };
     let mut started = Vec::new();
     for binding_config in &settings.bindings {
         let at = |key: &str| format!("{}.{key}", binding_config.key_path);
@@ -127,8 +134,8 @@ fn start(settings: &Settings, tap: Option<mpsc::Sender<Outcome>>) -> Result<Star
                 continue;
             }
         };
-        let (Some(resolver), Some(audit)) =
-            (resolvers.get(binding_config.data_source).cloned().flatten(), audit.clone())
+        let (Some(resolver), Some(audit), Some(replies)) =
+            (resolvers.get(binding_config.data_source).cloned().flatten(), audit.clone(), replies.clone())
         else {
             continue;
         };
@@ -154,6 +161,7 @@ fn start(settings: &Settings, tap: Option<mpsc::Sender<Outcome>>) -> Result<Star
             backoff: backoff(binding_config),
             gate: PauseGate::default(),
             audit,
+            replies,
         });
         started.push((binding, consumer, tracker));
     }

@@ -6,6 +6,7 @@
 
 mod offsets;
 mod record;
+pub mod reply;
 
 pub use offsets::{OffsetTracker, Partition, Ticket};
 pub use record::raw_record;

@@ -172,6 +172,8 @@ fn settings(bootstrap: &str, owner: url::Url, handler: &Path, fixtures: &Fixture
             data_source: 0,
             purpose: "keyhole dev".into(),
             max_in_flight: 16,
+            reply_topic: None,
+            reply_topics_allowed: Vec::new(),
             limits: fixtures.limits.clone(),
             retry: RetryConfig { initial_backoff_ms: 10, max_backoff_ms: 100, ..RetryConfig::default() },
             key_path: "--handler".into(),

@@ -63,7 +63,7 @@ pub fn text(handler: &str, results: &[EventResult]) -> String {
         }
         out.push('\n');
         match &result.outcome.decision {
-            Decision::Delivered { reply: Some(reply), data_bytes } => {
+            Decision::Delivered { reply: Some(reply), data_bytes, .. } => {
                 let _ = writeln!(
                     out,
                     "                     received {data_bytes} bytes; replied {} ({}): {}",
@@ -72,7 +72,7 @@ pub fn text(handler: &str, results: &[EventResult]) -> String {
                     reply_text(reply)
                 );
             }
-            Decision::Delivered { reply: None, data_bytes } => {
+            Decision::Delivered { reply: None, data_bytes, .. } => {
                 let _ = writeln!(out, "                     received {data_bytes} bytes; no reply");
             }
             other => {
