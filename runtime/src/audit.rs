@@ -6,6 +6,7 @@
 //! resolved data, a reply's bytes, a token or a reference's query string: only the reference's
 //! path, sizes, statuses and error kinds.
 
+use crate::config::Stage;
 use crate::sandbox::Reply;
 use serde::Serialize;
 use std::io::Write;
@@ -34,6 +35,8 @@ pub struct Asker {
     pub handler: String,
     /// The declared purpose, as sent to the data owner.
     pub purpose: String,
+    /// The handler's version: `sha256:<hex>` of its component.
+    pub version: String,
 }
 
 /// What was decided for one event.
@@ -68,10 +71,10 @@ pub enum Decision {
         /// Why, without any payload, header value or query string.
         reason: String,
     },
-    /// Resolving or handling failed for good.
+    /// Resolving, handling or replying failed for good (or past the retry limits).
     Failed {
-        /// `resolve` or `handler`.
-        stage: &'static str,
+        /// Where it failed.
+        stage: Stage,
         /// A stable label, e.g. `trapped`, `too_large`.
         kind: &'static str,
         /// Why.
@@ -90,6 +93,39 @@ impl Decision {
             Decision::Failed { .. } => "failed",
         }
     }
+
+    /// The stage whose failure policy applies, for a refused or failed event.
+    pub fn failed_stage(&self) -> Option<Stage> {
+        match self {
+            Decision::Refused { .. } => Some(Stage::Envelope),
+            Decision::Failed { stage, .. } => Some(*stage),
+            _ => None,
+        }
+    }
+
+    /// The failure's stable label and reason, for a refused or failed event.
+    pub fn failure(&self) -> Option<(&'static str, &str)> {
+        match self {
+            Decision::Refused { kind, reason } | Decision::Failed { kind, reason, .. } => Some((kind, reason)),
+            _ => None,
+        }
+    }
+}
+
+/// What was done with an event that failed for good.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Disposal {
+    /// Published to the dead-letter topic, at this place.
+    DeadLettered {
+        /// The dead-letter topic.
+        topic: String,
+        /// Its partition.
+        partition: i32,
+        /// Its offset.
+        offset: i64,
+    },
+    /// The binding stopped without acknowledging the event; it is read again after a restart.
+    BindingStopped,
 }
 
 /// One finished event.
@@ -109,6 +145,8 @@ pub struct Outcome {
     pub attempts: u32,
     /// What was decided.
     pub decision: Decision,
+    /// What was done with it, when it failed for good.
+    pub disposal: Option<Disposal>,
 }
 
 /// The audit file's line format. Built from an [`Outcome`], leaving out everything personal.
@@ -117,6 +155,7 @@ struct Record<'a> {
     time: String,
     tenant: &'a str,
     handler: &'a str,
+    handler_version: &'a str,
     purpose: &'a str,
     topic: &'a str,
     partition: i32,
@@ -127,7 +166,7 @@ struct Record<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    stage: Option<&'static str>,
+    stage: Option<Stage>,
     #[serde(skip_serializing_if = "Option::is_none")]
     kind: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -140,6 +179,14 @@ struct Record<'a> {
     reply_topic: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reply_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dead_letter_topic: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dead_letter_partition: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dead_letter_offset: Option<i64>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    binding_stopped: bool,
     attempts: u32,
 }
 
@@ -160,10 +207,16 @@ impl<'a> Record<'a> {
                 (stage, kind, reason) = (Some(*s), Some(*k), Some(r.as_str()))
             }
         }
+        let (mut dead_letter_topic, mut dead_letter_partition, mut dead_letter_offset) = (None, None, None);
+        if let Some(Disposal::DeadLettered { topic, partition, offset }) = &outcome.disposal {
+            (dead_letter_topic, dead_letter_partition, dead_letter_offset) =
+                (Some(topic.as_str()), Some(*partition), Some(*offset));
+        }
         Record {
             time: humantime::format_rfc3339_millis(outcome.time).to_string(),
             tenant: &outcome.asker.tenant,
             handler: &outcome.asker.handler,
+            handler_version: &outcome.asker.version,
             purpose: &outcome.asker.purpose,
             topic: &outcome.origin.topic,
             partition: outcome.origin.partition,
@@ -179,6 +232,10 @@ impl<'a> Record<'a> {
             reply_bytes,
             reply_topic,
             reply_id,
+            dead_letter_topic,
+            dead_letter_partition,
+            dead_letter_offset,
+            binding_stopped: outcome.disposal == Some(Disposal::BindingStopped),
             attempts: outcome.attempts,
         }
     }
@@ -216,8 +273,11 @@ impl Audit {
             event_id = record.event_id,
             decision = record.decision,
             status = record.status,
+            stage = record.stage.map(Stage::as_str),
             kind = record.kind,
             reason = record.reason,
+            dead_letter_topic = record.dead_letter_topic,
+            binding_stopped = record.binding_stopped,
             attempts = record.attempts,
             "Event finished."
         );

@@ -41,6 +41,10 @@ pub struct KafkaConfig {
     pub bootstrap_servers: String,
     /// Prefix of every binding's consumer group: a binding consumes as `<group_id>.<tenant>.<handler>`.
     pub group_id: String,
+    /// This keyhole instance's name, unique among the instances sharing the consumer groups;
+    /// an exactly-once binding's `transactional.id` is `<binding's group>.<instance_id>`.
+    /// Default: the `HOSTNAME` environment variable (a pod's name), else the host's name.
+    pub instance_id: Option<String>,
     /// librdkafka properties passed through as they are (TLS, SASL, tuning).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
@@ -183,6 +187,144 @@ pub struct HandlerConfig {
     /// Retries of transient failures.
     #[serde(default)]
     pub retry: RetryConfig,
+    /// What happens to an event that failed for good, per stage.
+    #[serde(default)]
+    pub on_failure: FailureConfig,
+    /// The delivery guarantee: `at-least-once` (default), `at-most-once` or `exactly-once`.
+    #[serde(default)]
+    pub delivery: Delivery,
+    /// What becomes of the handler's own text (its logs, stdout/stderr and error messages),
+    /// which may be derived from the personal data it was given.
+    #[serde(default)]
+    pub guest_output: GuestOutput,
+}
+
+/// How a binding acknowledges what it consumed. See docs/delivery.md.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Delivery {
+    /// An event's offset is committed after it was handled and its reply or dead letter was
+    /// confirmed: nothing is lost, a crash can deliver an event again.
+    #[default]
+    AtLeastOnce,
+    /// An event's offset is committed before it is handled: nothing is delivered twice, a crash
+    /// can lose the events in flight.
+    AtMostOnce,
+    /// Replies, dead letters and consumed offsets are written in one Kafka transaction.
+    ExactlyOnce,
+}
+
+impl Delivery {
+    /// The name used in configuration and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delivery::AtLeastOnce => "at-least-once",
+            Delivery::AtMostOnce => "at-most-once",
+            Delivery::ExactlyOnce => "exactly-once",
+        }
+    }
+}
+
+pub use crate::sandbox::GuestOutput;
+
+/// `[handler.on_failure]`: per stage, what happens to an event that failed for good.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailureConfig {
+    /// Where dead letters go; default `<kafka.group_id>.<tenant>.<handler>.dlq`.
+    pub dead_letter_topic: Option<String>,
+    /// A malformed envelope or a refused reference (`dead-letter` or `stop`: retrying the same
+    /// bytes cannot help).
+    pub envelope: FailurePolicy,
+    /// The data owner failed: unavailable past the retry limits, or an answer keyhole cannot use.
+    pub resolve: FailurePolicy,
+    /// The handler failed: its own error, a trap, a limit, or retryable failures past the limits.
+    pub handler: FailurePolicy,
+    /// The reply cannot be published where the request asked (`replyto` not allowed).
+    pub reply: FailurePolicy,
+}
+
+impl Default for FailureConfig {
+    fn default() -> Self {
+        FailureConfig {
+            dead_letter_topic: None,
+            envelope: FailurePolicy::DeadLetter,
+            resolve: FailurePolicy::DeadLetter,
+            handler: FailurePolicy::DeadLetter,
+            reply: FailurePolicy::DeadLetter,
+        }
+    }
+}
+
+/// What happens to an event that failed for good at one stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailurePolicy {
+    /// Publish the event as received, with error headers, to the dead-letter topic; go on.
+    DeadLetter,
+    /// Retry with backoff without end: the event's key (and, at the limit, its partition) waits.
+    Retry,
+    /// Stop the binding without acknowledging the event; the other bindings go on.
+    Stop,
+}
+
+/// The stage an event failed at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Reading the envelope and checking the reference.
+    Envelope,
+    /// Asking the data owner.
+    Resolve,
+    /// Running the handler.
+    Handler,
+    /// Publishing the reply.
+    Reply,
+}
+
+impl Stage {
+    /// The stage's name in configuration, logs, audit records and dead-letter headers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Envelope => "envelope",
+            Stage::Resolve => "resolve",
+            Stage::Handler => "handler",
+            Stage::Reply => "reply",
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The failure policies of one binding, after validation.
+#[derive(Clone, Debug)]
+pub struct FailurePolicies {
+    /// The dead-letter topic.
+    pub dead_letter_topic: String,
+    /// Policy per stage.
+    pub envelope: FailurePolicy,
+    /// Policy per stage.
+    pub resolve: FailurePolicy,
+    /// Policy per stage.
+    pub handler: FailurePolicy,
+    /// Policy per stage.
+    pub reply: FailurePolicy,
+}
+
+impl FailurePolicies {
+    /// The policy for a stage.
+    pub fn at(&self, stage: Stage) -> FailurePolicy {
+        match stage {
+            Stage::Envelope => self.envelope,
+            Stage::Resolve => self.resolve,
+            Stage::Handler => self.handler,
+            Stage::Reply => self.reply,
+        }
+    }
 }
 
 fn default_max_in_flight() -> usize {
@@ -197,15 +339,25 @@ pub struct RetryConfig {
     pub initial_backoff_ms: u64,
     /// Largest backoff delay (a data owner's `Retry-After` may ask for more, up to 5 minutes).
     pub max_backoff_ms: u64,
-    /// Attempts of an event whose handler fails with a retryable error (its own `retryable`,
-    /// a deadline, a full pool) before the event is recorded as failed. The owner is asked again
-    /// on every attempt, so consent is checked again.
-    pub handler_max_attempts: u32,
+    /// Attempts of an event that meets transient failures (the owner unavailable, the
+    /// handler's `retryable` error, a deadline, a full pool) before its stage's failure policy
+    /// applies. The owner is asked again on every attempt, so consent is checked again.
+    pub max_attempts: u32,
+    /// Time from an event's first attempt after which no new attempt starts and its stage's
+    /// failure policy applies.
+    pub max_elapsed_ms: u64,
 }
 
 impl Default for RetryConfig {
     fn default() -> Self {
-        RetryConfig { initial_backoff_ms: 100, max_backoff_ms: 30_000, handler_max_attempts: 3 }
+        RetryConfig { initial_backoff_ms: 100, max_backoff_ms: 30_000, max_attempts: 10, max_elapsed_ms: 300_000 }
+    }
+}
+
+impl RetryConfig {
+    /// [`RetryConfig::max_elapsed_ms`] as a duration.
+    pub fn max_elapsed(&self) -> Duration {
+        Duration::from_millis(self.max_elapsed_ms)
     }
 }
 
@@ -271,6 +423,8 @@ pub struct KafkaSettings {
     pub bootstrap_servers: String,
     /// Prefix of consumer group ids.
     pub group_id: String,
+    /// This instance's name (see [`KafkaConfig::instance_id`]).
+    pub instance_id: String,
     /// Pass-through librdkafka properties, secrets resolved.
     pub properties: BTreeMap<String, String>,
     /// Names of the properties that hold secrets, so they are never printed.
@@ -287,6 +441,7 @@ impl fmt::Debug for KafkaSettings {
         f.debug_struct("KafkaSettings")
             .field("bootstrap_servers", &self.bootstrap_servers)
             .field("group_id", &self.group_id)
+            .field("instance_id", &self.instance_id)
             .field("properties", &shown)
             .finish()
     }
@@ -321,6 +476,12 @@ pub struct BindingSettings {
     pub limits: Limits,
     /// Retry policy.
     pub retry: RetryConfig,
+    /// Failure policies and the dead-letter topic.
+    pub on_failure: FailurePolicies,
+    /// The delivery guarantee.
+    pub delivery: Delivery,
+    /// Whether the handler's own text reaches keyhole's logs and records.
+    pub guest_output: GuestOutput,
     /// Where this binding was configured (`handler[i]`), to name it in errors found later.
     pub key_path: String,
 }
@@ -413,9 +574,17 @@ impl Config {
                 Err(e) => problems.add(format!("kafka.secret_properties.\"{name}\""), e),
             }
         }
+        let instance_id = k.instance_id.clone().unwrap_or_else(host_name);
+        if !is_name(&instance_id.to_ascii_lowercase()) {
+            problems.add(
+                "kafka.instance_id",
+                format!("{instance_id:?} must be 1-64 characters of letters, digits, '-', '_' or '.'"),
+            );
+        }
         KafkaSettings {
             bootstrap_servers: k.bootstrap_servers.clone(),
             group_id: k.group_id.clone(),
+            instance_id,
             properties,
             secret_keys: k.secret_properties.keys().cloned().collect(),
         }
@@ -559,8 +728,31 @@ impl Config {
             if h.retry.initial_backoff_ms == 0 || h.retry.max_backoff_ms < h.retry.initial_backoff_ms {
                 problems.add(at("retry"), "needs 0 < initial_backoff_ms <= max_backoff_ms");
             }
-            if h.retry.handler_max_attempts == 0 {
-                problems.add(at("retry.handler_max_attempts"), "must be at least 1");
+            if h.retry.max_attempts == 0 {
+                problems.add(at("retry.max_attempts"), "must be at least 1");
+            }
+            if h.retry.max_elapsed_ms == 0 {
+                problems.add(at("retry.max_elapsed_ms"), "must be greater than 0");
+            }
+            if h.on_failure.envelope == FailurePolicy::Retry {
+                problems.add(
+                    at("on_failure.envelope"),
+                    "must be \"dead-letter\" or \"stop\": the same bytes are refused again on every retry",
+                );
+            }
+            let group_id = format!("{}.{}.{}", self.kafka.group_id, h.tenant, h.name);
+            let dead_letter_topic =
+                h.on_failure.dead_letter_topic.clone().unwrap_or_else(|| format!("{group_id}.dlq"));
+            if !is_topic(&dead_letter_topic) {
+                problems.add(
+                    at("on_failure.dead_letter_topic"),
+                    format!("{dead_letter_topic:?} is not a valid topic name"),
+                );
+            } else if h.topics.contains(&dead_letter_topic) {
+                problems.add(
+                    at("on_failure.dead_letter_topic"),
+                    format!("{dead_letter_topic:?} is also consumed by this handler: dead letters would loop"),
+                );
             }
             if let (true, Some(data_source)) = (problems.len() == before, source) {
                 bindings.push(BindingSettings {
@@ -569,7 +761,7 @@ impl Config {
                     handler: h.name.clone(),
                     component,
                     topics: h.topics.clone(),
-                    group_id: format!("{}.{}.{}", self.kafka.group_id, h.tenant, h.name),
+                    group_id,
                     data_source,
                     purpose: h.purpose.clone(),
                     max_in_flight: h.max_in_flight,
@@ -577,6 +769,15 @@ impl Config {
                     reply_topics_allowed: h.reply_topics_allowed.clone(),
                     limits: h.limits.clone(),
                     retry: h.retry.clone(),
+                    on_failure: FailurePolicies {
+                        dead_letter_topic,
+                        envelope: h.on_failure.envelope,
+                        resolve: h.on_failure.resolve,
+                        handler: h.on_failure.handler,
+                        reply: h.on_failure.reply,
+                    },
+                    delivery: h.delivery,
+                    guest_output: h.guest_output,
                     key_path: format!("handler[{i}]"),
                 });
             }
@@ -683,6 +884,16 @@ fn parse_base_url(text: &str) -> Result<url::Url, String> {
         url.set_path(&path);
     }
     Ok(url)
+}
+
+/// The host's name: `HOSTNAME` (set by shells and container runtimes), else /etc/hostname.
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "keyhole".to_string())
 }
 
 fn is_name(name: &str) -> bool {

@@ -6,16 +6,19 @@
 //! binding's in-flight limit from the moment it is read until it is finished, so a full binding
 //! stops reading and memory stays bounded.
 
-use crate::audit::{Asker, Audit, Decision, Origin, Outcome};
-use crate::config::BindingSettings;
+use crate::audit::{Asker, Audit, Decision, Disposal, Origin, Outcome};
+use crate::config::{BindingSettings, Delivery, FailurePolicy, Stage};
 use crate::envelope::{EnvelopeError, ReferenceEvent};
-use crate::kafka::{self, BindingConsumer, OffsetTracker, Ticket};
+use crate::kafka::{self, BindingConsumer, OffsetTracker, Received, Ticket};
 use crate::resolve::{Backoff, Disposition, Released, Requester, ResolveError, Resolver};
 use crate::sandbox::{self, GuestError, Handler};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -35,8 +38,9 @@ pub struct Binding {
     pub gate: PauseGate,
     /// Where outcomes go.
     pub audit: Arc<Audit>,
-    /// Publishes replies (shared by every binding).
-    pub replies: Arc<FutureProducer>,
+    /// Publishes replies and dead letters: shared by the bindings that are not exactly-once;
+    /// a binding's own transactional producer when it is.
+    pub producer: Arc<FutureProducer>,
 }
 
 impl Binding {
@@ -45,6 +49,7 @@ impl Binding {
             tenant: self.settings.tenant.clone(),
             handler: self.settings.handler.clone(),
             purpose: self.settings.purpose.clone(),
+            version: self.handler.version().to_string(),
         }
     }
 }
@@ -86,9 +91,25 @@ impl PauseGate {
 }
 
 /// Why an event stopped before it was decided: it will be read again.
-struct Interrupted;
+pub struct Interrupted;
 
-/// Decides one event. `None` when shutdown or revocation interrupted it before a decision.
+/// One attempt that did not reach a decision.
+struct Failure {
+    stage: Stage,
+    kind: &'static str,
+    reason: String,
+    /// Whether trying again may succeed.
+    retryable: bool,
+    /// Not counted against the retry limits: keyhole's own credentials were refused (401), which
+    /// is the operator's to fix, not the event's fault.
+    paused: bool,
+    /// The owner's `Retry-After`.
+    retry_after: Option<Duration>,
+}
+
+/// Decides one event: envelope → resolve → handler → reply, attempted again on transient
+/// failures within the binding's retry limits (or without end where its failure policy says
+/// `retry`). `None` when shutdown or revocation interrupted it before a decision.
 pub async fn decide(
     binding: &Binding,
     event: Result<ReferenceEvent, EnvelopeError>,
@@ -104,6 +125,7 @@ pub async fn decide(
         dataref_path: None,
         attempts: 1,
         decision: Decision::Refused { kind: "", reason: String::new() },
+        disposal: None,
     };
     let event = match event {
         Ok(event) => event,
@@ -121,123 +143,202 @@ pub async fn decide(
             return Some(outcome);
         }
     };
-    let max_attempts = binding.settings.retry.handler_max_attempts;
-    let mut handler_attempts = 0;
+    let retry = &binding.settings.retry;
+    let started = Instant::now();
+    // An event that met a refusal of keyhole's credentials probes on through the closed gate;
+    // the others wait at it.
+    let mut probing = false;
     loop {
-        // Consent is checked again on every attempt: the owner is asked each time.
-        let released = match resolve(binding, &event, &url, &mut outcome.attempts, cancel).await {
-            Ok(Ok(released)) => released,
-            Ok(Err(decision)) => {
+        let failure = match attempt(binding, &event, &url, key, &mut probing, cancel).await {
+            Ok(Ok(decision)) => {
                 outcome.decision = decision;
                 break;
             }
+            Ok(Err(failure)) => failure,
             Err(Interrupted) => return None,
         };
-        handler_attempts += 1;
-        let data_bytes = released.body.len() as u64;
-        match binding.handler.handle(&guest_event(&event, released)).await {
-            Ok(reply) => {
-                let destination = reply_destination(&binding.settings, &event, reply.is_some());
-                outcome.decision = match (reply, destination) {
-                    (_, Err(reason)) => {
-                        Decision::Failed { stage: "reply", kind: "reply_topic_not_allowed", reason }
-                    }
-                    (Some(reply), Ok(Some(topic))) => {
-                        let id = publish_reply(binding, topic, &event, key, &reply, cancel).await.ok()?;
-                        Decision::Delivered {
-                            reply: Some(reply),
-                            data_bytes,
-                            published: Some((topic.to_string(), id)),
-                        }
-                    }
-                    (reply, Ok(_)) => Decision::Delivered { reply, data_bytes, published: None },
-                };
-                break;
-            }
-            Err(error) if error.is_retryable() && handler_attempts < max_attempts => {
-                tracing::warn!(
-                    binding = %binding.settings.name, event_id = %event.id, attempt = handler_attempts,
-                    kind = error.kind(), %error, "Handler failed; retrying."
-                );
-                metrics::counter!(crate::telemetry::EVENT_RETRIES, "binding" => binding.settings.name.clone(), "cause" => error.kind()).increment(1);
-                let delay = binding.backoff.delay(handler_attempts, None);
-                if sleep_or_cancel(delay, cancel).await.is_err() {
-                    return None;
-                }
-                outcome.attempts += 1;
-            }
-            Err(error) => {
-                outcome.decision = handler_failed(error);
-                break;
-            }
+        let policy = binding.settings.on_failure.at(failure.stage);
+        let within_limits = outcome.attempts < retry.max_attempts && started.elapsed() < retry.max_elapsed();
+        if !(failure.paused || policy == FailurePolicy::Retry || (failure.retryable && within_limits)) {
+            let reason = if failure.retryable {
+                format!(
+                    "{} (gave up after {} attempts in {})",
+                    failure.reason,
+                    outcome.attempts,
+                    humantime::format_duration(Duration::from_secs(started.elapsed().as_secs()))
+                )
+            } else {
+                failure.reason
+            };
+            outcome.decision = Decision::Failed { stage: failure.stage, kind: failure.kind, reason };
+            break;
         }
+        if !failure.paused {
+            tracing::warn!(
+                binding = %binding.settings.name, event_id = %event.id, attempt = outcome.attempts,
+                stage = %failure.stage, kind = failure.kind, reason = %failure.reason, "Attempt failed; retrying."
+            );
+        }
+        metrics::counter!(crate::telemetry::EVENT_RETRIES, "binding" => binding.settings.name.clone(), "cause" => failure.kind).increment(1);
+        sleep_or_cancel(binding.backoff.delay(outcome.attempts, failure.retry_after), cancel).await.ok()?;
+        outcome.attempts += 1;
     }
     outcome.time = SystemTime::now();
     Some(outcome)
 }
 
-/// Asks the data owner until it decides. Transient failures are retried with backoff, without
-/// limit: skipping the event would skip a request someone is waiting for, and nothing behind it
-/// in its key may overtake it. A refusal of keyhole's own credentials pauses the binding.
-async fn resolve(
+/// One attempt: ask the owner (again: consent is checked on every attempt), run the handler,
+/// publish its reply.
+async fn attempt(
     binding: &Binding,
     event: &ReferenceEvent,
     url: &url::Url,
-    attempts: &mut u32,
+    key: Option<&[u8]>,
+    probing: &mut bool,
     cancel: &CancellationToken,
-) -> Result<Result<Released, Decision>, Interrupted> {
+) -> Result<Result<Decision, Failure>, Interrupted> {
+    if !*probing && !binding.gate.wait_open(cancel).await {
+        return Err(Interrupted);
+    }
     let who = Requester {
         tenant: &binding.settings.tenant,
         handler: &binding.settings.handler,
         purpose: &binding.settings.purpose,
         event_id: &event.id,
     };
-    let mut retries = 0;
-    // An event that met the refusal probes on through the closed gate; the others wait at it.
-    let mut probing = false;
-    loop {
-        if !probing && !binding.gate.wait_open(cancel).await {
-            return Err(Interrupted);
+    let released = match binding.resolver.fetch(url, &who).await {
+        Ok(released) => {
+            binding.gate.open();
+            *probing = false;
+            released
         }
-        let error = match binding.resolver.fetch(url, &who).await {
-            Ok(released) => {
-                binding.gate.open();
-                return Ok(Ok(released));
-            }
-            Err(error) => error,
-        };
-        let (name, event_id) = (&binding.settings.name, &event.id);
-        let retry_after = match (&error, error.disposition()) {
-            (ResolveError::ConsentDenied { status }, _) => {
-                return Ok(Err(Decision::ConsentDenied { status: *status }));
-            }
-            (ResolveError::Gone { status }, _) => return Ok(Err(Decision::Gone { status: *status })),
-            (_, Disposition::Decided | Disposition::Fail) => {
-                return Ok(Err(Decision::Failed {
-                    stage: "resolve",
-                    kind: error.kind(),
-                    reason: error.to_string(),
-                }));
-            }
-            (_, Disposition::Pause) => {
-                tracing::error!(binding = %name, event_id = %event_id, data_source = binding.resolver.name(),
-                    "The data owner refused keyhole's credentials (401); binding paused, retrying.");
-                binding.gate.close();
-                probing = true;
-                None
-            }
-            (ResolveError::Transient { retry_after, .. }, Disposition::Retry) => {
-                tracing::warn!(binding = %name, event_id = %event_id, data_source = binding.resolver.name(),
-                    %error, "Data owner unavailable; retrying.");
-                *retry_after
-            }
-            (_, Disposition::Retry) => None,
-        };
-        retries += 1;
-        *attempts += 1;
-        metrics::counter!(crate::telemetry::EVENT_RETRIES, "binding" => name.clone(), "cause" => error.kind()).increment(1);
-        sleep_or_cancel(binding.backoff.delay(retries, retry_after), cancel).await?;
+        Err(error) => return Ok(unresolved(binding, event, error, probing)),
+    };
+    let data_bytes = released.body.len() as u64;
+    let reply = match binding.handler.handle(&guest_event(event, released)).await {
+        Ok(reply) => reply,
+        Err(error) => return Ok(Err(handler_failed(error))),
+    };
+    let destination = match reply_destination(&binding.settings, event, reply.is_some()) {
+        Ok(destination) => destination,
+        Err(reason) => {
+            return Ok(Err(Failure {
+                stage: Stage::Reply,
+                kind: "reply_topic_not_allowed",
+                reason,
+                retryable: false,
+                paused: false,
+                retry_after: None,
+            }));
+        }
+    };
+    let published = match (&reply, destination) {
+        (Some(reply), Some(topic)) => {
+            let who = binding.handler.identity();
+            let id = until_confirmed(binding, &event.id, "Reply", cancel, || {
+                kafka::reply::publish(&binding.producer, topic, who, event, key, reply, SEND_TIMEOUT)
+            })
+            .await?;
+            Some((topic.to_string(), id))
+        }
+        _ => None,
+    };
+    Ok(Ok(Decision::Delivered { reply, data_bytes, published }))
+}
+
+/// What the owner's refusal or failure means for the event.
+fn unresolved(
+    binding: &Binding,
+    event: &ReferenceEvent,
+    error: ResolveError,
+    probing: &mut bool,
+) -> Result<Decision, Failure> {
+    let disposition = error.disposition();
+    let mut failure = Failure {
+        stage: Stage::Resolve,
+        kind: error.kind(),
+        reason: error.to_string(),
+        retryable: matches!(disposition, Disposition::Retry | Disposition::Pause),
+        paused: false,
+        retry_after: None,
+    };
+    match (&error, disposition) {
+        (ResolveError::ConsentDenied { status }, _) => return Ok(Decision::ConsentDenied { status: *status }),
+        (ResolveError::Gone { status }, _) => return Ok(Decision::Gone { status: *status }),
+        (_, Disposition::Pause) => {
+            tracing::error!(binding = %binding.settings.name, event_id = %event.id, data_source = binding.resolver.name(),
+                "The data owner refused keyhole's credentials (401); binding paused, retrying.");
+            binding.gate.close();
+            *probing = true;
+            failure.paused = true;
+        }
+        (ResolveError::Transient { retry_after, .. }, Disposition::Retry) => failure.retry_after = *retry_after,
+        _ => {}
     }
+    Err(failure)
+}
+
+/// How long one send to Kafka may wait for the broker's confirmation.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sends until the broker confirms, with backoff: what is not confirmed is not acknowledged, and
+/// a broker that went away is waited for. Only shutdown or revocation interrupts it.
+async fn until_confirmed<T, F, Fut>(
+    binding: &Binding,
+    event_id: &str,
+    what: &str,
+    cancel: &CancellationToken,
+    mut send: F,
+) -> Result<T, Interrupted>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, KafkaError>>,
+{
+    let mut attempt = 0;
+    loop {
+        match tokio::select! { biased; sent = send() => Some(sent), () = cancel.cancelled() => None } {
+            Some(Ok(sent)) => return Ok(sent),
+            Some(Err(error)) => {
+                attempt += 1;
+                tracing::warn!(binding = %binding.settings.name, event_id, %error, attempt, "{what} not confirmed; retrying.");
+                sleep_or_cancel(binding.backoff.delay(attempt, None), cancel).await?;
+            }
+            None => return Err(Interrupted),
+        }
+    }
+}
+
+/// Publishes a failed event to the binding's dead-letter topic, as it was received.
+pub async fn dead_letter(
+    binding: &Binding,
+    received: &Received,
+    outcome: &Outcome,
+    cancel: &CancellationToken,
+) -> Result<Disposal, Interrupted> {
+    let (Some(stage), Some((class, message))) = (outcome.decision.failed_stage(), outcome.decision.failure())
+    else {
+        return Err(Interrupted);
+    };
+    let failure = kafka::dead_letter::Failure {
+        origin: &outcome.origin,
+        group: &binding.settings.group_id,
+        tenant: &binding.settings.tenant,
+        handler: &binding.settings.handler,
+        handler_version: binding.handler.version(),
+        stage,
+        class,
+        message,
+        attempts: outcome.attempts,
+        event_id: outcome.event_id.as_deref(),
+    };
+    let topic = &binding.settings.on_failure.dead_letter_topic;
+    let event_id = outcome.event_id.as_deref().unwrap_or("-");
+    let (partition, offset) = until_confirmed(binding, event_id, "Dead letter", cancel, || {
+        kafka::dead_letter::publish(&binding.producer, topic, received, &failure, SEND_TIMEOUT)
+    })
+    .await?;
+    metrics::counter!(crate::telemetry::DEAD_LETTERS, "binding" => binding.settings.name.clone(), "stage" => stage.as_str()).increment(1);
+    Ok(Disposal::DeadLettered { topic: topic.clone(), partition, offset })
 }
 
 /// Where a reply goes: the topic the request names, if this handler may use it, else the
@@ -267,32 +368,6 @@ fn reply_destination<'a>(
     }
 }
 
-/// Publishes a reply until the broker confirms it: the request's offset is not stored before.
-async fn publish_reply(
-    binding: &Binding,
-    topic: &str,
-    request: &ReferenceEvent,
-    key: Option<&[u8]>,
-    reply: &sandbox::Reply,
-    cancel: &CancellationToken,
-) -> Result<String, Interrupted> {
-    let who = binding.handler.identity();
-    let mut attempt = 0;
-    loop {
-        let sent =
-            kafka::reply::publish(&binding.replies, topic, who, request, key, reply, Duration::from_secs(30));
-        match tokio::select! { biased; sent = sent => Some(sent), () = cancel.cancelled() => None } {
-            Some(Ok(id)) => return Ok(id),
-            Some(Err(error)) => {
-                attempt += 1;
-                tracing::warn!(binding = %binding.settings.name, event_id = %request.id, %error, attempt, "Reply not confirmed; retrying.");
-                sleep_or_cancel(binding.backoff.delay(attempt, None), cancel).await?;
-            }
-            None => return Err(Interrupted),
-        }
-    }
-}
-
 async fn sleep_or_cancel(delay: Duration, cancel: &CancellationToken) -> Result<(), Interrupted> {
     tokio::select! {
         () = tokio::time::sleep(delay) => Ok(()),
@@ -306,8 +381,15 @@ fn refused(binding: &Binding, error: EnvelopeError) -> Decision {
     Decision::Refused { kind: error.kind(), reason: error.to_string() }
 }
 
-fn handler_failed(error: GuestError) -> Decision {
-    Decision::Failed { stage: "handler", kind: error.kind(), reason: error.to_string() }
+fn handler_failed(error: GuestError) -> Failure {
+    Failure {
+        stage: Stage::Handler,
+        kind: error.kind(),
+        reason: error.to_string(),
+        retryable: error.is_retryable(),
+        paused: false,
+        retry_after: None,
+    }
 }
 
 /// What the handler sees: the context attributes, the non-personal extensions and the released
@@ -335,8 +417,8 @@ pub struct Work {
     pub ticket: Ticket,
     /// Its topic, partition and offset.
     pub origin: Origin,
-    /// Its Kafka key: events with the same key run in order.
-    pub key: Option<Vec<u8>>,
+    /// The record as received: its key orders events, and a dead letter is this copy.
+    pub received: Received,
     /// The parsed envelope, or why it was refused.
     pub event: Result<ReferenceEvent, EnvelopeError>,
     /// Its share of the binding's in-flight limit, released when the event is finished.
@@ -346,27 +428,51 @@ pub struct Work {
 /// Orders a partition's events by key: a queue per busy key; a key's chain runs on one task.
 type Slot = (String, i32, Vec<u8>);
 
-/// Runs a binding's events with per-key ordering, and stores offsets as they finish.
+/// Runs a binding's events with per-key ordering, settles failures by the binding's policy, and
+/// stores offsets as events finish.
 pub struct Dispatcher {
     binding: Arc<Binding>,
     consumer: Arc<BindingConsumer>,
     tracker: Arc<OffsetTracker>,
     /// Events waiting behind a busy key.
     waiting: Mutex<HashMap<Slot, VecDeque<Work>>>,
-    /// Interrupts retries at shutdown: an event waiting for an unavailable owner is left to be
-    /// read again rather than holding up the drain.
+    /// The binding's own token: cancelled at shutdown, or when a failure policy stops the
+    /// binding. Interrupts retries: an event waiting for an unavailable owner is left to be read
+    /// again rather than holding up the drain.
     cancel: CancellationToken,
+    /// Set when a failure policy stopped the binding.
+    stopped: std::sync::atomic::AtomicBool,
+    /// Events left unfinished (to be read again) since the counter was last taken.
+    abandoned: AtomicUsize,
 }
 
 impl Dispatcher {
-    /// A dispatcher for one binding's consumer.
+    /// A dispatcher for one binding's consumer. `cancel` is the binding's own token.
     pub fn new(
         binding: Arc<Binding>,
         consumer: Arc<BindingConsumer>,
         tracker: Arc<OffsetTracker>,
         cancel: CancellationToken,
     ) -> Arc<Self> {
-        Arc::new(Dispatcher { binding, consumer, tracker, waiting: Mutex::new(HashMap::new()), cancel })
+        Arc::new(Dispatcher {
+            binding,
+            consumer,
+            tracker,
+            waiting: Mutex::new(HashMap::new()),
+            cancel,
+            stopped: false.into(),
+            abandoned: AtomicUsize::new(0),
+        })
+    }
+
+    /// Whether a failure policy stopped the binding.
+    pub fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
+    /// How many events were left unfinished since the last call, and resets the count.
+    pub fn take_abandoned(&self) -> usize {
+        self.abandoned.swap(0, Ordering::SeqCst)
     }
 
     fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<Slot, VecDeque<Work>>> {
@@ -375,7 +481,8 @@ impl Dispatcher {
 
     /// Starts the event now, or queues it behind the events of its key.
     pub fn submit(self: &Arc<Self>, work: Work) {
-        let slot = work.key.clone().map(|key| (work.origin.topic.clone(), work.origin.partition, key));
+        let slot =
+            work.received.key.clone().map(|key| (work.origin.topic.clone(), work.origin.partition, key));
         if let Some(slot) = &slot {
             let mut waiting = self.waiting();
             match waiting.get_mut(slot) {
@@ -409,23 +516,49 @@ impl Dispatcher {
     }
 
     async fn run(&self, work: Work) {
-        let Work { ticket, origin, event, permit, key } = work;
-        // Its partition was revoked and drained meanwhile: the partition's next owner reads the
-        // event again. (Events read before a revocation or a shutdown are still handled: the
+        let Work { ticket, origin, event, permit, received } = work;
+        // Its partition was revoked and drained meanwhile, or the binding stopped: the event is
+        // read again. (Events read before a revocation or a shutdown are still handled: the
         // drain finishes them, so a clean stop or rebalance redelivers nothing.)
-        if !self.tracker.is_current(&ticket) {
-            self.tracker.abandon(ticket);
-            return;
+        if !self.tracker.is_current(&ticket) || self.stopped() {
+            return self.abandon(ticket);
         }
-        match decide(&self.binding, event, origin, key.as_deref(), &self.cancel).await {
-            Some(outcome) => {
-                // Recorded before the offset is stored: a committed decision is always on record.
+        let Some(mut outcome) = decide(&self.binding, event, origin, received.key.as_deref(), &self.cancel).await
+        else {
+            return self.abandon(ticket);
+        };
+        if let Some(stage) = outcome.decision.failed_stage() {
+            // `retry` was applied while deciding; what failed here is stopped or dead lettered.
+            if self.binding.settings.on_failure.at(stage) == FailurePolicy::Stop {
+                tracing::error!(binding = %self.binding.settings.name, event_id = outcome.event_id.as_deref(),
+                    %stage, "Event failed; stopping the binding (on_failure.{stage} = \"stop\"). It is read again after a restart.");
+                outcome.disposal = Some(Disposal::BindingStopped);
                 self.binding.audit.record(outcome).await;
-                let consumer = self.consumer.as_ref();
-                self.tracker.finish(ticket, |partition, offset| kafka::store(consumer, partition, offset));
+                self.stopped.store(true, Ordering::SeqCst);
+                self.cancel.cancel();
+                return self.abandon(ticket);
             }
-            None => self.tracker.abandon(ticket),
+            match dead_letter(&self.binding, &received, &outcome, &self.cancel).await {
+                Ok(disposal) => outcome.disposal = Some(disposal),
+                Err(Interrupted) => return self.abandon(ticket),
+            }
         }
+        // Recorded before the offset is stored: a committed decision is always on record.
+        self.binding.audit.record(outcome).await;
+        let consumer = self.consumer.as_ref();
+        // Only at-least-once stores offsets here: at-most-once committed before handling, and
+        // exactly-once commits them in the batch's transaction.
+        let store = self.binding.settings.delivery == Delivery::AtLeastOnce;
+        self.tracker.finish(ticket, |partition, offset| {
+            if store {
+                kafka::store(consumer, partition, offset);
+            }
+        });
         drop(permit);
+    }
+
+    fn abandon(&self, ticket: Ticket) {
+        self.abandoned.fetch_add(1, Ordering::SeqCst);
+        self.tracker.abandon(ticket);
     }
 }

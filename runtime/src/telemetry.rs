@@ -35,3 +35,5 @@ pub const EVENTS_FINISHED: &str = "keyhole_events_finished_total";
 pub const EVENTS_REFUSED: &str = "keyhole_events_refused_total";
 /// Counter: retries of an event, by tenant, handler and cause.
 pub const EVENT_RETRIES: &str = "keyhole_event_retries_total";
+/// Counter: events published to a dead-letter topic, by binding and stage.
+pub const DEAD_LETTERS: &str = "keyhole_dead_letters_total";

@@ -1,17 +1,22 @@
 //! Kafka: one consumer per binding, rebalances that drain revoked partitions, and offsets stored
 //! only once an event and every earlier event of its partition are finished.
 //!
-//! Delivery is at-least-once: `enable.auto.commit=true` with `enable.auto.offset.store=false`,
-//! so librdkafka commits, in the background, exactly the offsets keyhole stored.
+//! At-least-once (the default): `enable.auto.commit=true` with `enable.auto.offset.store=false`,
+//! so librdkafka commits, in the background, exactly the offsets keyhole stored. At-most-once
+//! commits each offset synchronously before its event is handled; exactly-once commits offsets
+//! in the binding's transactions. Neither of those two auto-commits.
 
+pub mod dead_letter;
 mod offsets;
+pub mod producer;
 mod record;
 pub mod reply;
 
+pub use dead_letter::Received;
 pub use offsets::{OffsetTracker, Partition, Ticket};
 pub use record::raw_record;
 
-use crate::config::KafkaSettings;
+use crate::config::{Delivery, KafkaSettings};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
@@ -29,6 +34,7 @@ pub fn consumer(
     topics: &[String],
     tracker: Arc<OffsetTracker>,
     drain_timeout: Duration,
+    delivery: Delivery,
 ) -> KafkaResult<BindingConsumer> {
     let mut config = ClientConfig::new();
     config
@@ -42,11 +48,13 @@ pub fn consumer(
         config.set(name, value);
     }
     // Set last so that nothing above can undo them (config validation refuses them too).
-    config.set("enable.auto.commit", "true").set("enable.auto.offset.store", "false");
+    let auto_commit = if delivery == Delivery::AtLeastOnce { "true" } else { "false" };
+    config.set("enable.auto.commit", auto_commit).set("enable.auto.offset.store", "false");
     let consumer: BindingConsumer = config.create_with_context(BindingContext {
         group_id: group_id.to_string(),
         tracker,
         drain_timeout,
+        delivery,
     })?;
     let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
@@ -83,6 +91,7 @@ pub struct BindingContext {
     group_id: String,
     tracker: Arc<OffsetTracker>,
     drain_timeout: Duration,
+    delivery: Delivery,
 }
 
 impl ClientContext for BindingContext {
@@ -114,6 +123,12 @@ impl ConsumerContext for BindingContext {
                 };
                 if left > 0 {
                     tracing::warn!(group = %self.group_id, left, "Drain deadline passed; unfinished events will be redelivered.");
+                }
+                // Only at-least-once commits here: at-most-once committed every offset before
+                // handling, and exactly-once revokes only between transactions, whose commits
+                // held the offsets.
+                if self.delivery != Delivery::AtLeastOnce {
+                    return;
                 }
                 if let Err(error) = commit(consumer, &stored) {
                     tracing::warn!(group = %self.group_id, %error, "Cannot commit revoked partitions' offsets.");

@@ -1,41 +1,13 @@
 //! Publishing a handler's reply: a binary-mode CloudEvent correlated to its request, sent by an
-//! idempotent producer with `acks=all`, and confirmed before the request's offset may be stored.
+//! idempotent producer with `acks=all` (see [`super::producer`]), and confirmed before the
+//! request's offset may be stored.
 
-use crate::config::KafkaSettings;
 use crate::envelope::ReferenceEvent;
 use crate::sandbox::{HandlerIdentity, Reply};
-use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::time::Duration;
-
-/// Consumer-only librdkafka properties: the pass-through table is shared with the consumers,
-/// and a producer would warn about each of these.
-const CONSUMER_ONLY: &[&str] = &[
-    "auto.commit.interval.ms",
-    "auto.offset.reset",
-    "fetch.max.bytes",
-    "fetch.min.bytes",
-    "fetch.wait.max.ms",
-    "heartbeat.interval.ms",
-    "isolation.level",
-    "max.poll.interval.ms",
-    "partition.assignment.strategy",
-    "session.timeout.ms",
-];
-
-/// The producer of replies, shared by every binding.
-pub fn producer(kafka: &KafkaSettings) -> Result<FutureProducer, KafkaError> {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", &kafka.bootstrap_servers).set("client.id", "keyhole-replies");
-    for (name, value) in kafka.properties.iter().filter(|(name, _)| !CONSUMER_ONLY.contains(&name.as_str())) {
-        config.set(name, value);
-    }
-    // A confirmed reply is on every in-sync replica, and a retried send is never written twice.
-    config.set("enable.idempotence", "true").set("acks", "all");
-    config.create()
-}
 
 /// Publishes `reply` to `topic`, keyed like the request, and waits for the broker's
 /// confirmation. Returns the reply's CloudEvents id.

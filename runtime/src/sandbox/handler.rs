@@ -5,7 +5,7 @@ use super::engine::{EPOCH_TICK, Sandbox};
 use super::error::{GuestError, LoadError, describe};
 use super::inspect::ComponentReport;
 use super::limits::{LimitHit, Limits};
-use super::state::{GuestState, HandlerIdentity};
+use super::state::{GuestOutput, GuestState, HandlerIdentity};
 use std::sync::Arc;
 use std::time::Instant;
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
@@ -23,6 +23,9 @@ pub struct Handler {
     pre: HandlerPre<GuestState>,
     limits: Limits,
     report: ComponentReport,
+    /// `sha256:<hex>` of the component's bytes.
+    version: String,
+    output: GuestOutput,
 }
 
 impl Sandbox {
@@ -37,8 +40,18 @@ impl Sandbox {
             pre,
             limits,
             report: inspection.report,
+            version: version_of(wasm),
+            output: GuestOutput::default(),
         })
     }
+}
+
+/// A component's version: the SHA-256 of its bytes, as `sha256:<hex>`.
+pub fn version_of(wasm: &[u8]) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(wasm);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
 }
 
 impl Handler {
@@ -50,6 +63,17 @@ impl Handler {
     /// The limits each call runs under.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// The component's version: `sha256:<hex>` of its bytes.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Sets what becomes of the handler's own text (default: withheld).
+    pub fn with_output(mut self, output: GuestOutput) -> Self {
+        self.output = output;
+        self
     }
 
     /// The component's imports and exports.
@@ -76,7 +100,7 @@ impl Handler {
     /// this is public so that benchmarks can separate instantiation from the call.
     pub async fn instantiate(&self, event_id: &str) -> Result<GuestInstance, GuestError> {
         let deadline = Instant::now() + self.limits.deadline();
-        let state = GuestState::new(self.identity.clone(), event_id.to_owned(), &self.limits, deadline);
+        let state = GuestState::new(self.identity.clone(), event_id.to_owned(), &self.limits, deadline, self.output);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
         store.set_epoch_deadline(1);
@@ -90,7 +114,9 @@ impl Handler {
             }
         });
         match self.pre.instantiate_async(&mut store).await {
-            Ok(bindings) => Ok(GuestInstance { store, bindings, limits: self.limits.clone() }),
+            Ok(bindings) => {
+                Ok(GuestInstance { store, bindings, limits: self.limits.clone(), output: self.output })
+            }
             Err(error) => Err(classify(store.data(), &self.limits, &error, Stage::Instantiate)),
         }
     }
@@ -101,6 +127,7 @@ pub struct GuestInstance {
     store: Store<GuestState>,
     bindings: bindings::Handler,
     limits: Limits,
+    output: GuestOutput,
 }
 
 impl GuestInstance {
@@ -119,9 +146,24 @@ impl GuestInstance {
                 Ok(Some(reply))
             }
             Ok(Ok(None)) => Ok(None),
-            Ok(Err(HandlerError::Retryable(message))) => Err(GuestError::HandlerRetryable(cut(message))),
-            Ok(Err(HandlerError::Permanent(message))) => Err(GuestError::HandlerRejected(cut(message))),
+            Ok(Err(HandlerError::Retryable(message))) => {
+                Err(GuestError::HandlerRetryable(self.own_text(message)))
+            }
+            Ok(Err(HandlerError::Permanent(message))) => {
+                Err(GuestError::HandlerRejected(self.own_text(message)))
+            }
             Err(error) => Err(classify(self.store.data(), &self.limits, &error, Stage::Call)),
+        }
+    }
+}
+
+impl GuestInstance {
+    /// A message the handler wrote: it may be derived from personal data, so unless its output
+    /// is forwarded only its size leaves the sandbox.
+    fn own_text(&self, message: String) -> String {
+        match self.output {
+            GuestOutput::Forward => cut(message),
+            GuestOutput::Withhold => format!("({} bytes withheld, see guest_output)", message.len()),
         }
     }
 }

@@ -16,6 +16,21 @@ pub struct HandlerIdentity {
     pub handler: String,
 }
 
+/// What becomes of the text a handler writes: its `log` calls, its stdout and stderr, and the
+/// messages of the errors it returns. A handler writes that text while holding personal data, so
+/// by default none of it leaves the sandbox: keyhole records only how much was written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GuestOutput {
+    /// Only sizes and levels reach keyhole's logs; error messages are replaced by their size.
+    #[default]
+    Withhold,
+    /// The text reaches keyhole's logs (target `keyhole::guest`), audit records and dead-letter
+    /// headers. For `keyhole dev`, and for operators who accept that a handler may log personal
+    /// data.
+    Forward,
+}
+
 /// Everything a store holds for one event. Dropped with the store after the event, so nothing
 /// outlives it.
 pub(crate) struct GuestState {
@@ -40,6 +55,8 @@ pub(crate) struct GuestState {
     identity: Arc<HandlerIdentity>,
     /// Tags the guest's log lines; the CloudEvents id of the event being handled.
     event_id: String,
+    /// Whether the guest's text may be logged.
+    output: GuestOutput,
 }
 
 impl GuestState {
@@ -48,6 +65,7 @@ impl GuestState {
         event_id: String,
         limits: &Limits,
         deadline: Instant,
+        output: GuestOutput,
     ) -> Self {
         let capture = usize::try_from(limits.max_log_bytes).unwrap_or(usize::MAX);
         let stdout = MemoryOutputPipe::new(capture);
@@ -66,6 +84,7 @@ impl GuestState {
             deadline,
             identity,
             event_id,
+            output,
         }
     }
 
@@ -75,11 +94,25 @@ impl GuestState {
         limit > 0 && (full(&self.stdout) || full(&self.stderr))
     }
 
-    /// Writes what the guest printed to the host's log, at debug level.
+    /// Writes what the guest printed to the host's log, at debug level (only its size when the
+    /// output is withheld).
     pub(crate) fn flush_output(&self) {
         for (stream, pipe) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
             let bytes = pipe.contents();
-            if !bytes.is_empty() {
+            if bytes.is_empty() {
+                continue;
+            }
+            if self.output == GuestOutput::Withhold {
+                tracing::debug!(
+                    target: "keyhole::guest",
+                    tenant = %self.identity.tenant,
+                    handler = %self.identity.handler,
+                    event_id = %self.event_id,
+                    stream,
+                    bytes = bytes.len(),
+                    "Handler output withheld."
+                );
+            } else {
                 tracing::debug!(
                     target: "keyhole::guest",
                     tenant = %self.identity.tenant,
@@ -111,6 +144,10 @@ impl bindings::keyhole::handler::log::Host for GuestState {
         }
         self.log_budget -= size;
         let (tenant, handler, event_id) = (&self.identity.tenant, &self.identity.handler, &self.event_id);
+        if self.output == GuestOutput::Withhold {
+            tracing::debug!(target: "keyhole::guest", %tenant, %handler, %event_id, level = ?level, bytes = size, "Handler log withheld.");
+            return Ok(());
+        }
         // `?message` escapes control characters, so a guest cannot forge log lines.
         macro_rules! emit {
             ($level:expr) => {

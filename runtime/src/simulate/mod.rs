@@ -7,11 +7,13 @@ pub mod owner;
 pub mod report;
 
 use crate::audit::Outcome;
-use crate::config::{BindingSettings, KafkaSettings, RetryConfig, Settings};
+use crate::config::{
+    BindingSettings, Delivery, FailurePolicies, FailurePolicy, KafkaSettings, RetryConfig, Settings,
+};
 use crate::pipeline;
 use crate::publish::{self, ReferenceEventSpec};
 use crate::resolve::{DataSourceSettings, Identity};
-use crate::sandbox::SandboxConfig;
+use crate::sandbox::{GuestOutput, SandboxConfig};
 use fixtures::{EventEntry, Fixtures};
 use owner::{Consent, SampleOwner};
 use rdkafka::mocking::MockCluster;
@@ -21,6 +23,10 @@ use tokio::sync::{mpsc, oneshot};
 
 /// The topic the simulator publishes to.
 const TOPIC: &str = "references";
+/// Where failed fixtures are dead lettered.
+const DEAD_LETTER_TOPIC: &str = "references.dlq";
+/// Attempts of an event that meets a retryable failure.
+const DEV_ATTEMPTS: u32 = 3;
 
 /// One fixture event and what keyhole decided for it.
 #[derive(Debug)]
@@ -63,6 +69,7 @@ pub enum SimulateError {
 pub async fn run(handler: &Path, fixtures: &Fixtures) -> Result<Vec<EventResult>, SimulateError> {
     let cluster = MockCluster::new(1)?;
     cluster.create_topic(TOPIC, 1, 1)?;
+    cluster.create_topic(DEAD_LETTER_TOPIC, 1, 1)?;
     // Withdrawn consent was granted when the event was published, and withdrawn before keyhole
     // consumes it: publish first, then withdraw.
     let owner = SampleOwner::start(fixtures.records.iter().cloned().map(|mut record| {
@@ -99,7 +106,7 @@ pub async fn run(handler: &Path, fixtures: &Fixtures) -> Result<Vec<EventResult>
 
     // Every event can take its deadline times its attempts, plus time to start.
     let per_event =
-        fixtures.limits.deadline() * RetryConfig::default().handler_max_attempts + Duration::from_secs(2);
+        fixtures.limits.deadline() * DEV_ATTEMPTS + Duration::from_secs(2);
     let waited =
         Duration::from_secs(20) + per_event * u32::try_from(fixtures.events.len()).unwrap_or(u32::MAX);
     let mut decided: Vec<Outcome> = Vec::new();
@@ -148,6 +155,7 @@ fn settings(bootstrap: &str, owner: url::Url, handler: &Path, fixtures: &Fixture
         kafka: KafkaSettings {
             bootstrap_servers: bootstrap.to_string(),
             group_id: "keyhole-dev".into(),
+            instance_id: "dev".into(),
             properties,
             secret_keys: Default::default(),
         },
@@ -175,7 +183,22 @@ fn settings(bootstrap: &str, owner: url::Url, handler: &Path, fixtures: &Fixture
             reply_topic: None,
             reply_topics_allowed: Vec::new(),
             limits: fixtures.limits.clone(),
-            retry: RetryConfig { initial_backoff_ms: 10, max_backoff_ms: 100, ..RetryConfig::default() },
+            retry: RetryConfig {
+                initial_backoff_ms: 10,
+                max_backoff_ms: 100,
+                max_attempts: DEV_ATTEMPTS,
+                ..RetryConfig::default()
+            },
+            on_failure: FailurePolicies {
+                dead_letter_topic: DEAD_LETTER_TOPIC.into(),
+                envelope: FailurePolicy::DeadLetter,
+                resolve: FailurePolicy::DeadLetter,
+                handler: FailurePolicy::DeadLetter,
+                reply: FailurePolicy::DeadLetter,
+            },
+            delivery: Delivery::AtLeastOnce,
+            // Fixtures are made-up data: the handler author sees everything the handler wrote.
+            guest_output: GuestOutput::Forward,
             key_path: "--handler".into(),
         }],
     }

@@ -3,6 +3,7 @@
 
 use super::EventResult;
 use crate::audit::Decision;
+use crate::config::Stage;
 use crate::sandbox::Reply;
 use base64::Engine as _;
 use std::fmt::Write as _;
@@ -15,14 +16,14 @@ pub fn verdict(result: &EventResult) -> &'static str {
         Decision::Gone { .. } => "gone",
         Decision::Refused { .. } => "refused",
         Decision::Failed { kind: "deadline_exceeded", .. } => "deadline exceeded",
-        Decision::Failed { stage: "handler", .. } => "handler error",
+        Decision::Failed { stage: Stage::Handler, .. } => "handler error",
         Decision::Failed { .. } => "failed",
     }
 }
 
 /// Whether the handler itself failed on any event.
 pub fn handler_failed(results: &[EventResult]) -> bool {
-    results.iter().any(|r| matches!(r.outcome.decision, Decision::Failed { stage: "handler", .. }))
+    results.iter().any(|r| matches!(r.outcome.decision, Decision::Failed { stage: Stage::Handler, .. }))
 }
 
 fn why(decision: &Decision) -> String {
