@@ -7,88 +7,9 @@ mod common;
 
 use common::broker::{self, create_topic, publish, reference};
 use common::owner::{Answer, Owner};
-use keyhole::audit::{Decision, Outcome};
-use keyhole::config::{Config, Settings};
-use keyhole::pipeline::{self, PipelineError};
-use std::collections::HashMap;
-use std::path::Path;
+use common::running::{Running, by_id, echoed, setup};
+use keyhole::audit::Decision;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
-
-/// keyhole running in-process, with its outcomes tapped.
-struct Running {
-    outcomes: mpsc::Receiver<Outcome>,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), PipelineError>>,
-}
-
-impl Running {
-    fn start(settings: Settings) -> Running {
-        let (tap, outcomes) = mpsc::channel(1024);
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(pipeline::run(settings, Some(tap), async {
-            let _ = stopped.await;
-        }));
-        Running { outcomes, stop: Some(stop), task }
-    }
-
-    /// The next `n` outcomes; fails the test if they take longer than `within`.
-    async fn take(&mut self, n: usize, within: Duration) -> Vec<Outcome> {
-        let mut got = Vec::new();
-        let deadline = tokio::time::Instant::now() + within;
-        while got.len() < n {
-            match tokio::time::timeout_at(deadline, self.outcomes.recv()).await {
-                Ok(Some(outcome)) => got.push(outcome),
-                Ok(None) => panic!("the pipeline stopped after {} of {n} outcomes", got.len()),
-                Err(_) => panic!("only {} of {n} outcomes within {within:?}: {got:#?}", got.len()),
-            }
-        }
-        got
-    }
-
-    /// Asserts that nothing is decided for `quiet`.
-    async fn assert_quiet(&mut self, quiet: Duration) {
-        if let Ok(Some(outcome)) = tokio::time::timeout(quiet, self.outcomes.recv()).await {
-            panic!("expected no outcome, got {outcome:#?}");
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.task.await.unwrap().unwrap();
-    }
-}
-
-struct Setup {
-    topic: String,
-    group: String,
-    settings: Settings,
-}
-
-/// A configuration for one echo binding on a fresh topic, against `owner`.
-async fn setup(owner_base: &str, partitions: i32, extra_handler_toml: &str) -> Setup {
-    let topic = create_topic(partitions).await;
-    let group = broker::unique("keyhole");
-    let identity = format!(r#"{{ bearer_token = {{ value = "{}" }} }}"#, common::owner::TOKEN);
-    let toml = common::echo_config(&group, &topic, owner_base, &identity, extra_handler_toml);
-    let config: Config = toml::from_str(&toml).unwrap();
-    let settings = config.validate(Path::new(".")).unwrap_or_else(|p| panic!("{p:#?}"));
-    Setup { group: settings.bindings[0].group_id.clone(), topic, settings }
-}
-
-/// What the echo handler was given, from its reply.
-fn echoed(outcome: &Outcome) -> serde_json::Value {
-    match &outcome.decision {
-        Decision::Delivered { reply: Some(reply), .. } => serde_json::from_slice(&reply.data).unwrap(),
-        other => panic!("not delivered: {other:?} ({:?})", outcome.event_id),
-    }
-}
-
-fn by_id(outcomes: &[Outcome]) -> HashMap<String, &Outcome> {
-    outcomes.iter().map(|o| (o.event_id.clone().unwrap_or_default(), o)).collect()
-}
 
 const WITHIN: Duration = Duration::from_secs(30);
 

@@ -24,14 +24,19 @@ pub fn unique(prefix: &str) -> String {
 /// Creates a topic with `partitions` partitions and returns its name.
 pub async fn create_topic(partitions: i32) -> String {
     let name = unique("refs");
+    create_named_topic(&name, partitions).await;
+    name
+}
+
+/// Creates a topic of the given name.
+pub async fn create_named_topic(name: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", bootstrap()).create().unwrap();
-    let topic = NewTopic::new(&name, partitions, TopicReplication::Fixed(1));
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
     let results = admin.create_topics([&topic], &AdminOptions::new()).await.unwrap();
     for result in results {
         result.unwrap_or_else(|(topic, e)| panic!("create {topic}: {e}"));
     }
-    name
 }
 
 /// An idempotent producer, as a data owner would run.

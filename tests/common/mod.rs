@@ -3,6 +3,7 @@
 
 pub mod broker;
 pub mod owner;
+pub mod running;
 
 use keyhole::sandbox::{Event, Extension, Handler, HandlerIdentity, Limits, Sandbox, SandboxConfig};
 use std::path::PathBuf;
