@@ -60,9 +60,14 @@ async fn personal_data_reaches_nothing_keyhole_writes_except_the_handlers_reply(
     let identity = r#"{ bearer_token = { env = "KEYHOLE_TEST_OWNER_TOKEN" } }"#;
     let echo = common::guest_path("echo").display().to_string();
     let leaky = common::guest_path("hostile-leaky").display().to_string();
-    let mut toml =
-        common::echo_config(&group, &topic, &owner.base_url(), identity, &format!("reply_topic = \"{replies}\""))
-            .replace(&echo, &leaky);
+    let mut toml = common::echo_config(
+        &group,
+        &topic,
+        &owner.base_url(),
+        identity,
+        &format!("reply_topic = \"{replies}\""),
+    )
+    .replace(&echo, &leaky);
     // [handler.retry] is the last table.
     toml.push_str("max_attempts = 2\n\n[audit]\npath = \"audit.jsonl\"\n");
     let config = dir.join("keyhole.toml");
@@ -113,7 +118,8 @@ async fn personal_data_reaches_nothing_keyhole_writes_except_the_handlers_reply(
     assert!(log.contains("Handler output withheld"), "the leaky handler's prints never reached keyhole");
     // The one way out: the reply the handler built.
     assert!(String::from_utf8_lossy(reply.payload().unwrap()).contains(DATA_CANARY));
-    let reply_headers = everything(&reply).replace(&String::from_utf8_lossy(reply.payload().unwrap()).to_string(), "");
+    let reply_headers =
+        everything(&reply).replace(&String::from_utf8_lossy(reply.payload().unwrap()).to_string(), "");
     for secret in [DATA_CANARY, QUERY_CANARY, common::owner::TOKEN] {
         assert!(!log.contains(secret), "{secret} in keyhole's log ({})", log_path.display());
         assert!(!audit.contains(secret), "{secret} in the audit file");

@@ -136,8 +136,15 @@ async fn the_stop_policy_stops_the_binding_and_leaves_the_event_to_be_read_again
     let events = [("a", "leak.reply"), ("b", "leak.reject"), ("c", "leak.reply")];
     for (id, type_) in events {
         // One key: strictly in order, so nothing after the failed event starts.
-        publish(&producer, &s.topic, Some(0), Some("k"), &with_type(reference(id, "customers/1"), type_), None)
-            .await;
+        publish(
+            &producer,
+            &s.topic,
+            Some(0),
+            Some("k"),
+            &with_type(reference(id, "customers/1"), type_),
+            None,
+        )
+        .await;
     }
     let mut keyhole = Running::start(s.settings.clone());
     let outcomes = keyhole.take(2, WITHIN).await;

@@ -76,7 +76,10 @@ async fn handler_errors_keep_their_classification() {
     let age_band = load("age-band", limits());
     let bad = age_band.handle(&event("b", b"not json")).await.unwrap_err();
     // The handler's own words may be derived from personal data: withheld unless forwarded.
-    assert!(matches!(bad, GuestError::HandlerRejected(ref m) if m.contains("withheld") && !m.contains("JSON")), "{bad:?}");
+    assert!(
+        matches!(bad, GuestError::HandlerRejected(ref m) if m.contains("withheld") && !m.contains("JSON")),
+        "{bad:?}"
+    );
     let age_band = age_band.with_output(keyhole::sandbox::GuestOutput::Forward);
     let bad = age_band.handle(&event("b", b"not json")).await.unwrap_err();
     assert!(matches!(bad, GuestError::HandlerRejected(ref m) if m.contains("JSON")), "{bad:?}");

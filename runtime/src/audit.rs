@@ -106,7 +106,9 @@ impl Decision {
     /// The failure's stable label and reason, for a refused or failed event.
     pub fn failure(&self) -> Option<(&'static str, &str)> {
         match self {
-            Decision::Refused { kind, reason } | Decision::Failed { kind, reason, .. } => Some((kind, reason)),
+            Decision::Refused { kind, reason } | Decision::Failed { kind, reason, .. } => {
+                Some((kind, reason))
+            }
             _ => None,
         }
     }

@@ -350,7 +350,12 @@ pub struct RetryConfig {
 
 impl Default for RetryConfig {
     fn default() -> Self {
-        RetryConfig { initial_backoff_ms: 100, max_backoff_ms: 30_000, max_attempts: 10, max_elapsed_ms: 300_000 }
+        RetryConfig {
+            initial_backoff_ms: 100,
+            max_backoff_ms: 30_000,
+            max_attempts: 10,
+            max_elapsed_ms: 300_000,
+        }
     }
 }
 
@@ -751,7 +756,9 @@ impl Config {
             } else if h.topics.contains(&dead_letter_topic) {
                 problems.add(
                     at("on_failure.dead_letter_topic"),
-                    format!("{dead_letter_topic:?} is also consumed by this handler: dead letters would loop"),
+                    format!(
+                        "{dead_letter_topic:?} is also consumed by this handler: dead letters would loop"
+                    ),
                 );
             }
             if let (true, Some(data_source)) = (problems.len() == before, source) {

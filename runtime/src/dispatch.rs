@@ -263,7 +263,9 @@ fn unresolved(
         retry_after: None,
     };
     match (&error, disposition) {
-        (ResolveError::ConsentDenied { status }, _) => return Ok(Decision::ConsentDenied { status: *status }),
+        (ResolveError::ConsentDenied { status }, _) => {
+            return Ok(Decision::ConsentDenied { status: *status });
+        }
         (ResolveError::Gone { status }, _) => return Ok(Decision::Gone { status: *status }),
         (_, Disposition::Pause) => {
             tracing::error!(binding = %binding.settings.name, event_id = %event.id, data_source = binding.resolver.name(),
@@ -272,7 +274,9 @@ fn unresolved(
             *probing = true;
             failure.paused = true;
         }
-        (ResolveError::Transient { retry_after, .. }, Disposition::Retry) => failure.retry_after = *retry_after,
+        (ResolveError::Transient { retry_after, .. }, Disposition::Retry) => {
+            failure.retry_after = *retry_after
+        }
         _ => {}
     }
     Err(failure)
@@ -523,7 +527,8 @@ impl Dispatcher {
         if !self.tracker.is_current(&ticket) || self.stopped() {
             return self.abandon(ticket);
         }
-        let Some(mut outcome) = decide(&self.binding, event, origin, received.key.as_deref(), &self.cancel).await
+        let Some(mut outcome) =
+            decide(&self.binding, event, origin, received.key.as_deref(), &self.cancel).await
         else {
             return self.abandon(ticket);
         };

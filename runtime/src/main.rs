@@ -54,6 +54,28 @@ enum Command {
     /// Publishes one reference event (a binary-mode CloudEvent with a `dataref` and no data),
     /// as a data owner or requester would, and prints where it landed.
     Publish(Box<PublishArgs>),
+    /// Publishes a request (a reference event) and waits for the handler's correlated reply,
+    /// then prints it; exits 1 when no reply came within the timeout.
+    Request(Box<RequestArgs>),
+}
+
+#[derive(clap::Args)]
+struct RequestArgs {
+    #[command(flatten)]
+    event: PublishArgs,
+    /// The topic the reply comes on: the handler's `reply_topic`, or a topic its
+    /// `reply_topics_allowed` has (then sent as the request's `replyto`, see --reply-to).
+    #[arg(long)]
+    reply_topic: String,
+    /// Asks for the reply on --reply-topic through the request's `replyto` attribute.
+    #[arg(long)]
+    reply_to: bool,
+    /// How long to wait for the reply.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
+    /// Prints the reply as one JSON object (`data` when UTF-8, else `data_base64`).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -124,6 +146,7 @@ fn main() -> ExitCode {
         Command::Check { file, json } => check(&file, json),
         Command::Run { config } => run(&config),
         Command::Publish(args) => publish(*args),
+        Command::Request(args) => request(*args),
         Command::Dev(args) => dev(&args),
         Command::Demo { handler, fixtures } => demo(&handler, &fixtures),
     };
@@ -246,18 +269,71 @@ fn demo(handler: &std::path::Path, fixtures: &std::path::Path) -> anyhow::Result
     simulate_once(&runtime, handler, fixtures, false)
 }
 
-fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
-    use keyhole::publish::{self, ReferenceEventSpec};
-    let event = ReferenceEventSpec {
-        id: args.id.unwrap_or_else(publish::new_id),
-        source: args.source,
-        type_: args.type_,
-        subject: args.subject,
+/// The event `keyhole publish` and `keyhole request` send.
+fn event_spec(args: &PublishArgs, reply_to: Option<String>) -> keyhole::publish::ReferenceEventSpec {
+    keyhole::publish::ReferenceEventSpec {
+        id: args.id.clone().unwrap_or_else(keyhole::publish::new_id),
+        source: args.source.clone(),
+        type_: args.type_.clone(),
+        subject: args.subject.clone(),
         time: None,
-        dataref: args.dataref,
-        partition_key: args.key,
-        correlation_id: args.correlation_id,
+        dataref: args.dataref.clone(),
+        partition_key: args.key.clone(),
+        correlation_id: args.correlation_id.clone(),
+        reply_to,
+    }
+}
+
+fn request(args: RequestArgs) -> anyhow::Result<ExitCode> {
+    use base64::Engine as _;
+    let event = event_spec(&args.event, args.reply_to.then(|| args.reply_topic.clone()));
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let reply = runtime.block_on(keyhole::publish::request(
+        &args.event.bootstrap_servers,
+        &args.event.properties,
+        &args.event.topic,
+        &event,
+        &args.reply_topic,
+        args.timeout,
+    ));
+    let reply = match reply {
+        Ok(reply) => reply,
+        Err(error @ keyhole::publish::RequestError::TimedOut { .. }) => {
+            eprintln!("{error}");
+            return Ok(ExitCode::from(1));
+        }
+        Err(error) => return Err(error.into()),
     };
+    let text = std::str::from_utf8(&reply.data).ok();
+    if args.json {
+        let mut value = serde_json::to_value(&reply)?;
+        match text {
+            Some(text) => value["data"] = text.into(),
+            None => {
+                value["data_base64"] = base64::engine::general_purpose::STANDARD.encode(&reply.data).into()
+            }
+        }
+        println!("{value}");
+    } else {
+        eprintln!(
+            "request {} published to {}; reply at {}[{}]@{}:",
+            event.id, args.event.topic, reply.topic, reply.partition, reply.offset
+        );
+        for (name, value) in &reply.attributes {
+            println!("{name}: {value}");
+        }
+        println!();
+        match text {
+            Some(text) => println!("{text}"),
+            None => println!("(base64) {}", base64::engine::general_purpose::STANDARD.encode(&reply.data)),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
+    use keyhole::publish;
+    let event = event_spec(&args, None);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let producer = publish::producer(&args.bootstrap_servers, &args.properties)?;
     let (partition, offset) = runtime.block_on(publish::publish(

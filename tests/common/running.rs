@@ -67,7 +67,12 @@ pub async fn setup(owner_base: &str, partitions: i32, extra_handler_toml: &str) 
 }
 
 /// [`setup`] with another guest than echo (by its dist name).
-pub async fn setup_handler(guest: &str, owner_base: &str, partitions: i32, extra_handler_toml: &str) -> Setup {
+pub async fn setup_handler(
+    guest: &str,
+    owner_base: &str,
+    partitions: i32,
+    extra_handler_toml: &str,
+) -> Setup {
     let topic = create_topic(partitions).await;
     let group = broker::unique("keyhole");
     let identity = format!(r#"{{ bearer_token = {{ value = "{}" }} }}"#, super::owner::TOKEN);
@@ -91,4 +96,3 @@ pub fn echoed(outcome: &Outcome) -> serde_json::Value {
 pub fn by_id(outcomes: &[Outcome]) -> HashMap<String, &Outcome> {
     outcomes.iter().map(|o| (o.event_id.clone().unwrap_or_default(), o)).collect()
 }
-

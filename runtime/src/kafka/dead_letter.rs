@@ -37,7 +37,11 @@ impl Received {
         Received {
             key: record.key.map(<[u8]>::to_vec),
             value: record.value.map(<[u8]>::to_vec),
-            headers: record.headers.iter().map(|(name, value)| (name.to_string(), value.map(<[u8]>::to_vec))).collect(),
+            headers: record
+                .headers
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.map(<[u8]>::to_vec)))
+                .collect(),
             timestamp,
         }
     }
@@ -91,7 +95,11 @@ pub async fn publish(
 }
 
 /// The dead letter's headers and value.
-fn dead_letter(received: &Received, failure: &Failure<'_>, now: SystemTime) -> (OwnedHeaders, Option<Vec<u8>>) {
+fn dead_letter(
+    received: &Received,
+    failure: &Failure<'_>,
+    now: SystemTime,
+) -> (OwnedHeaders, Option<Vec<u8>>) {
     let mut redacted = false;
     let mut headers = OwnedHeaders::new_with_capacity(received.headers.len() + 14);
     for (name, value) in &received.headers {

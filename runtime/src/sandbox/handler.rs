@@ -100,7 +100,8 @@ impl Handler {
     /// this is public so that benchmarks can separate instantiation from the call.
     pub async fn instantiate(&self, event_id: &str) -> Result<GuestInstance, GuestError> {
         let deadline = Instant::now() + self.limits.deadline();
-        let state = GuestState::new(self.identity.clone(), event_id.to_owned(), &self.limits, deadline, self.output);
+        let state =
+            GuestState::new(self.identity.clone(), event_id.to_owned(), &self.limits, deadline, self.output);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
         store.set_epoch_deadline(1);

@@ -90,6 +90,7 @@ pub async fn run(handler: &Path, fixtures: &Fixtures) -> Result<Vec<EventResult>
             dataref: event.dataref.clone(),
             partition_key: event.key.clone(),
             correlation_id: event.correlationid.clone(),
+            reply_to: None,
         };
         publish::send(&producer, TOPIC, &spec, Duration::from_secs(10)).await?;
     }
@@ -105,8 +106,7 @@ pub async fn run(handler: &Path, fixtures: &Fixtures) -> Result<Vec<EventResult>
     }));
 
     // Every event can take its deadline times its attempts, plus time to start.
-    let per_event =
-        fixtures.limits.deadline() * DEV_ATTEMPTS + Duration::from_secs(2);
+    let per_event = fixtures.limits.deadline() * DEV_ATTEMPTS + Duration::from_secs(2);
     let waited =
         Duration::from_secs(20) + per_event * u32::try_from(fixtures.events.len()).unwrap_or(u32::MAX);
     let mut decided: Vec<Outcome> = Vec::new();
