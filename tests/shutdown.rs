@@ -1,6 +1,13 @@
 //! `keyhole run` as an operator runs it: stopped with SIGTERM mid-stream, or killed with
-//! SIGKILL, then restarted. Every event must be handled at least once; the audit file, written
-//! before an offset is stored, is the record of what was handled.
+//! SIGKILL, then restarted, in each delivery mode, counting deliveries per event.
+//!
+//! - at-least-once: every event is handled at least once; SIGTERM redelivers nothing. The audit
+//!   file, written before an offset is stored, is the record of what was handled.
+//! - at-most-once: no event is released by its owner, or handled, twice; a SIGKILL loses at most
+//!   the events in flight.
+//! - exactly-once: on librdkafka's mock cluster, because tansu does not implement transaction
+//!   commit (EndTxn). See `kill_9_mid_stream_exactly_once_on_the_mock_cluster` for what the mock
+//!   can and cannot show.
 // A test fails loudly on anything unexpected; unwrap is how it says so.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -15,10 +22,13 @@ use std::time::{Duration, Instant};
 
 const EVENTS: usize = 300;
 
-fn write_config(dir: &Path, owner: &Owner, topic: &str, group: &str) -> PathBuf {
+const MAX_IN_FLIGHT: usize = 16;
+
+fn write_config(dir: &Path, owner: &Owner, topic: &str, group: &str, extra: &str) -> PathBuf {
     let config = dir.join("keyhole.toml");
     let identity = r#"{ bearer_token = { env = "KEYHOLE_TEST_OWNER_TOKEN" } }"#;
-    let mut toml = common::echo_config(group, topic, &owner.base_url(), identity, "max_in_flight = 16");
+    let extra = format!("max_in_flight = {MAX_IN_FLIGHT}\n{extra}");
+    let mut toml = common::echo_config(group, topic, &owner.base_url(), identity, &extra);
     toml.push_str("\n[audit]\npath = \"audit.jsonl\"\n");
     std::fs::write(&config, toml).unwrap();
     config
@@ -63,6 +73,15 @@ async fn wait_for(audit: &Path, at_least: usize, within: Duration) -> HashMap<St
     }
 }
 
+/// Owner fetches per event id: each one released the data to keyhole for its handler.
+fn released(owner: &Owner) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for seen in owner.seen() {
+        *counts.entry(seen.event_id.unwrap_or_default()).or_default() += 1;
+    }
+    counts
+}
+
 async fn stop_mid_stream_then_restart(signal: &str) {
     let owner = Owner::start().await;
     owner.set_delay(Duration::from_millis(50));
@@ -70,7 +89,7 @@ async fn stop_mid_stream_then_restart(signal: &str) {
     let group = broker::unique("keyhole");
     let dir = std::env::temp_dir().join(broker::unique("keyhole-shutdown"));
     std::fs::create_dir_all(&dir).unwrap();
-    let config = write_config(&dir, &owner, &topic, &group);
+    let config = write_config(&dir, &owner, &topic, &group, "");
     let audit = dir.join("audit.jsonl");
     let producer = broker::producer();
     for i in 0..EVENTS {
@@ -125,4 +144,61 @@ async fn sigterm_mid_stream_then_restart_handles_every_event_at_least_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_stream_then_restart_handles_every_event_at_least_once() {
     stop_mid_stream_then_restart("-KILL").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_at_most_once_delivers_no_event_twice() {
+    let owner = Owner::start().await;
+    owner.set_delay(Duration::from_millis(50));
+    let topic = create_topic(2).await;
+    let group = broker::unique("keyhole");
+    let dir = std::env::temp_dir().join(broker::unique("keyhole-at-most-once"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = write_config(&dir, &owner, &topic, &group, r#"delivery = "at-most-once""#);
+    let audit = dir.join("audit.jsonl");
+    let producer = broker::producer();
+    for i in 0..EVENTS {
+        let id = format!("ev-{i}");
+        owner.set(&format!("r/{id}"), Answer::Release("text/plain", id.clone().into_bytes()));
+        let key = format!("key-{}", i % 20);
+        publish(&producer, &topic, None, Some(&key), &reference(&id, &format!("r/{id}")), None).await;
+    }
+
+    let mut first = start(&config);
+    let before = wait_for(&audit, EVENTS / 4, Duration::from_secs(60)).await;
+    assert!(before.len() >= EVENTS / 4, "keyhole handled only {} events", before.len());
+    Command::new("kill").args(["-KILL", &first.id().to_string()]).status().unwrap();
+    first.wait().unwrap();
+    let stopped_at = handled(&audit).len();
+    assert!(stopped_at < EVENTS, "stopped too late to test anything ({stopped_at} handled)");
+
+    let mut second = start(&config);
+    // Every offset committed (each before its event was handled), and then the last ones done.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while broker::committed(&format!("{group}.acme.echo"), &topic, 2).iter().sum::<i64>() < EVENTS as i64 {
+        assert!(Instant::now() < deadline, "the second run never reached the end");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut last = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let now = handled(&audit).len();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    Command::new("kill").args(["-TERM", &second.id().to_string()]).status().unwrap();
+    assert_eq!(second.wait().unwrap().code(), Some(0));
+
+    let audited = handled(&audit);
+    let twice: Vec<_> = audited.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "handled twice at-most-once: {twice:?}");
+    let fetched_twice: Vec<_> = released(&owner).into_iter().filter(|(_, n)| *n > 1).collect();
+    assert!(fetched_twice.is_empty(), "released twice at-most-once: {fetched_twice:?}");
+    // What a crash loses: the events committed but not finished, at most the in-flight limit.
+    let lost = EVENTS - audited.len();
+    eprintln!("at-most-once, SIGKILL: {stopped_at} handled before the kill, {lost} lost, none twice");
+    assert!(lost <= MAX_IN_FLIGHT, "{lost} events lost; at most {MAX_IN_FLIGHT} were in flight");
+    std::fs::remove_dir_all(&dir).ok();
 }

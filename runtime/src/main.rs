@@ -57,6 +57,16 @@ enum Command {
     /// Publishes a request (a reference event) and waits for the handler's correlated reply,
     /// then prints it; exits 1 when no reply came within the timeout.
     Request(Box<RequestArgs>),
+    /// Runs librdkafka's in-process mock cluster until stdin closes or a signal comes, and prints
+    /// its bootstrap servers. For tests that must kill keyhole while the broker lives on; not a
+    /// broker for anything else (it keeps nothing on disk and does not filter aborted
+    /// transactions).
+    #[command(hide = true)]
+    MockCluster {
+        /// Topics to create, `name:partitions` (repeatable).
+        #[arg(long = "topic")]
+        topics: Vec<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -147,6 +157,7 @@ fn main() -> ExitCode {
         Command::Run { config } => run(&config),
         Command::Publish(args) => publish(*args),
         Command::Request(args) => request(*args),
+        Command::MockCluster { topics } => mock_cluster(&topics),
         Command::Dev(args) => dev(&args),
         Command::Demo { handler, fixtures } => demo(&handler, &fixtures),
     };
@@ -343,6 +354,19 @@ fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
         std::time::Duration::from_secs(30),
     ))?;
     println!("published {} to {}[{partition}]@{offset}", event.id, args.topic);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn mock_cluster(topics: &[String]) -> anyhow::Result<ExitCode> {
+    let cluster = rdkafka::mocking::MockCluster::new(1)?;
+    for topic in topics {
+        let (name, partitions) = topic.split_once(':').unwrap_or((topic.as_str(), "1"));
+        let partitions: i32 = partitions.parse().with_context(|| format!("{topic:?}: partitions"))?;
+        cluster.create_topic(name, partitions, 1)?;
+    }
+    println!("{}", cluster.bootstrap_servers());
+    // Lives until whoever started it closes stdin (or kills it).
+    std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new())?;
     Ok(ExitCode::SUCCESS)
 }
 
