@@ -148,6 +148,8 @@ pub async fn decide(
     // An event that met a refusal of keyhole's credentials probes on through the closed gate;
     // the others wait at it.
     let mut probing = false;
+    // Attempts that met a refusal of keyhole's credentials do not count against the limits.
+    let mut paused_attempts = 0;
     loop {
         let failure = match attempt(binding, &event, &url, key, &mut probing, cancel).await {
             Ok(Ok(decision)) => {
@@ -158,13 +160,17 @@ pub async fn decide(
             Err(Interrupted) => return None,
         };
         let policy = binding.settings.on_failure.at(failure.stage);
-        let within_limits = outcome.attempts < retry.max_attempts && started.elapsed() < retry.max_elapsed();
+        if failure.paused {
+            paused_attempts += 1;
+        }
+        let counted = outcome.attempts - paused_attempts;
+        let within_limits = counted < retry.max_attempts && started.elapsed() < retry.max_elapsed();
         if !(failure.paused || policy == FailurePolicy::Retry || (failure.retryable && within_limits)) {
             let reason = if failure.retryable {
                 format!(
                     "{} (gave up after {} attempts in {})",
                     failure.reason,
-                    outcome.attempts,
+                    counted,
                     humantime::format_duration(Duration::from_secs(started.elapsed().as_secs()))
                 )
             } else {

@@ -311,18 +311,23 @@ impl Reader<'_> {
         }
     }
 
-    /// At-most-once: commits the event's offset before it is handled. `false` when the commit
-    /// failed: the event is then skipped here and read again by whoever owns the partition next.
+    /// At-most-once: commits the event's offset before it is handled, retrying until the
+    /// commit succeeds (an event is never handled uncommitted). `false` if the binding is
+    /// cancelled first: the event is then not handled here.
     async fn commit_before_handling(&self, work: &Work) -> bool {
         let partition = (work.origin.topic.clone(), work.origin.partition);
         let offsets = [(partition, work.origin.offset + 1)];
         let consumer = self.consumer.as_ref();
-        match tokio::task::block_in_place(|| kafka::commit(consumer, &offsets)) {
-            Ok(()) => true,
-            Err(error) => {
-                tracing::warn!(binding = %self.name, %error, offset = work.origin.offset,
-                    "Cannot commit before handling; the event is not handled now.");
-                false
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match tokio::task::block_in_place(|| kafka::commit(consumer, &offsets)) {
+                Ok(()) => return true,
+                Err(error) => tracing::warn!(binding = %self.name, %error, offset = work.origin.offset,
+                    "Cannot commit before handling; retrying."),
+            }
+            tokio::select! {
+                () = self.cancel.cancelled() => return false,
+                () = tokio::time::sleep(delay) => delay = (delay * 2).min(Duration::from_secs(10)),
             }
         }
     }
