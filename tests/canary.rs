@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::broker::{self, create_topic, publish, reference};
+use common::broker::{self, create_topic, publish, reference, with_type};
 use common::owner::{Answer, Owner};
 use rdkafka::Message;
 use rdkafka::message::{Headers, OwnedMessage};
@@ -21,15 +21,6 @@ use std::time::{Duration, Instant};
 
 const DATA_CANARY: &str = "CANARY-d4t4-7f3a";
 const QUERY_CANARY: &str = "QUERYCANARY-91b2";
-
-fn with_type(mut headers: Vec<(String, Vec<u8>)>, type_: &str) -> Vec<(String, Vec<u8>)> {
-    for (name, value) in &mut headers {
-        if name == "ce_type" {
-            *value = type_.as_bytes().to_vec();
-        }
-    }
-    headers
-}
 
 /// Everything a record carries, as one string: key, every header name and value, payload.
 fn everything(message: &OwnedMessage) -> String {

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::broker::{self, publish, reference};
+use common::broker::{self, publish, reference, with_type};
 use common::owner::{Answer, Owner};
 use common::running::{Running, by_id, setup, setup_handler};
 use keyhole::audit::{Decision, Disposal};
@@ -17,15 +17,6 @@ use rdkafka::message::Headers;
 use std::time::Duration;
 
 const WITHIN: Duration = Duration::from_secs(30);
-
-fn with_type(mut headers: Vec<(String, Vec<u8>)>, type_: &str) -> Vec<(String, Vec<u8>)> {
-    for (name, value) in &mut headers {
-        if name == "ce_type" {
-            *value = type_.as_bytes().to_vec();
-        }
-    }
-    headers
-}
 
 /// The record's headers, in order, as (name, value) pairs.
 fn headers_of(message: &rdkafka::message::OwnedMessage) -> Vec<(String, Option<Vec<u8>>)> {

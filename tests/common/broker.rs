@@ -61,6 +61,16 @@ pub fn reference(id: &str, dataref: &str) -> Vec<(String, Vec<u8>)> {
     ]
 }
 
+/// Reference-event headers with another `ce_type` (the leaky guest chooses its ending by it).
+pub fn with_type(mut headers: Vec<(String, Vec<u8>)>, type_: &str) -> Vec<(String, Vec<u8>)> {
+    for (name, value) in &mut headers {
+        if name == "ce_type" {
+            *value = type_.as_bytes().to_vec();
+        }
+    }
+    headers
+}
+
 /// Publishes a record to partition `partition` (or by key when None) and waits for the ack.
 pub async fn publish(
     producer: &FutureProducer,
