@@ -25,7 +25,7 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::io::BufRead;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// An exactly-once echo binding on `topic` of the cluster at `bootstrap`, replying to `replies`.
@@ -126,23 +126,6 @@ async fn an_aborted_transaction_is_rewound_and_its_batch_handled_again() {
     keyhole.stop().await;
 }
 
-fn start(config: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(config.with_file_name("keyhole.log"))
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_keyhole"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("KEYHOLE_TEST_OWNER_TOKEN", common::owner::TOKEN)
-        .env("RUST_LOG", "warn,keyhole=info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
-
 fn audited(audit: &Path) -> usize {
     std::fs::read_to_string(audit).unwrap_or_default().lines().count()
 }
@@ -172,7 +155,7 @@ async fn kill_9_mid_stream_exactly_once_on_the_mock_cluster() {
     std::fs::write(&config_path, toml).unwrap();
     let audit = dir.join("audit.jsonl");
 
-    let mut first = start(&config_path);
+    let mut first = common::run_keyhole(&config_path);
     let deadline = Instant::now() + Duration::from_secs(60);
     while audited(&audit) < EVENTS / 4 {
         assert!(Instant::now() < deadline, "keyhole handled only {} events", audited(&audit));
@@ -183,7 +166,7 @@ async fn kill_9_mid_stream_exactly_once_on_the_mock_cluster() {
     let before = audited(&audit);
     assert!(before < EVENTS, "killed too late to test anything");
 
-    let mut second = start(&config_path);
+    let mut second = common::run_keyhole(&config_path);
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut replies = HashMap::new();
     while replies.len() < EVENTS && Instant::now() < deadline {

@@ -17,7 +17,7 @@ use common::broker::{self, create_topic, publish, reference};
 use common::owner::{Answer, Owner};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const EVENTS: usize = 300;
@@ -32,23 +32,6 @@ fn write_config(dir: &Path, owner: &Owner, topic: &str, group: &str, extra: &str
     toml.push_str("\n[audit]\npath = \"audit.jsonl\"\n");
     std::fs::write(&config, toml).unwrap();
     config
-}
-
-fn start(config: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(config.with_file_name("keyhole.log"))
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_keyhole"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("KEYHOLE_TEST_OWNER_TOKEN", common::owner::TOKEN)
-        .env("RUST_LOG", "warn,keyhole=info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
 }
 
 /// Handled count per event id, from the audit file.
@@ -106,7 +89,7 @@ async fn stop_mid_stream_then_restart(signal: &str) {
         .await;
     }
 
-    let mut first = start(&config);
+    let mut first = common::run_keyhole(&config);
     let before = wait_for(&audit, EVENTS / 4, Duration::from_secs(60)).await;
     assert!(before.len() >= EVENTS / 4, "keyhole handled only {} events", before.len());
     let status = Command::new("kill").args([signal, &first.id().to_string()]).status().unwrap();
@@ -118,7 +101,7 @@ async fn stop_mid_stream_then_restart(signal: &str) {
     let stopped_at = handled(&audit).len();
     assert!(stopped_at < EVENTS, "stopped too late to test anything ({stopped_at} handled)");
 
-    let mut second = start(&config);
+    let mut second = common::run_keyhole(&config);
     let after = wait_for(&audit, EVENTS, Duration::from_secs(90)).await;
     Command::new("kill").args(["-TERM", &second.id().to_string()]).status().unwrap();
     assert_eq!(second.wait().unwrap().code(), Some(0));
@@ -164,7 +147,7 @@ async fn kill_9_mid_stream_at_most_once_delivers_no_event_twice() {
         publish(&producer, &topic, None, Some(&key), &reference(&id, &format!("r/{id}")), None).await;
     }
 
-    let mut first = start(&config);
+    let mut first = common::run_keyhole(&config);
     let before = wait_for(&audit, EVENTS / 4, Duration::from_secs(60)).await;
     assert!(before.len() >= EVENTS / 4, "keyhole handled only {} events", before.len());
     Command::new("kill").args(["-KILL", &first.id().to_string()]).status().unwrap();
@@ -172,7 +155,7 @@ async fn kill_9_mid_stream_at_most_once_delivers_no_event_twice() {
     let stopped_at = handled(&audit).len();
     assert!(stopped_at < EVENTS, "stopped too late to test anything ({stopped_at} handled)");
 
-    let mut second = start(&config);
+    let mut second = common::run_keyhole(&config);
     // Every offset committed (each before its event was handled), and then the last ones done.
     let deadline = Instant::now() + Duration::from_secs(90);
     while broker::committed(&format!("{group}.acme.echo"), &topic, 2).iter().sum::<i64>() < EVENTS as i64 {

@@ -113,3 +113,22 @@ pub fn echo_config(
         echo = guest_path("echo").display(),
     )
 }
+
+/// `keyhole run --config <config>` as a child process, the owner's token in its environment,
+/// logging to `keyhole.log` beside the configuration.
+pub fn run_keyhole(config: &std::path::Path) -> std::process::Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(config.with_file_name("keyhole.log"))
+        .unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_keyhole"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("KEYHOLE_TEST_OWNER_TOKEN", owner::TOKEN)
+        .env("RUST_LOG", "warn,keyhole=info")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
