@@ -102,27 +102,19 @@ impl GuestState {
             if bytes.is_empty() {
                 continue;
             }
-            if self.output == GuestOutput::Withhold {
-                tracing::debug!(
-                    target: "keyhole::guest",
-                    tenant = %self.identity.tenant,
-                    handler = %self.identity.handler,
-                    event_id = %self.event_id,
-                    stream,
-                    bytes = bytes.len(),
-                    "Handler output withheld."
-                );
-            } else {
-                tracing::debug!(
-                    target: "keyhole::guest",
-                    tenant = %self.identity.tenant,
-                    handler = %self.identity.handler,
-                    event_id = %self.event_id,
-                    stream,
-                    output = ?String::from_utf8_lossy(&bytes),
-                    "Handler output."
-                );
-            }
+            // Withheld: only the size is logged.
+            let shown = (self.output == GuestOutput::Forward).then(|| String::from_utf8_lossy(&bytes));
+            tracing::debug!(
+                target: "keyhole::guest",
+                tenant = %self.identity.tenant,
+                handler = %self.identity.handler,
+                event_id = %self.event_id,
+                stream,
+                bytes = bytes.len(),
+                output = shown.as_deref().map(tracing::field::debug),
+                "{}",
+                if shown.is_some() { "Handler output." } else { "Handler output withheld." }
+            );
         }
     }
 }
