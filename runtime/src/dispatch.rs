@@ -26,8 +26,9 @@ use tokio_util::sync::CancellationToken;
 pub struct Binding {
     /// The binding's configuration.
     pub settings: BindingSettings,
-    /// The loaded handler component.
-    pub handler: Handler,
+    /// The active version of the handler component; replaced in place when another version is
+    /// activated. Each event takes the version current when it starts and keeps it to the end.
+    pub handler: HandlerSlot,
     /// The data source's resolver (shared with other bindings of the same source).
     pub resolver: Arc<Resolver>,
     /// The data source's base URL, that references resolve against.
@@ -44,13 +45,34 @@ pub struct Binding {
 }
 
 impl Binding {
-    fn asker(&self) -> Asker {
+    fn asker(&self, handler: &Handler) -> Asker {
         Asker {
             tenant: self.settings.tenant.clone(),
             handler: self.settings.handler.clone(),
             purpose: self.settings.purpose.clone(),
-            version: self.handler.version().to_string(),
+            version: handler.version().to_string(),
         }
+    }
+}
+
+/// A binding's active handler version, swappable while events run (hot swap).
+pub struct HandlerSlot(std::sync::RwLock<Arc<Handler>>);
+
+impl HandlerSlot {
+    /// A slot holding `handler`.
+    pub fn new(handler: Handler) -> Self {
+        HandlerSlot(std::sync::RwLock::new(Arc::new(handler)))
+    }
+
+    /// The version new events start on.
+    pub fn current(&self) -> Arc<Handler> {
+        self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// Makes `handler` the version new events start on; events already started finish on
+    /// theirs, which lives as long as they hold it.
+    pub fn replace(&self, handler: Handler) {
+        *self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(handler);
     }
 }
 
@@ -117,9 +139,12 @@ pub async fn decide(
     key: Option<&[u8]>,
     cancel: &CancellationToken,
 ) -> Option<Outcome> {
+    // The version this event runs on from its first attempt to its last, whatever is activated
+    // meanwhile.
+    let handler = binding.handler.current();
     let mut outcome = Outcome {
         time: SystemTime::now(),
-        asker: binding.asker(),
+        asker: binding.asker(&handler),
         origin,
         event_id: None,
         dataref_path: None,
@@ -151,7 +176,7 @@ pub async fn decide(
     // Attempts that met a refusal of keyhole's credentials do not count against the limits.
     let mut paused_attempts = 0;
     loop {
-        let failure = match attempt(binding, &event, &url, key, &mut probing, cancel).await {
+        let failure = match attempt(binding, &handler, &event, &url, key, &mut probing, cancel).await {
             Ok(Ok(decision)) => {
                 outcome.decision = decision;
                 break;
@@ -197,6 +222,7 @@ pub async fn decide(
 /// publish its reply.
 async fn attempt(
     binding: &Binding,
+    handler: &Handler,
     event: &ReferenceEvent,
     url: &url::Url,
     key: Option<&[u8]>,
@@ -221,7 +247,7 @@ async fn attempt(
         Err(error) => return Ok(unresolved(binding, event, error, probing)),
     };
     let data_bytes = released.body.len() as u64;
-    let reply = match binding.handler.handle(&guest_event(event, released)).await {
+    let reply = match handler.handle(&guest_event(event, released)).await {
         Ok(reply) => reply,
         Err(error) => return Ok(Err(handler_failed(error))),
     };
@@ -240,7 +266,7 @@ async fn attempt(
     };
     let published = match (&reply, destination) {
         (Some(reply), Some(topic)) => {
-            let who = binding.handler.identity();
+            let who = handler.identity();
             let id = until_confirmed(binding, &event.id, "Reply", cancel, || {
                 kafka::reply::publish(&binding.producer, topic, who, event, key, reply, SEND_TIMEOUT)
             })
@@ -334,7 +360,7 @@ pub async fn dead_letter(
         group: &binding.settings.group_id,
         tenant: &binding.settings.tenant,
         handler: &binding.settings.handler,
-        handler_version: binding.handler.version(),
+        handler_version: &outcome.asker.version,
         stage,
         class,
         message,

@@ -8,7 +8,7 @@
 
 use crate::audit::{Audit, Origin, Outcome};
 use crate::config::{BindingSettings, Delivery, Problem, Settings};
-use crate::dispatch::{Binding, Dispatcher, PauseGate, Work};
+use crate::dispatch::{Binding, Dispatcher, HandlerSlot, PauseGate, Work};
 use crate::envelope;
 use crate::kafka::{self, BindingConsumer, OffsetTracker};
 use crate::resolve::{Backoff, Resolver};
@@ -189,7 +189,7 @@ fn start(settings: &Settings, tap: Option<mpsc::Sender<Outcome>>) -> Result<Star
         };
         let binding = Arc::new(Binding {
             settings: binding_config.clone(),
-            handler,
+            handler: HandlerSlot::new(handler),
             base_url: resolver_base(settings, binding_config),
             resolver,
             backoff: backoff(binding_config),
