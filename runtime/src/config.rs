@@ -31,6 +31,60 @@ pub struct Config {
     /// Handlers and what they consume (bindings).
     #[serde(default, rename = "handler")]
     pub handlers: Vec<HandlerConfig>,
+    /// The admin API (uploads, grants, metrics, health). Without it, no HTTP server runs.
+    pub admin: Option<AdminConfig>,
+}
+
+/// `[admin]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address the admin API listens on, e.g. `0.0.0.0:9090`.
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+    /// The operator's bearer token (grants tenants, issues their tokens). Without it, operator
+    /// endpoints refuse every request.
+    pub operator_token: Option<Secret>,
+    /// Where the registry (tenants, grants, token hashes, handlers, components) is kept.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Largest request body, whatever a tenant's own limit.
+    #[serde(default = "default_max_upload_bytes")]
+    pub max_upload_bytes: u64,
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:9090".into()
+}
+fn default_state_dir() -> PathBuf {
+    "keyhole-state".into()
+}
+fn default_max_upload_bytes() -> u64 {
+    64 << 20
+}
+
+/// The admin API's settings after validation.
+#[derive(Clone)]
+pub struct AdminSettings {
+    /// The listening address.
+    pub listen: std::net::SocketAddr,
+    /// SHA-256 of the operator's token; the token itself is not kept.
+    pub operator_token_sha256: Option<[u8; 32]>,
+    /// The registry's directory.
+    pub state_dir: PathBuf,
+    /// Largest request body.
+    pub max_upload_bytes: u64,
+}
+
+impl fmt::Debug for AdminSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminSettings")
+            .field("listen", &self.listen)
+            .field("operator_token", &self.operator_token_sha256.map(|_| "<redacted>"))
+            .field("state_dir", &self.state_dir)
+            .field("max_upload_bytes", &self.max_upload_bytes)
+            .finish()
+    }
 }
 
 /// `[kafka]`
@@ -419,6 +473,8 @@ pub struct Settings {
     pub data_sources: Vec<DataSourceSettings>,
     /// The bindings.
     pub bindings: Vec<BindingSettings>,
+    /// The admin API, when configured.
+    pub admin: Option<AdminSettings>,
 }
 
 /// Kafka settings after validation.
@@ -533,7 +589,9 @@ impl Config {
         if self.sandbox.max_concurrent_instances == 0 {
             problems.add("sandbox.max_concurrent_instances", "must be greater than 0");
         }
+        let admin = self.admin.as_ref().and_then(|admin| validate_admin(admin, base, &mut problems));
         problems.into_result(|| Settings {
+            admin,
             kafka,
             sandbox: self.sandbox.clone(),
             audit_path: self.audit.path.as_ref().map(|p| base.join(p)),
@@ -649,8 +707,11 @@ impl Config {
         sources: &[Option<DataSourceSettings>],
         problems: &mut Problems,
     ) -> Vec<BindingSettings> {
-        if self.handlers.is_empty() {
-            problems.add("handler", "no [[handler]] is configured; there is nothing to run");
+        if self.handlers.is_empty() && self.admin.is_none() {
+            problems.add(
+                "handler",
+                "no [[handler]] is configured and no [admin] API to upload one; there is nothing to run",
+            );
         }
         let mut seen = HashSet::new();
         let mut bindings = Vec::new();
@@ -840,6 +901,36 @@ fn validate_identity(
     }
 }
 
+fn validate_admin(admin: &AdminConfig, base: &Path, problems: &mut Problems) -> Option<AdminSettings> {
+    use sha2::Digest as _;
+    let listen = admin
+        .listen
+        .parse()
+        .map_err(|_| problems.add("admin.listen", format!("{:?} is not an ip:port address", admin.listen)))
+        .ok();
+    let operator_token = match admin.operator_token.as_ref().map(Secret::resolve) {
+        None => None,
+        Some(Ok(token)) if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) => {
+            problems.add("admin.operator_token", "must be at least 16 printable ASCII characters, no spaces");
+            None
+        }
+        Some(Ok(token)) => Some(sha2::Sha256::digest(token.as_bytes()).into()),
+        Some(Err(e)) => {
+            problems.add("admin.operator_token", e);
+            None
+        }
+    };
+    if admin.max_upload_bytes == 0 {
+        problems.add("admin.max_upload_bytes", "must be greater than 0");
+    }
+    Some(AdminSettings {
+        listen: listen?,
+        operator_token_sha256: operator_token,
+        state_dir: base.join(&admin.state_dir),
+        max_upload_bytes: admin.max_upload_bytes,
+    })
+}
+
 fn validate_limits(
     limits: &Limits,
     sandbox: &SandboxConfig,
@@ -903,14 +994,14 @@ fn host_name() -> String {
         .unwrap_or_else(|| "keyhole".to_string())
 }
 
-fn is_name(name: &str) -> bool {
+pub(crate) fn is_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-fn is_topic(topic: &str) -> bool {
+pub(crate) fn is_topic(topic: &str) -> bool {
     (1..=249).contains(&topic.len())
         && topic != "."
         && topic != ".."

@@ -14,13 +14,19 @@
 //! - [`audit`]: what was decided for each event, for the data owner's records.
 //! - [`kafka`]: the consumer, rebalances, and offsets stored only once every earlier event of
 //!   the partition is finished.
-//! - [`pipeline`]: wires the above together for every configured binding and runs them until
-//!   shutdown.
+//! - [`pipeline`]: wires the above together for every configured binding and for every handler
+//!   uploaded to the registry, and runs them until shutdown; activating a version swaps it in
+//!   place.
+//! - [`registry`]: tenants, their grants and tokens, their handlers' uploaded versions; kept in a
+//!   local directory.
+//! - [`admin`]: the HTTP admin API over the registry and the pipeline (uploads, grants, metrics,
+//!   health), described by an OpenAPI document.
 //! - [`publish`]: the producer's side, for data owners and requesters (`keyhole publish`).
 //! - [`simulate`]: the same pipeline on an in-process broker and sample data owner, for
 //!   `keyhole dev` and `keyhole demo`.
 //! - [`telemetry`]: logging set-up and metric names.
 
+pub mod admin;
 pub mod audit;
 pub mod config;
 pub mod dispatch;
@@ -28,6 +34,7 @@ pub mod envelope;
 pub mod kafka;
 pub mod pipeline;
 pub mod publish;
+pub mod registry;
 pub mod resolve;
 pub mod sandbox;
 pub mod simulate;

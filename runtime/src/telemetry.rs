@@ -37,3 +37,14 @@ pub const EVENTS_REFUSED: &str = "keyhole_events_refused_total";
 pub const EVENT_RETRIES: &str = "keyhole_event_retries_total";
 /// Counter: events published to a dead-letter topic, by binding and stage.
 pub const DEAD_LETTERS: &str = "keyhole_dead_letters_total";
+
+/// The process's Prometheus recorder, installed on first use.
+pub fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}

@@ -40,6 +40,20 @@ pub enum LoadError {
     ContractMismatch(String),
 }
 
+impl LoadError {
+    /// A short, stable name for API problems and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LoadError::NotWasm => "not_wasm",
+            LoadError::CoreModule => "core_module",
+            LoadError::Invalid(_) => "invalid_component",
+            LoadError::ForbiddenImports { .. } => "forbidden_imports",
+            LoadError::MissingExport { .. } => "missing_export",
+            LoadError::ContractMismatch(_) => "contract_mismatch",
+        }
+    }
+}
+
 fn quoted(names: &[String]) -> String {
     names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
 }

@@ -32,6 +32,9 @@ const ALLOWED_IMPORTS: &[&str] = &[
     "wasi:io/streams",
 ];
 
+/// The handler contract this host implements (`wit/handler.wit`).
+pub const CONTRACT: &str = "keyhole:handler@0.1.0";
+
 /// The export every handler must have.
 pub const HANDLER_EXPORT: &str = "handle";
 

@@ -19,6 +19,6 @@ pub use bindings::{Event, Extension, Reply};
 pub use engine::{Allocation, AllocationChoice, EPOCH_TICK, Sandbox, SandboxConfig};
 pub use error::{GuestError, LoadError, SandboxError};
 pub use handler::{GuestInstance, Handler, version_of};
-pub use inspect::{ComponentReport, HANDLER_EXPORT, Inspection};
+pub use inspect::{CONTRACT, ComponentReport, HANDLER_EXPORT, Inspection};
 pub use limits::Limits;
 pub use state::{GuestOutput, HandlerIdentity};

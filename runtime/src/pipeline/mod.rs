@@ -6,13 +6,19 @@
 //! shutdown each binding stops reading, lets in-flight events finish within the drain timeout,
 //! and commits the offsets it stored.
 
+mod registered;
+
+pub use registered::Supervisor;
+
 use crate::audit::{Audit, Origin, Outcome};
 use crate::config::{BindingSettings, Delivery, Problem, Settings};
 use crate::dispatch::{Binding, Dispatcher, HandlerSlot, PauseGate, Work};
 use crate::envelope;
 use crate::kafka::{self, BindingConsumer, OffsetTracker};
+use crate::registry::{Catalog, Registry};
 use crate::resolve::{Backoff, Resolver};
-use crate::sandbox::{HandlerIdentity, Sandbox};
+use crate::sandbox::{Handler, HandlerIdentity, LoadError, Sandbox};
+use rdkafka::producer::FutureProducer;
 use rdkafka::Message;
 use rdkafka::consumer::Consumer as _;
 use std::future::Future;
@@ -40,6 +46,16 @@ pub enum PipelineError {
     },
 }
 
+/// What a caller may add to a run besides the configuration.
+#[derive(Default)]
+pub struct Extras {
+    /// Receives every outcome too (tests, the demo).
+    pub tap: Option<mpsc::Sender<Outcome>>,
+    /// The admin API's listener, already bound (tests bind port 0); without it, keyhole binds
+    /// `admin.listen` when `[admin]` is configured.
+    pub admin_listener: Option<tokio::net::TcpListener>,
+}
+
 /// Runs every configured binding until `shutdown` completes, then drains and commits.
 /// Outcomes also go to `tap` when given (tests, the demo).
 pub async fn run(
@@ -47,15 +63,28 @@ pub async fn run(
     tap: Option<mpsc::Sender<Outcome>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), PipelineError> {
-    let bindings = start(&settings, tap)?;
+    run_with(settings, Extras { tap, admin_listener: None }, shutdown).await
+}
+
+/// [`run`], with the admin API and the handlers uploaded to it when `[admin]` is configured.
+pub async fn run_with(
+    settings: Settings,
+    extras: Extras,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), PipelineError> {
+    let host = Arc::new(Host::new(settings, extras.tap)?);
+    let configured = host.start_configured()?;
     let cancel = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
-    for (binding, consumer, tracker) in bindings {
-        let cancel = cancel.clone();
-        let drain = settings.drain_timeout;
-        tasks.spawn(async move { consume(binding, consumer, tracker, cancel, drain).await });
+    for (binding, consumer, tracker) in configured {
+        let (host, cancel) = (host.clone(), cancel.clone());
+        tasks.spawn(async move { host.consume(binding, consumer, tracker, cancel).await });
     }
-    tracing::info!(bindings = tasks.len(), "keyhole is running.");
+    let supervisor = match &host.settings.admin {
+        Some(admin) => Some(start_admin(&host, admin, extras.admin_listener, &cancel).await?),
+        None => None,
+    };
+    tracing::info!(bindings = tasks.len(), admin = supervisor.is_some(), "keyhole is running.");
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -63,14 +92,18 @@ pub async fn run(
                 tracing::info!("Shutting down: draining in-flight events.");
                 break;
             }
-            Some(ended) = tasks.join_next() => match ended {
-                // A binding its failure policy stopped: the others go on.
-                Ok(Err(PipelineError::Stopped)) if !tasks.is_empty() => continue,
+            Some(ended) = tasks.join_next(), if !tasks.is_empty() => match ended {
+                // A binding its failure policy stopped: the others go on (and the admin API may
+                // start more).
+                Ok(Err(PipelineError::Stopped)) if !tasks.is_empty() || supervisor.is_some() => continue,
                 Ok(Err(PipelineError::Stopped)) => return Err(PipelineError::Stopped),
                 // A binding that ends on its own failed; stop the others too.
                 ended => {
                     cancel.cancel();
                     while tasks.join_next().await.is_some() {}
+                    if let Some(supervisor) = &supervisor {
+                        supervisor.stop_all().await;
+                    }
                     return match ended {
                         Ok(Ok(())) => Ok(()),
                         Ok(Err(error)) => Err(error),
@@ -78,7 +111,6 @@ pub async fn run(
                     };
                 }
             },
-            else => return Err(PipelineError::Stopped),
         }
     }
     cancel.cancel();
@@ -92,118 +124,273 @@ pub async fn run(
             }
         }
     }
+    if let Some(supervisor) = &supervisor {
+        supervisor.stop_all().await;
+    }
     result
 }
 
-type Started = Vec<(Arc<Binding>, Arc<BindingConsumer>, Arc<OffsetTracker>)>;
-
-/// Loads everything and creates the consumers; every problem is reported at once.
-fn start(settings: &Settings, tap: Option<mpsc::Sender<Outcome>>) -> Result<Started, PipelineError> {
-    let mut problems = Vec::new();
-    let problem = |path: String, message: String| Problem { path, message };
-    let sandbox = Sandbox::new(&settings.sandbox)
-        .map_err(|e| PipelineError::Start(vec![problem("sandbox".into(), e.to_string())]))?;
-    let resolvers: Vec<Option<Arc<Resolver>>> = settings
-        .data_sources
-        .iter()
-        .enumerate()
-        .map(|(i, source)| match Resolver::new(source.clone()) {
-            Ok(resolver) => Some(Arc::new(resolver)),
-            Err(e) => {
-                problems.push(problem(format!("data_source[{i}]"), e.to_string()));
-                None
-            }
-        })
-        .collect();
-    let audit = match Audit::new(settings.audit_path.as_deref(), tap) {
-        Ok(audit) => Some(Arc::new(audit)),
-        Err(e) => {
-            let path = settings.audit_path.as_deref().map(|p| p.display().to_string()).unwrap_or_default();
-            problems.push(problem("audit.path".into(), format!("cannot open {path}: {e}")));
-            None
-        }
+/// Opens the registry, starts the handlers active in it, and serves the admin API until
+/// `cancel`.
+async fn start_admin(
+    host: &Arc<Host>,
+    admin: &crate::config::AdminSettings,
+    listener: Option<tokio::net::TcpListener>,
+    cancel: &CancellationToken,
+) -> Result<Arc<Supervisor>, PipelineError> {
+    let start_problem = |path: &str, message: String| PipelineError::Start(vec![Problem { path: path.into(), message }]);
+    let catalog = Catalog {
+        data_sources: host.settings.data_sources.iter().map(|s| s.name.clone()).collect(),
+        configured: host.settings.bindings.iter().map(|b| (b.tenant.clone(), b.handler.clone())).collect(),
     };
-    let shared = match kafka::producer::shared(&settings.kafka) {
-        Ok(producer) => Some(Arc::new(producer)),
-        Err(e) => {
-            problems.push(problem("kafka".into(), format!("cannot create the producer: {e}")));
-            None
+    let registry = Registry::open(&admin.state_dir, catalog)
+        .map_err(|e| start_problem("admin.state_dir", format!("{}: {e}", admin.state_dir.display())))?;
+    let supervisor = Arc::new(Supervisor::new(host.clone(), Arc::new(registry), cancel.clone()));
+    // Handlers that cannot start now are reported in their state; keyhole itself still starts,
+    // so that their tenants can fix them through the API.
+    if let Err(problems) = supervisor.reconcile().await {
+        for (binding, problem) in problems {
+            tracing::error!(binding = %binding, reason = %problem, "Uploaded handler cannot start.");
         }
-    };
-    let mut started = Vec::new();
-    for binding_config in &settings.bindings {
-        let at = |key: &str| format!("{}.{key}", binding_config.key_path);
-        let handler = std::fs::read(&binding_config.component)
-            .map_err(|e| format!("cannot read {}: {e}", binding_config.component.display()))
-            .and_then(|wasm| {
-                let identity = HandlerIdentity {
-                    tenant: binding_config.tenant.clone(),
-                    handler: binding_config.handler.clone(),
-                };
-                sandbox
-                    .load(identity, &wasm, binding_config.limits.clone())
-                    .map_err(|e| format!("{} refused: {e}", binding_config.component.display()))
-            });
-        let handler = match handler {
-            Ok(handler) => handler.with_output(binding_config.guest_output),
-            Err(message) => {
-                problems.push(problem(at("component"), message));
-                continue;
-            }
-        };
-        let (Some(resolver), Some(audit), Some(shared)) =
-            (resolvers.get(binding_config.data_source).cloned().flatten(), audit.clone(), shared.clone())
-        else {
-            continue;
-        };
-        let producer = match binding_config.delivery {
-            Delivery::ExactlyOnce => {
-                let id = format!("{}.{}", binding_config.group_id, settings.kafka.instance_id);
-                match kafka::producer::transactional(&settings.kafka, &id) {
-                    Ok(producer) => Arc::new(producer),
-                    Err(e) => {
-                        problems.push(problem(
-                            at("delivery"),
-                            format!("exactly-once needs Kafka transactions, which failed to start: {e}"),
-                        ));
-                        continue;
-                    }
-                }
-            }
-            Delivery::AtLeastOnce | Delivery::AtMostOnce => shared,
-        };
-        let tracker = Arc::new(OffsetTracker::default());
-        let consumer = match kafka::consumer(
-            &settings.kafka,
-            &binding_config.group_id,
-            &binding_config.topics,
-            tracker.clone(),
-            settings.drain_timeout,
-            binding_config.delivery,
-        ) {
-            Ok(consumer) => Arc::new(consumer),
-            Err(e) => {
-                problems.push(problem(at("topics"), format!("cannot create the Kafka consumer: {e}")));
-                continue;
-            }
-        };
-        let binding = Arc::new(Binding {
-            settings: binding_config.clone(),
-            handler: HandlerSlot::new(handler),
-            base_url: resolver_base(settings, binding_config),
-            resolver,
-            backoff: backoff(binding_config),
-            gate: PauseGate::default(),
-            audit,
-            producer,
-        });
-        started.push((binding, consumer, tracker));
     }
-    if problems.is_empty() { Ok(started) } else { Err(PipelineError::Start(problems)) }
+    let listener = match listener {
+        Some(listener) => listener,
+        None => tokio::net::TcpListener::bind(admin.listen)
+            .await
+            .map_err(|e| start_problem("admin.listen", format!("cannot listen on {}: {e}", admin.listen)))?,
+    };
+    let api = crate::admin::Api::new(supervisor.clone(), admin);
+    let shutdown = cancel.clone();
+    tokio::spawn(async move {
+        if let Err(error) = crate::admin::serve(listener, api, shutdown.cancelled_owned()).await {
+            tracing::error!(%error, "The admin API stopped.");
+        }
+    });
+    Ok(supervisor)
 }
 
-fn resolver_base(settings: &Settings, binding: &BindingSettings) -> url::Url {
-    settings.data_sources[binding.data_source].base_url.clone()
+/// A started binding: what its read loop needs.
+pub(crate) type Started = (Arc<Binding>, Arc<BindingConsumer>, Arc<OffsetTracker>);
+
+/// What every binding shares: the sandbox, the data sources' resolvers, the audit and the
+/// producer, built once at start-up.
+pub(crate) struct Host {
+    pub(crate) settings: Settings,
+    pub(crate) sandbox: Sandbox,
+    resolvers: Vec<Option<Arc<Resolver>>>,
+    audit: Arc<Audit>,
+    /// Replies and dead letters of every binding that is not exactly-once.
+    pub(crate) producer: Arc<FutureProducer>,
+    /// What each binding is doing, by name, for `/readyz` and the admin API.
+    pub(crate) health: Health,
+}
+
+impl Host {
+    /// Loads everything shared; every problem is reported at once.
+    fn new(settings: Settings, tap: Option<mpsc::Sender<Outcome>>) -> Result<Self, PipelineError> {
+        let mut problems = Vec::new();
+        let problem = |path: String, message: String| Problem { path, message };
+        let sandbox = Sandbox::new(&settings.sandbox)
+            .map_err(|e| PipelineError::Start(vec![problem("sandbox".into(), e.to_string())]))?;
+        let resolvers: Vec<Option<Arc<Resolver>>> = settings
+            .data_sources
+            .iter()
+            .enumerate()
+            .map(|(i, source)| match Resolver::new(source.clone()) {
+                Ok(resolver) => Some(Arc::new(resolver)),
+                Err(e) => {
+                    problems.push(problem(format!("data_source[{i}]"), e.to_string()));
+                    None
+                }
+            })
+            .collect();
+        let audit = Audit::new(settings.audit_path.as_deref(), tap).map_err(|e| {
+            let path = settings.audit_path.as_deref().map(|p| p.display().to_string()).unwrap_or_default();
+            problem("audit.path".into(), format!("cannot open {path}: {e}"))
+        });
+        let producer = kafka::producer::shared(&settings.kafka)
+            .map_err(|e| problem("kafka".into(), format!("cannot create the producer: {e}")));
+        match (audit, producer) {
+            (Ok(audit), Ok(producer)) if problems.is_empty() => Ok(Host {
+                settings,
+                sandbox,
+                resolvers,
+                audit: Arc::new(audit),
+                producer: Arc::new(producer),
+                health: Health::default(),
+            }),
+            (audit, producer) => {
+                problems.extend(audit.err());
+                problems.extend(producer.err());
+                Err(PipelineError::Start(problems))
+            }
+        }
+    }
+
+    /// Loads the configuration file's handlers and creates their consumers.
+    fn start_configured(&self) -> Result<Vec<Started>, PipelineError> {
+        let mut problems = Vec::new();
+        let mut started = Vec::new();
+        for binding in &self.settings.bindings {
+            let handler = std::fs::read(&binding.component)
+                .map_err(|e| format!("cannot read {}: {e}", binding.component.display()))
+                .and_then(|wasm| {
+                    self.load(binding, &wasm).map_err(|e| format!("{} refused: {e}", binding.component.display()))
+                });
+            let result = handler.map_err(|m| ("component", m)).and_then(|handler| self.bind(binding, handler));
+            match result {
+                Ok(binding) => started.push(binding),
+                Err((key, message)) => {
+                    problems.push(Problem { path: format!("{}.{key}", binding.key_path), message })
+                }
+            }
+        }
+        if problems.is_empty() { Ok(started) } else { Err(PipelineError::Start(problems)) }
+    }
+
+    /// Compiles and validates a binding's handler component.
+    pub(crate) fn load(&self, binding: &BindingSettings, wasm: &[u8]) -> Result<Handler, LoadError> {
+        let identity = HandlerIdentity { tenant: binding.tenant.clone(), handler: binding.handler.clone() };
+        Ok(self.sandbox.load(identity, wasm, binding.limits.clone())?.with_output(binding.guest_output))
+    }
+
+    /// Creates a binding's producer and consumer around its loaded handler. On failure, the
+    /// configuration key at fault and why.
+    pub(crate) fn bind(
+        &self,
+        settings: &BindingSettings,
+        handler: Handler,
+    ) -> Result<Started, (&'static str, String)> {
+        let resolver = self
+            .resolvers
+            .get(settings.data_source)
+            .cloned()
+            .flatten()
+            .ok_or(("data_source", "the data source is not available".to_string()))?;
+        let producer = match settings.delivery {
+            Delivery::ExactlyOnce => {
+                let id = format!("{}.{}", settings.group_id, self.settings.kafka.instance_id);
+                let producer = kafka::producer::transactional(&self.settings.kafka, &id).map_err(|e| {
+                    ("delivery", format!("exactly-once needs Kafka transactions, which failed to start: {e}"))
+                })?;
+                Arc::new(producer)
+            }
+            Delivery::AtLeastOnce | Delivery::AtMostOnce => self.producer.clone(),
+        };
+        let tracker = Arc::new(OffsetTracker::default());
+        let consumer = kafka::consumer(
+            &self.settings.kafka,
+            &settings.group_id,
+            &settings.topics,
+            tracker.clone(),
+            self.settings.drain_timeout,
+            settings.delivery,
+        )
+        .map_err(|e| ("topics", format!("cannot create the Kafka consumer: {e}")))?;
+        let binding = Arc::new(Binding {
+            settings: settings.clone(),
+            handler: HandlerSlot::new(handler),
+            base_url: self.settings.data_sources[settings.data_source].base_url.clone(),
+            resolver,
+            backoff: backoff(settings),
+            gate: PauseGate::default(),
+            audit: self.audit.clone(),
+            producer,
+        });
+        Ok((binding, Arc::new(consumer), tracker))
+    }
+
+    /// Runs a binding's read loop, keeping its state in [`Host::health`].
+    pub(crate) async fn consume(
+        &self,
+        binding: Arc<Binding>,
+        consumer: Arc<BindingConsumer>,
+        tracker: Arc<OffsetTracker>,
+        cancel: CancellationToken,
+    ) -> Result<(), PipelineError> {
+        let name = binding.settings.name.clone();
+        self.health.set(&name, BindingState::Running);
+        let result = consume(binding, consumer, tracker, cancel, self.settings.drain_timeout).await;
+        match &result {
+            Ok(()) => self.health.set(&name, BindingState::Finished),
+            Err(PipelineError::Stopped) => self.health.set(&name, BindingState::Stopped),
+            Err(error) => self.health.set(&name, BindingState::Failed(error.to_string())),
+        }
+        result
+    }
+
+    /// Whether the broker answers, within `timeout`.
+    pub(crate) async fn broker_reachable(&self, timeout: Duration) -> Result<(), String> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || {
+            rdkafka::producer::Producer::client(producer.as_ref()).fetch_metadata(None, timeout).map(drop).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+}
+
+/// What a binding is doing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BindingState {
+    /// Consuming.
+    Running,
+    /// Uploaded, but no version is active.
+    Inactive,
+    /// Its spec asks for more than its tenant's grant allows (the grant changed); not running.
+    NotGranted(String),
+    /// A failure policy stopped it.
+    Stopped,
+    /// It could not start or its consumer failed.
+    Failed(String),
+    /// It ended at shutdown or was replaced.
+    Finished,
+}
+
+impl BindingState {
+    /// The state's name in the admin API.
+    pub fn label(&self) -> &'static str {
+        match self {
+            BindingState::Running => "running",
+            BindingState::Inactive => "inactive",
+            BindingState::NotGranted(_) => "not_granted",
+            BindingState::Stopped => "stopped",
+            BindingState::Failed(_) => "failed",
+            BindingState::Finished => "finished",
+        }
+    }
+}
+
+/// Every binding's state, by name (`tenant/handler`).
+#[derive(Default)]
+pub struct Health(std::sync::Mutex<std::collections::BTreeMap<String, BindingState>>);
+
+impl Health {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, BindingState>> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn set(&self, binding: &str, state: BindingState) {
+        self.lock().insert(binding.to_string(), state);
+    }
+
+    pub(crate) fn remove(&self, binding: &str) {
+        self.lock().remove(binding);
+    }
+
+    /// A binding's state, if keyhole knows it.
+    pub fn get(&self, binding: &str) -> Option<BindingState> {
+        self.lock().get(binding).cloned()
+    }
+
+    /// The bindings that should run but do not.
+    pub fn unhealthy(&self) -> Vec<(String, BindingState)> {
+        self.lock()
+            .iter()
+            .filter(|(_, state)| matches!(state, BindingState::Stopped | BindingState::Failed(_)))
+            .map(|(name, state)| (name.clone(), state.clone()))
+            .collect()
+    }
 }
 
 fn backoff(binding: &BindingSettings) -> Backoff {
@@ -213,6 +400,7 @@ fn backoff(binding: &BindingSettings) -> Backoff {
         ..Backoff::default()
     }
 }
+
 
 /// One binding's read loop, then its drain.
 async fn consume(

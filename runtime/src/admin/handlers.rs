@@ -1,0 +1,315 @@
+//! A tenant's endpoints: its handlers, their uploaded versions, activation and rollback. The
+//! operator may call them too.
+
+use super::auth;
+use super::problem::Problem;
+use super::Api;
+use crate::pipeline::BindingState;
+use crate::registry::{HandlerSpec, HandlerView, VersionInfo};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+
+/// An uploaded component's bytes.
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct Component(#[allow(dead_code)] Vec<u8>);
+
+/// A tenant's handlers.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/handlers", tag = "tenant", security(("bearer" = [])),
+    params(("tenant" = String, Path, description = "The tenant")),
+    responses(
+        (status = 200, description = "The tenant's handlers", body = Vec<HandlerView>),
+        (status = 401, description = "No token, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Another tenant's token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+) -> Result<Json<Vec<HandlerView>>, Problem> {
+    auth::tenant(&api, &headers, &tenant)?;
+    let handlers = api.supervisor.registry().handlers(&tenant)?;
+    Ok(Json(handlers.into_iter().map(|h| with_state(&api, h)).collect()))
+}
+
+/// Creates a handler or replaces how it is bound. The spec must stay within what the operator
+/// granted the tenant; a running handler restarts on the new spec (draining first).
+#[utoipa::path(put, path = "/v1/tenants/{tenant}/handlers/{handler}", tag = "tenant", security(("bearer" = [])),
+    params(("tenant" = String, Path, description = "The tenant"), ("handler" = String, Path, description = "The handler's name")),
+    request_body = HandlerSpec,
+    responses(
+        (status = 200, description = "Spec replaced", body = HandlerView),
+        (status = 201, description = "Handler created", body = HandlerView),
+        (status = 401, description = "No token, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Another tenant's token, or a topic, data source, purpose or limit not granted", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The name is taken by keyhole's configuration file", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A malformed spec or name", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn put(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path((tenant, handler)): Path<(String, String)>,
+    Json(spec): Json<HandlerSpec>,
+) -> Result<Response, Problem> {
+    auth::tenant(&api, &headers, &tenant)?;
+    let (_, created) = api.supervisor.registry().put_handler(&tenant, &handler, spec)?;
+    let view = applied(&api, &tenant, &handler).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(view)).into_response())
+}
+
+/// One handler: spec, versions, the active one and the binding's state.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/handlers/{handler}", tag = "tenant", security(("bearer" = [])),
+    params(("tenant" = String, Path, description = "The tenant"), ("handler" = String, Path, description = "The handler")),
+    responses(
+        (status = 200, description = "The handler", body = HandlerView),
+        (status = 401, description = "No token, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Another tenant's token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant or handler", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path((tenant, handler)): Path<(String, String)>,
+) -> Result<Json<HandlerView>, Problem> {
+    auth::tenant(&api, &headers, &tenant)?;
+    Ok(Json(with_state(&api, api.supervisor.registry().handler(&tenant, &handler)?)))
+}
+
+/// Deletes a handler and every version of it; its binding drains and stops.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}/handlers/{handler}", tag = "tenant", security(("bearer" = [])),
+    params(("tenant" = String, Path, description = "The tenant"), ("handler" = String, Path, description = "The handler")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "No token, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Another tenant's token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant or handler", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn delete(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path((tenant, handler)): Path<(String, String)>,
+) -> Result<StatusCode, Problem> {
+    auth::tenant(&api, &headers, &tenant)?;
+    api.supervisor.registry().delete_handler(&tenant, &handler)?;
+    let _ = api.supervisor.reconcile().await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Uploads a version: the component is validated exactly as `keyhole check` does, within the
+/// size limits, and stored under its SHA-256. It does not run until activated.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/handlers/{handler}/versions", tag = "tenant", security(("bearer" = [])),
+    params(("tenant" = String, Path, description = "The tenant"), ("handler" = String, Path, description = "The handler")),
+    request_body(content = Component, content_type = "application/wasm", description = "The component (`.wasm`)"),
+    responses(
+        (status = 200, description = "These bytes were already uploaded", body = VersionInfo),
+        (status = 201, description = "Stored", body = VersionInfo),
+        (status = 401, description = "No token, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Another tenant's token, or the tenant's version limit", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant or handler", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Larger than the tenant's or keyhole's upload limit", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Refused: not a component, wrong world, forbidden imports", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn upload(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path((tenant, handler)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    auth::tenant(&api, &headers, &tenant)?;
+    let registry = api.supervisor.registry();
+    registry.handler(&tenant, &handler)?;
+    let limit = registry.upload_limit(&tenant)?.min(api.max_upload_bytes);
+    let too_large = |size: String| {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            format!("the component is {size} bytes; the limit is {limit} bytes"),
+        )
+    };
+    let wasm = match body {
+        Ok(wasm) => wasm,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(too_large("more than".to_string() + &format!(" {}", api.max_upload_bytes)));
+        }
+        Err(rejection) => {
+            return Err(Problem::new(StatusCode::BAD_REQUEST, "unreadable-body", rejection.body_text()));
+        }
+    };
+    if wasm.len() as u64 > limit {
+        return Err(too_large(wasm.len().to_string()));
+    }
+    let wasm = Arc::new(wasm.to_vec());
+    let report = {
+        let _one_at_a_time = api.validations.acquire().await;
+        api.supervisor.check(wasm.clone()).await?
+    };
+    let (info, created) = registry.add_version(&tenant, &handler, &wasm, &report)?;
+    tracing::info!(tenant = %tenant, handler = %handler, version = %info.version, size_bytes = info.size_bytes,
+        "Handler version uploaded.");
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let location = format!("/v1/tenants/{tenant}/handlers/{handler}/versions/{}", info.version);
+    Ok((status, [(header::LOCATION, location)], Json(info)).into_response())
+}
+
+/// A handler's versions, oldest first.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/handlers/{handler}/versions", tag = "tenant", security(("bearer" = [])),
+    params(("tenant" = String, Path, description = "The tenant"), ("handler" = String, Path, description = "The handler")),
+    responses(
+        (status = 200, description = "The versions", body = Vec<VersionInfo>),
+        (status = 401, description = "No token, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Another tenant's token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant or handler", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn versions(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path((tenant, handler)): Path<(String, String)>,
+) -> Result<Json<Vec<VersionInfo>>, Problem> {
+    auth::tenant(&api, &headers, &tenant)?;
+    Ok(Json(api.supervisor.registry().handler(&tenant, &handler)?.versions))
+}
+
+/// One version's metadata.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/handlers/{handler}/versions/{version}", tag = "tenant", security(("bearer" = [])),
+    params(("tenant" = String, Path, description = "The tenant"), ("handler" = String, Path, description = "The handler"),
+        ("version" = String, Path, description = "`sha256:<hex>`, or the bare hex digest")),
+    responses(
+        (status = 200, description = "The version", body = VersionInfo),
+        (status = 401, description = "No token, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Another tenant's token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant, handler or version", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn version(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path((tenant, handler, version)): Path<(String, String, String)>,
+) -> Result<Json<VersionInfo>, Problem> {
+    auth::tenant(&api, &headers, &tenant)?;
+    Ok(Json(api.supervisor.registry().version(&tenant, &handler, &version)?))
+}
+
+/// Deletes a version that is not active.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}/handlers/{handler}/versions/{version}", tag = "tenant", security(("bearer" = [])),
+    params(("tenant" = String, Path, description = "The tenant"), ("handler" = String, Path, description = "The handler"),
+        ("version" = String, Path, description = "`sha256:<hex>`, or the bare hex digest")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "No token, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Another tenant's token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant, handler or version", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "It is the active version", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn delete_version(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path((tenant, handler, version)): Path<(String, String, String)>,
+) -> Result<StatusCode, Problem> {
+    auth::tenant(&api, &headers, &tenant)?;
+    api.supervisor.registry().delete_version(&tenant, &handler, &version)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Activates a version: new events run on it at once, without a restart; events in flight
+/// finish on the version they started on. Answers once the version is live.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/handlers/{handler}/versions/{version}/activate", tag = "tenant", security(("bearer" = [])),
+    params(("tenant" = String, Path, description = "The tenant"), ("handler" = String, Path, description = "The handler"),
+        ("version" = String, Path, description = "`sha256:<hex>`, or the bare hex digest")),
+    responses(
+        (status = 200, description = "Active", body = HandlerView),
+        (status = 401, description = "No token, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Another tenant's token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant, handler or version", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "The version could not be started; the previous one stays active", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn activate(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path((tenant, handler, version)): Path<(String, String, String)>,
+) -> Result<Json<HandlerView>, Problem> {
+    auth::tenant(&api, &headers, &tenant)?;
+    let registry = api.supervisor.registry();
+    let before = registry.activation(&tenant, &handler)?;
+    registry.activate(&tenant, &handler, &version)?;
+    switched(&api, &tenant, &handler, before).await.map(Json)
+}
+
+/// Activates the version that was active before the current one.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/handlers/{handler}/rollback", tag = "tenant", security(("bearer" = [])),
+    params(("tenant" = String, Path, description = "The tenant"), ("handler" = String, Path, description = "The handler")),
+    responses(
+        (status = 200, description = "Rolled back", body = HandlerView),
+        (status = 401, description = "No token, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Another tenant's token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant or handler", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "No earlier version to roll back to", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "The version could not be started; the current one stays active", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn rollback(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path((tenant, handler)): Path<(String, String)>,
+) -> Result<Json<HandlerView>, Problem> {
+    auth::tenant(&api, &headers, &tenant)?;
+    let registry = api.supervisor.registry();
+    let before = registry.activation(&tenant, &handler)?;
+    registry.rollback(&tenant, &handler)?;
+    switched(&api, &tenant, &handler, before).await.map(Json)
+}
+
+/// Applies an activation; if the binding cannot take it, puts the registry back as it was.
+async fn switched(
+    api: &Api,
+    tenant: &str,
+    handler: &str,
+    before: (Option<String>, Vec<String>),
+) -> Result<HandlerView, Problem> {
+    match applied(api, tenant, handler).await {
+        Ok(view) => {
+            tracing::info!(tenant, handler, version = view.active.as_deref(), "Handler version active.");
+            Ok(view)
+        }
+        Err(problem) => {
+            api.supervisor.registry().restore_activation(tenant, handler, before.0, before.1)?;
+            let _ = api.supervisor.reconcile().await;
+            Err(problem)
+        }
+    }
+}
+
+/// Applies the registry's change to the running bindings; this handler's failure is the
+/// request's.
+async fn applied(api: &Api, tenant: &str, handler: &str) -> Result<HandlerView, Problem> {
+    let name = format!("{tenant}/{handler}");
+    if let Err(problems) = api.supervisor.reconcile().await {
+        for (binding, problem) in problems {
+            if binding == name {
+                return Err(Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "cannot-start", problem));
+            }
+            tracing::warn!(binding = %binding, reason = %problem, "Uploaded handler cannot run.");
+        }
+    }
+    Ok(with_state(api, api.supervisor.registry().handler(tenant, handler)?))
+}
+
+/// Fills in what the binding is doing.
+fn with_state(api: &Api, mut view: HandlerView) -> HandlerView {
+    let state = match view.active {
+        None => BindingState::Inactive,
+        Some(_) => api.supervisor.state(&view.tenant, &view.handler),
+    };
+    view.state = state.label().to_string();
+    view.state_reason = match state {
+        BindingState::NotGranted(why) | BindingState::Failed(why) => Some(why),
+        BindingState::Stopped => Some("stopped by its failure policy; activate a version to start it again".into()),
+        _ => None,
+    };
+    view
+}

@@ -1,0 +1,153 @@
+//! The admin API: third parties upload and activate their handlers; the operator grants each
+//! tenant what it may consume; monitoring reads `/metrics`, `/healthz` and `/readyz`.
+//!
+//! It reads and changes the registry and asks the pipeline's [`Supervisor`] to apply changes; it
+//! owns no pipeline state. Its OpenAPI document is generated from the handlers' annotations
+//! ([`openapi`]), served at `/openapi.json` and kept in the repository as `docs/openapi.json`.
+
+mod auth;
+mod handlers;
+pub mod openapi;
+mod problem;
+mod tenants;
+
+pub use auth::Caller;
+pub use problem::{PROBLEM_JSON, Problem};
+
+use crate::config::AdminSettings;
+use crate::pipeline::Supervisor;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use std::future::Future;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+/// What the admin API's handlers share.
+#[derive(Clone)]
+pub struct Api(Arc<Inner>);
+
+/// The shared state behind [`Api`].
+pub struct Inner {
+    supervisor: Arc<Supervisor>,
+    operator_token_sha256: Option<[u8; 32]>,
+    max_upload_bytes: u64,
+    /// Compiling an uploaded component takes a core for seconds: one at a time, so uploads
+    /// cannot starve the handlers running events.
+    validations: Semaphore,
+}
+
+impl std::ops::Deref for Api {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl Api {
+    /// The API over a running pipeline's supervisor.
+    pub fn new(supervisor: Arc<Supervisor>, settings: &AdminSettings) -> Self {
+        Api(Arc::new(Inner {
+            supervisor,
+            operator_token_sha256: settings.operator_token_sha256,
+            max_upload_bytes: settings.max_upload_bytes,
+            validations: Semaphore::new(1),
+        }))
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    api: Api,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(%address, "Admin API listening.");
+    }
+    axum::serve(listener, router(api)).with_graceful_shutdown(shutdown).await
+}
+
+/// Every route. The OpenAPI document lists the same ones (a test checks it against this
+/// router).
+pub fn router(api: Api) -> Router {
+    let upload_limit = usize::try_from(api.max_upload_bytes).unwrap_or(usize::MAX);
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi_json))
+        .route("/v1/tenants", get(tenants::list))
+        .route("/v1/tenants/{tenant}", put(tenants::put).get(tenants::get).delete(tenants::delete))
+        .route("/v1/tenants/{tenant}/tokens", post(tenants::issue_token))
+        .route("/v1/tenants/{tenant}/tokens/{token_id}", axum::routing::delete(tenants::revoke_token))
+        .route("/v1/tenants/{tenant}/handlers", get(handlers::list))
+        .route(
+            "/v1/tenants/{tenant}/handlers/{handler}",
+            put(handlers::put).get(handlers::get).delete(handlers::delete),
+        )
+        .route(
+            "/v1/tenants/{tenant}/handlers/{handler}/versions",
+            post(handlers::upload)
+                .get(handlers::versions)
+                .layer(axum::extract::DefaultBodyLimit::max(upload_limit)),
+        )
+        .route(
+            "/v1/tenants/{tenant}/handlers/{handler}/versions/{version}",
+            get(handlers::version).delete(handlers::delete_version),
+        )
+        .route("/v1/tenants/{tenant}/handlers/{handler}/versions/{version}/activate", post(handlers::activate))
+        .route("/v1/tenants/{tenant}/handlers/{handler}/rollback", post(handlers::rollback))
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_method)
+        .with_state(api)
+}
+
+async fn no_route() -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "no-such-route", "no such endpoint; see /openapi.json")
+}
+
+async fn no_method() -> Problem {
+    Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "this endpoint does not take that method; see /openapi.json")
+}
+
+/// keyhole is alive.
+#[utoipa::path(get, path = "/healthz", tag = "monitoring",
+    responses((status = 200, description = "keyhole is alive", body = String, content_type = "text/plain")))]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// keyhole can do its work: the Kafka cluster answers and no binding that should run has
+/// stopped or failed.
+#[utoipa::path(get, path = "/readyz", tag = "monitoring",
+    responses(
+        (status = 200, description = "Ready", body = String, content_type = "text/plain"),
+        (status = 503, description = "Not ready, and why", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn readyz(State(api): State<Api>) -> Response {
+    match api.supervisor.ready().await {
+        Ok(()) => "ready\n".into_response(),
+        Err(problems) => {
+            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", problems.join("; ")).into_response()
+        }
+    }
+}
+
+/// Prometheus metrics, in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "monitoring",
+    responses((status = 200, description = "Every series (see docs/observability.md)", body = String,
+        content_type = "text/plain; version=0.0.4")))]
+async fn metrics() -> Response {
+    let text = crate::telemetry::prometheus().render();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "monitoring",
+    responses((status = 200, description = "The OpenAPI 3.1 document of this API", body = Object)))]
+async fn openapi_json() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], openapi::document()).into_response()
+}

@@ -1,0 +1,624 @@
+//! The registry: tenants, what the operator granted each, their API tokens, and their handlers'
+//! uploaded versions. The admin API changes it; the pipeline runs each handler's active version.
+//!
+//! It persists in a local directory (see [`store`]), so keyhole restarts with the same tenants,
+//! grants and active versions. Every change is checked and saved before it is applied in memory:
+//! a change that cannot be saved did not happen.
+
+mod model;
+mod store;
+mod token;
+
+pub use model::{
+    Deployment, Grant, HandlerSpec, HandlerView, IssuedToken, TenantLimits, TenantView, VersionInfo,
+};
+
+pub use token::matches as token_matches;
+
+use crate::config::{is_name, is_topic};
+use crate::sandbox::ComponentReport;
+use model::{HandlerRecord, State, TenantRecord};
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Mutex;
+use store::Store;
+
+/// Why a registry operation was refused. The admin API maps each to its HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// No such tenant.
+    #[error("no tenant named {0:?}")]
+    UnknownTenant(String),
+    /// No such handler.
+    #[error("tenant {tenant:?} has no handler named {handler:?}")]
+    UnknownHandler {
+        /// The tenant.
+        tenant: String,
+        /// The handler.
+        handler: String,
+    },
+    /// No such version of the handler.
+    #[error("handler {handler:?} has no version {version}")]
+    UnknownVersion {
+        /// The handler.
+        handler: String,
+        /// The version asked for.
+        version: String,
+    },
+    /// No such token.
+    #[error("tenant {tenant:?} has no token {id:?}")]
+    UnknownToken {
+        /// The tenant.
+        tenant: String,
+        /// The token id.
+        id: String,
+    },
+    /// The handler's spec asks for something the tenant was not granted.
+    #[error("{what} {value:?} is not granted to tenant {tenant:?}")]
+    NotGranted {
+        /// The tenant.
+        tenant: String,
+        /// `topic`, `data source`, `purpose` or `reply topic`.
+        what: &'static str,
+        /// What was asked for.
+        value: String,
+    },
+    /// Above one of the tenant's limits.
+    #[error("{limit} is {value}, above tenant {tenant:?}'s limit of {max}")]
+    OverLimit {
+        /// The tenant.
+        tenant: String,
+        /// The limit's name.
+        limit: &'static str,
+        /// What was asked for.
+        value: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// The request is malformed: a bad name, topic or value.
+    #[error("{0}")]
+    Invalid(String),
+    /// The request conflicts with the current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The directory cannot be read or written.
+    #[error("the registry's directory: {0}")]
+    Storage(#[from] std::io::Error),
+}
+
+/// What the registry checks grants and specs against: the host's configuration.
+#[derive(Clone, Debug, Default)]
+pub struct Catalog {
+    /// The configured data sources' names.
+    pub data_sources: Vec<String>,
+    /// `(tenant, handler)` of the handlers in the configuration file, whose names (and consumer
+    /// groups) the registry may not reuse.
+    pub configured: HashSet<(String, String)>,
+}
+
+/// The registry. Cheap to share behind an `Arc`; every operation takes its lock briefly.
+pub struct Registry {
+    store: Store,
+    state: Mutex<State>,
+    catalog: Catalog,
+}
+
+impl Registry {
+    /// Opens the registry kept in `dir` (created if missing).
+    pub fn open(dir: &Path, catalog: Catalog) -> Result<Self, RegistryError> {
+        let store = Store::open(dir)?;
+        let state = store.load()?;
+        Ok(Registry { store, state: Mutex::new(state), catalog })
+    }
+
+    fn read(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Applies `change` to a copy of the state, saves the copy, and only then makes it current.
+    fn change<T>(&self, change: impl FnOnce(&mut State) -> Result<T, RegistryError>) -> Result<T, RegistryError> {
+        let mut state = self.read();
+        let mut next = state.clone();
+        let result = change(&mut next)?;
+        self.store.save(&next)?;
+        *state = next;
+        Ok(result)
+    }
+
+    // --- tenants and tokens (the operator's) ---------------------------------------------------
+
+    /// Every tenant.
+    pub fn tenants(&self) -> Vec<TenantView> {
+        self.read().tenants.iter().map(|(name, t)| tenant_view(name, t)).collect()
+    }
+
+    /// One tenant.
+    pub fn tenant(&self, tenant: &str) -> Result<TenantView, RegistryError> {
+        let state = self.read();
+        let record = state.tenants.get(tenant).ok_or_else(|| RegistryError::UnknownTenant(tenant.into()))?;
+        Ok(tenant_view(tenant, record))
+    }
+
+    /// Creates a tenant or replaces its grant; `true` when it was created. Handlers the new grant
+    /// no longer covers stay stored but stop running (their state says why).
+    pub fn put_tenant(&self, tenant: &str, grant: Grant) -> Result<(TenantView, bool), RegistryError> {
+        if !is_name(tenant) {
+            return Err(RegistryError::Invalid(format!(
+                "tenant name {tenant:?} must be 1-64 characters of a-z, 0-9, '-', '_' or '.'"
+            )));
+        }
+        self.check_grant(&grant)?;
+        self.change(|state| {
+            let created = !state.tenants.contains_key(tenant);
+            let record = state.tenants.entry(tenant.to_string()).or_insert_with(|| TenantRecord {
+                grant: Grant::default(),
+                tokens: Vec::new(),
+                handlers: Default::default(),
+            });
+            record.grant = grant;
+            Ok((tenant_view(tenant, record), created))
+        })
+    }
+
+    /// Deletes a tenant, its tokens, its handlers and their components.
+    pub fn delete_tenant(&self, tenant: &str) -> Result<(), RegistryError> {
+        self.change(|state| {
+            state.tenants.remove(tenant).ok_or_else(|| RegistryError::UnknownTenant(tenant.into()))?;
+            Ok(())
+        })?;
+        self.collect_garbage();
+        Ok(())
+    }
+
+    /// Issues a new bearer token for a tenant; only its hash is kept.
+    pub fn issue_token(&self, tenant: &str) -> Result<IssuedToken, RegistryError> {
+        let issued = token::issue();
+        self.change(|state| {
+            let record = state.tenants.get_mut(tenant).ok_or_else(|| RegistryError::UnknownTenant(tenant.into()))?;
+            record.tokens.push(model::TokenRecord {
+                id: issued.id.clone(),
+                sha256: token::digest_hex(&issued.token),
+                created_at: now(),
+            });
+            Ok(())
+        })?;
+        Ok(issued)
+    }
+
+    /// Revokes a tenant's token.
+    pub fn revoke_token(&self, tenant: &str, id: &str) -> Result<(), RegistryError> {
+        self.change(|state| {
+            let record = state.tenants.get_mut(tenant).ok_or_else(|| RegistryError::UnknownTenant(tenant.into()))?;
+            let before = record.tokens.len();
+            record.tokens.retain(|t| t.id != id);
+            if record.tokens.len() == before {
+                return Err(RegistryError::UnknownToken { tenant: tenant.into(), id: id.into() });
+            }
+            Ok(())
+        })
+    }
+
+    /// The tenant a bearer token belongs to. Every stored hash is compared, in constant time,
+    /// whatever matches: the time taken says nothing about which tokens exist.
+    pub fn authenticate(&self, presented: &str) -> Option<String> {
+        let state = self.read();
+        let candidates = state
+            .tenants
+            .iter()
+            .flat_map(|(name, t)| t.tokens.iter().map(move |token| (name, token.sha256.as_str())));
+        token::find(presented, candidates).cloned()
+    }
+
+    // --- handlers (the tenant's) ----------------------------------------------------------------
+
+    /// A tenant's handlers.
+    pub fn handlers(&self, tenant: &str) -> Result<Vec<HandlerView>, RegistryError> {
+        let state = self.read();
+        let record = state.tenants.get(tenant).ok_or_else(|| RegistryError::UnknownTenant(tenant.into()))?;
+        Ok(record.handlers.iter().map(|(name, h)| handler_view(tenant, name, h)).collect())
+    }
+
+    /// One handler.
+    pub fn handler(&self, tenant: &str, handler: &str) -> Result<HandlerView, RegistryError> {
+        let state = self.read();
+        let record = handler_record(&state, tenant, handler)?;
+        Ok(handler_view(tenant, handler, record))
+    }
+
+    /// Creates a handler or replaces its spec; `true` when created. The spec must be within the
+    /// tenant's grant and limits.
+    pub fn put_handler(
+        &self,
+        tenant: &str,
+        handler: &str,
+        spec: HandlerSpec,
+    ) -> Result<(HandlerView, bool), RegistryError> {
+        if !is_name(handler) {
+            return Err(RegistryError::Invalid(format!(
+                "handler name {handler:?} must be 1-64 characters of a-z, 0-9, '-', '_' or '.'"
+            )));
+        }
+        if self.catalog.configured.contains(&(tenant.to_string(), handler.to_string())) {
+            return Err(RegistryError::Conflict(format!(
+                "{tenant}/{handler} is defined in keyhole's configuration file; choose another name"
+            )));
+        }
+        self.change(|state| {
+            let record = state.tenants.get_mut(tenant).ok_or_else(|| RegistryError::UnknownTenant(tenant.into()))?;
+            check_spec(tenant, &record.grant, &self.catalog, &spec)?;
+            let created = !record.handlers.contains_key(handler);
+            let max = record.grant.limits.max_handlers;
+            if created && record.handlers.len() >= max as usize {
+                return Err(RegistryError::OverLimit {
+                    tenant: tenant.into(),
+                    limit: "handlers",
+                    value: record.handlers.len() as u64 + 1,
+                    max: max.into(),
+                });
+            }
+            let entry = record.handlers.entry(handler.to_string()).or_insert_with(|| HandlerRecord {
+                spec: spec.clone(),
+                versions: Vec::new(),
+                active: None,
+                previous: Vec::new(),
+            });
+            entry.spec = spec;
+            Ok((handler_view(tenant, handler, entry), created))
+        })
+    }
+
+    /// Deletes a handler and its versions.
+    pub fn delete_handler(&self, tenant: &str, handler: &str) -> Result<(), RegistryError> {
+        self.change(|state| {
+            let record = state.tenants.get_mut(tenant).ok_or_else(|| RegistryError::UnknownTenant(tenant.into()))?;
+            record.handlers.remove(handler).ok_or_else(|| RegistryError::UnknownHandler {
+                tenant: tenant.into(),
+                handler: handler.into(),
+            })?;
+            Ok(())
+        })?;
+        self.collect_garbage();
+        Ok(())
+    }
+
+    /// The largest component the tenant may upload.
+    pub fn upload_limit(&self, tenant: &str) -> Result<u64, RegistryError> {
+        let state = self.read();
+        let record = state.tenants.get(tenant).ok_or_else(|| RegistryError::UnknownTenant(tenant.into()))?;
+        Ok(record.grant.limits.max_component_bytes)
+    }
+
+    /// Stores a component that passed validation (`report`) as a version of the handler;
+    /// `true` when it is new (uploading the same bytes again changes nothing).
+    pub fn add_version(
+        &self,
+        tenant: &str,
+        handler: &str,
+        wasm: &[u8],
+        report: &ComponentReport,
+    ) -> Result<(VersionInfo, bool), RegistryError> {
+        let version = crate::sandbox::version_of(wasm);
+        let hex = hex_of(&version)?;
+        let limit = self.upload_limit(tenant)?;
+        if wasm.len() as u64 > limit {
+            return Err(RegistryError::OverLimit {
+                tenant: tenant.into(),
+                limit: "component size in bytes",
+                value: wasm.len() as u64,
+                max: limit,
+            });
+        }
+        // Stored before the state names it: a crash in between leaves an unreferenced file, not
+        // a version without its component.
+        self.store.put_component(hex, wasm)?;
+        self.change(|state| {
+            let max = state.tenants.get(tenant).map_or(0, |t| t.grant.limits.max_versions_per_handler);
+            let record = handler_record_mut(state, tenant, handler)?;
+            if let Some(existing) = record.versions.iter().find(|v| v.version == version) {
+                return Ok((existing.clone(), false));
+            }
+            if record.versions.len() >= max as usize {
+                return Err(RegistryError::OverLimit {
+                    tenant: tenant.into(),
+                    limit: "versions per handler",
+                    value: record.versions.len() as u64 + 1,
+                    max: max.into(),
+                });
+            }
+            let info = VersionInfo {
+                version: version.clone(),
+                uploaded_at: now(),
+                size_bytes: wasm.len() as u64,
+                contract: contract_of(report),
+                imports: report.imports.clone(),
+            };
+            record.versions.push(info.clone());
+            Ok((info, true))
+        })
+    }
+
+    /// One version's metadata.
+    pub fn version(&self, tenant: &str, handler: &str, version: &str) -> Result<VersionInfo, RegistryError> {
+        let state = self.read();
+        let record = handler_record(&state, tenant, handler)?;
+        let version = normalise(version);
+        record.versions.iter().find(|v| v.version == version).cloned().ok_or_else(|| {
+            RegistryError::UnknownVersion { handler: handler.into(), version: version.clone() }
+        })
+    }
+
+    /// Deletes a version that is not active.
+    pub fn delete_version(&self, tenant: &str, handler: &str, version: &str) -> Result<(), RegistryError> {
+        let version = normalise(version);
+        self.change(|state| {
+            let record = handler_record_mut(state, tenant, handler)?;
+            if record.active.as_deref() == Some(version.as_str()) {
+                return Err(RegistryError::Conflict(format!(
+                    "{version} is the active version; activate another one first"
+                )));
+            }
+            let before = record.versions.len();
+            record.versions.retain(|v| v.version != version);
+            if record.versions.len() == before {
+                return Err(RegistryError::UnknownVersion { handler: handler.into(), version: version.clone() });
+            }
+            record.previous.retain(|v| *v != version);
+            Ok(())
+        })?;
+        self.collect_garbage();
+        Ok(())
+    }
+
+    /// Makes `version` the active one; returns the version it replaced.
+    pub fn activate(&self, tenant: &str, handler: &str, version: &str) -> Result<Option<String>, RegistryError> {
+        let version = normalise(version);
+        self.change(|state| {
+            let record = handler_record_mut(state, tenant, handler)?;
+            if !record.versions.iter().any(|v| v.version == version) {
+                return Err(RegistryError::UnknownVersion { handler: handler.into(), version: version.clone() });
+            }
+            if record.active.as_deref() == Some(version.as_str()) {
+                return Ok(record.active.clone());
+            }
+            let replaced = record.active.replace(version.clone());
+            if let Some(replaced) = &replaced {
+                record.previous.retain(|v| v != replaced && *v != version);
+                record.previous.push(replaced.clone());
+            }
+            Ok(replaced)
+        })
+    }
+
+    /// Activates the version that was active before the current one; returns it.
+    pub fn rollback(&self, tenant: &str, handler: &str) -> Result<String, RegistryError> {
+        self.change(|state| {
+            let record = handler_record_mut(state, tenant, handler)?;
+            let Some(back) = record.previous.pop() else {
+                return Err(RegistryError::Conflict(format!(
+                    "{tenant}/{handler} has no earlier active version to roll back to"
+                )));
+            };
+            record.active = Some(back.clone());
+            Ok(back)
+        })
+    }
+
+    /// Puts a handler's activation back as it was (after an activation that could not be
+    /// applied).
+    pub fn restore_activation(
+        &self,
+        tenant: &str,
+        handler: &str,
+        active: Option<String>,
+        previous: Vec<String>,
+    ) -> Result<(), RegistryError> {
+        self.change(|state| {
+            let record = handler_record_mut(state, tenant, handler)?;
+            record.active = active;
+            record.previous = previous;
+            Ok(())
+        })
+    }
+
+    /// A handler's activation as it is: the active version and the rollback history.
+    pub fn activation(&self, tenant: &str, handler: &str) -> Result<(Option<String>, Vec<String>), RegistryError> {
+        let state = self.read();
+        let record = handler_record(&state, tenant, handler)?;
+        Ok((record.active.clone(), record.previous.clone()))
+    }
+
+    // --- for the pipeline -------------------------------------------------------------------
+
+    /// Every handler with an active version: what should run.
+    pub fn deployments(&self) -> Vec<Deployment> {
+        let state = self.read();
+        let mut deployments = Vec::new();
+        for (tenant, record) in &state.tenants {
+            for (handler, h) in &record.handlers {
+                let Some(version) = &h.active else { continue };
+                let Ok(hex) = hex_of(version) else { continue };
+                deployments.push(Deployment {
+                    tenant: tenant.clone(),
+                    handler: handler.clone(),
+                    spec: h.spec.clone(),
+                    limits: record.grant.limits.clone(),
+                    version: version.clone(),
+                    component: self.store.component_path(hex),
+                    not_granted: check_spec(tenant, &record.grant, &self.catalog, &h.spec)
+                        .err()
+                        .map(|e| e.to_string()),
+                });
+            }
+        }
+        deployments
+    }
+
+    /// Removes component files no version refers to any more.
+    fn collect_garbage(&self) {
+        let used: HashSet<String> = self
+            .read()
+            .tenants
+            .values()
+            .flat_map(|t| t.handlers.values())
+            .flat_map(|h| h.versions.iter().map(|v| v.version.clone()))
+            .collect();
+        let Ok(entries) = std::fs::read_dir(self.store.component_path("x").with_file_name("")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(".wasm")) else { continue };
+            if !used.contains(&format!("sha256:{hex}")) {
+                if let Err(error) = self.store.delete_component(hex) {
+                    tracing::warn!(%error, component = hex, "Cannot delete an unused component.");
+                }
+            }
+        }
+    }
+
+    fn check_grant(&self, grant: &Grant) -> Result<(), RegistryError> {
+        for topic in grant.topics.iter().chain(&grant.reply_topics) {
+            if !is_topic(topic) {
+                return Err(RegistryError::Invalid(format!("{topic:?} is not a valid topic name")));
+            }
+        }
+        for source in &grant.data_sources {
+            if !self.catalog.data_sources.contains(source) {
+                return Err(RegistryError::Invalid(format!(
+                    "no data source named {source:?} is configured (configured: {})",
+                    self.catalog.data_sources.join(", ")
+                )));
+            }
+        }
+        for purpose in &grant.purposes {
+            if !is_purpose(purpose) {
+                return Err(RegistryError::Invalid(format!(
+                    "purpose {purpose:?} must be 1-512 printable ASCII characters (it travels in an HTTP header)"
+                )));
+            }
+        }
+        let l = &grant.limits;
+        if l.max_component_bytes == 0 || l.max_in_flight == 0 || l.max_memory_bytes == 0 || l.max_deadline_ms == 0
+        {
+            return Err(RegistryError::Invalid("limits must be greater than 0".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a spec against the tenant's grant and limits.
+fn check_spec(tenant: &str, grant: &Grant, catalog: &Catalog, spec: &HandlerSpec) -> Result<(), RegistryError> {
+    let not_granted = |what, value: &str| RegistryError::NotGranted { tenant: tenant.into(), what, value: value.into() };
+    if spec.topics.is_empty() {
+        return Err(RegistryError::Invalid("topics must name at least one topic".into()));
+    }
+    for topic in &spec.topics {
+        if !grant.topics.contains(topic) {
+            return Err(not_granted("topic", topic));
+        }
+    }
+    if !grant.data_sources.contains(&spec.data_source) || !catalog.data_sources.contains(&spec.data_source) {
+        return Err(not_granted("data source", &spec.data_source));
+    }
+    if !grant.purposes.contains(&spec.purpose) {
+        return Err(not_granted("purpose", &spec.purpose));
+    }
+    if let Some(reply) = &spec.reply_topic {
+        if !grant.reply_topics.contains(reply) {
+            return Err(not_granted("reply topic", reply));
+        }
+        if spec.topics.contains(reply) {
+            return Err(RegistryError::Invalid(format!("{reply:?} is also consumed: replies would loop")));
+        }
+    }
+    let l = &grant.limits;
+    let over = |limit, value: u64, max: u64| {
+        (value > max || value == 0).then(|| RegistryError::OverLimit { tenant: tenant.into(), limit, value, max })
+    };
+    let checks = [
+        spec.max_in_flight.and_then(|v| over("max_in_flight", v.into(), l.max_in_flight.into())),
+        spec.deadline_ms.and_then(|v| over("deadline_ms", v, l.max_deadline_ms)),
+        spec.max_memory_bytes.and_then(|v| over("max_memory_bytes", v, l.max_memory_bytes)),
+    ];
+    match checks.into_iter().flatten().next() {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+fn handler_record<'a>(state: &'a State, tenant: &str, handler: &str) -> Result<&'a HandlerRecord, RegistryError> {
+    let record = state.tenants.get(tenant).ok_or_else(|| RegistryError::UnknownTenant(tenant.into()))?;
+    record
+        .handlers
+        .get(handler)
+        .ok_or_else(|| RegistryError::UnknownHandler { tenant: tenant.into(), handler: handler.into() })
+}
+
+fn handler_record_mut<'a>(
+    state: &'a mut State,
+    tenant: &str,
+    handler: &str,
+) -> Result<&'a mut HandlerRecord, RegistryError> {
+    let record = state.tenants.get_mut(tenant).ok_or_else(|| RegistryError::UnknownTenant(tenant.into()))?;
+    record
+        .handlers
+        .get_mut(handler)
+        .ok_or_else(|| RegistryError::UnknownHandler { tenant: tenant.into(), handler: handler.into() })
+}
+
+fn tenant_view(name: &str, record: &TenantRecord) -> TenantView {
+    TenantView {
+        tenant: name.to_string(),
+        grant: record.grant.clone(),
+        token_ids: record.tokens.iter().map(|t| t.id.clone()).collect(),
+        handlers: record.handlers.keys().cloned().collect(),
+    }
+}
+
+fn handler_view(tenant: &str, name: &str, record: &HandlerRecord) -> HandlerView {
+    HandlerView {
+        tenant: tenant.to_string(),
+        handler: name.to_string(),
+        spec: record.spec.clone(),
+        active: record.active.clone(),
+        rollback_to: record.previous.last().cloned(),
+        versions: record.versions.clone(),
+        state: if record.active.is_some() { "running" } else { "inactive" }.to_string(),
+        state_reason: None,
+    }
+}
+
+/// Accepts a version as `sha256:<hex>` or as the bare hex digest.
+fn normalise(version: &str) -> String {
+    if version.starts_with("sha256:") { version.to_string() } else { format!("sha256:{version}") }
+}
+
+/// The hex digest of a `sha256:<hex>` version, checked so that it is safe as a file name.
+fn hex_of(version: &str) -> Result<&str, RegistryError> {
+    version
+        .strip_prefix("sha256:")
+        .filter(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| RegistryError::Invalid(format!("{version:?} is not a sha256:<hex> version")))
+}
+
+/// The handler contract a component targets, from its `keyhole:handler/...@version` imports;
+/// the host's own when it imports none (it validated against the host's).
+fn contract_of(report: &ComponentReport) -> String {
+    report
+        .imports
+        .iter()
+        .find_map(|import| {
+            let rest = import.strip_prefix("keyhole:handler/")?;
+            let (_, version) = rest.split_once('@')?;
+            Some(format!("keyhole:handler@{version}"))
+        })
+        .unwrap_or_else(|| crate::sandbox::CONTRACT.to_string())
+}
+
+fn is_purpose(purpose: &str) -> bool {
+    !purpose.trim().is_empty() && purpose.len() <= 512 && purpose.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
