@@ -21,6 +21,7 @@
 //!   local directory.
 //! - [`admin`]: the HTTP admin API over the registry and the pipeline (uploads, grants, metrics,
 //!   health), described by an OpenAPI document.
+//! - [`deploy`]: the third party's client of the admin API (`keyhole deploy`).
 //! - [`publish`]: the producer's side, for data owners and requesters (`keyhole publish`).
 //! - [`simulate`]: the same pipeline on an in-process broker and sample data owner, for
 //!   `keyhole dev` and `keyhole demo`.
@@ -29,6 +30,7 @@
 pub mod admin;
 pub mod audit;
 pub mod config;
+pub mod deploy;
 pub mod dispatch;
 pub mod envelope;
 pub mod kafka;

@@ -57,6 +57,13 @@ enum Command {
     /// Publishes a request (a reference event) and waits for the handler's correlated reply,
     /// then prints it; exits 1 when no reply came within the timeout.
     Request(Box<RequestArgs>),
+    /// Uploads a handler component to a running keyhole and activates it: new events run on it
+    /// at once, events in flight finish on the version they started on. The tenant's token is
+    /// read from the KEYHOLE_TOKEN environment variable.
+    Deploy(DeployArgs),
+    /// Activates the version that was active before the current one. The tenant's token is
+    /// read from KEYHOLE_TOKEN.
+    Rollback(HandlerArgs),
     /// Runs librdkafka's in-process mock cluster until stdin closes or a signal comes, and prints
     /// its bootstrap servers. For tests that must kill keyhole while the broker lives on; not a
     /// broker for anything else (it keeps nothing on disk and does not filter aborted
@@ -86,6 +93,30 @@ struct RequestArgs {
     /// Prints the reply as one JSON object (`data` when UTF-8, else `data_base64`).
     #[arg(long)]
     json: bool,
+}
+
+#[derive(clap::Args)]
+struct HandlerArgs {
+    /// keyhole's admin API.
+    #[arg(long, default_value = "http://127.0.0.1:9090")]
+    admin_url: String,
+    /// Your tenant name.
+    #[arg(long)]
+    tenant: String,
+    /// The handler's name (create it first with its binding: see docs/admin-api.md).
+    #[arg(long)]
+    handler: String,
+}
+
+#[derive(clap::Args)]
+struct DeployArgs {
+    /// The component (`.wasm`); check it first with `keyhole check`.
+    file: PathBuf,
+    #[command(flatten)]
+    target: HandlerArgs,
+    /// Uploads without activating.
+    #[arg(long)]
+    no_activate: bool,
 }
 
 #[derive(clap::Args)]
@@ -158,6 +189,8 @@ fn main() -> ExitCode {
         Command::Publish(args) => publish(*args),
         Command::Request(args) => request(*args),
         Command::MockCluster { topics } => mock_cluster(&topics),
+        Command::Deploy(args) => deploy(&args),
+        Command::Rollback(args) => rollback(&args),
         Command::Dev(args) => dev(&args),
         Command::Demo { handler, fixtures } => demo(&handler, &fixtures),
     };
@@ -355,6 +388,54 @@ fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     ))?;
     println!("published {} to {}[{partition}]@{offset}", event.id, args.topic);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The admin API client with the tenant's token from the environment (never from an argument,
+/// which other users of the machine can see).
+fn admin_client(args: &HandlerArgs) -> anyhow::Result<keyhole::deploy::Client> {
+    let token = std::env::var("KEYHOLE_TOKEN")
+        .context("set KEYHOLE_TOKEN to the token the operator issued to your tenant")?;
+    Ok(keyhole::deploy::Client::new(&args.admin_url, &token)?)
+}
+
+fn deploy(args: &DeployArgs) -> anyhow::Result<ExitCode> {
+    use keyhole::deploy::DeployError;
+    let wasm = std::fs::read(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
+    let client = admin_client(&args.target)?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let t = &args.target;
+    match runtime.block_on(client.deploy(&t.tenant, &t.handler, wasm, !args.no_activate)) {
+        Ok(deployed) => {
+            let v = &deployed.version;
+            let new = if deployed.created { "uploaded" } else { "already uploaded" };
+            println!("{new}: {} ({} bytes, {})", v.version, v.size_bytes, v.contract);
+            if let Some(handler) = &deployed.handler {
+                println!("active: {}/{} runs {} (state: {})", t.tenant, t.handler, v.version, handler.state);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error @ DeployError::Refused { .. }) => {
+            eprintln!("refused: {error}");
+            Ok(ExitCode::from(1))
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+fn rollback(args: &HandlerArgs) -> anyhow::Result<ExitCode> {
+    let client = admin_client(args)?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    match runtime.block_on(client.rollback(&args.tenant, &args.handler)) {
+        Ok(handler) => {
+            println!("active: {}/{} runs {}", args.tenant, args.handler, handler.active.unwrap_or_default());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error @ keyhole::deploy::DeployError::Refused { .. }) => {
+            eprintln!("refused: {error}");
+            Ok(ExitCode::from(1))
+        }
+        Err(error) => Err(error.into()),
+    }
 }
 
 fn mock_cluster(topics: &[String]) -> anyhow::Result<ExitCode> {

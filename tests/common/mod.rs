@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod broker;
 pub mod owner;
 pub mod running;

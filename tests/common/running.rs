@@ -18,9 +18,15 @@ pub struct Running {
 
 impl Running {
     pub fn start(settings: Settings) -> Running {
+        Running::start_with(settings, None)
+    }
+
+    /// [`Running::start`] with the admin API served on `admin_listener`.
+    pub fn start_with(settings: Settings, admin_listener: Option<tokio::net::TcpListener>) -> Running {
         let (tap, outcomes) = mpsc::channel(1024);
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(pipeline::run(settings, Some(tap), async {
+        let extras = pipeline::Extras { tap: Some(tap), admin_listener };
+        let task = tokio::spawn(pipeline::run_with(settings, extras, async {
             let _ = stopped.await;
         }));
         Running { outcomes, stop: Some(stop), task }

@@ -2,13 +2,14 @@
 //! operator may call them too.
 
 use super::auth;
-use super::problem::Problem;
+use super::problem::{self, Problem};
 use super::Api;
 use crate::pipeline::BindingState;
 use crate::registry::{HandlerSpec, HandlerView, VersionInfo};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -20,7 +21,7 @@ use std::sync::Arc;
 pub struct Component(#[allow(dead_code)] Vec<u8>);
 
 /// A tenant's handlers.
-#[utoipa::path(get, path = "/v1/tenants/{tenant}/handlers", tag = "tenant", security(("bearer" = [])),
+#[utoipa::path(get, operation_id = "list_handlers", path = "/v1/tenants/{tenant}/handlers", tag = "tenant", security(("bearer" = [])),
     params(("tenant" = String, Path, description = "The tenant")),
     responses(
         (status = 200, description = "The tenant's handlers", body = Vec<HandlerView>),
@@ -40,7 +41,7 @@ pub async fn list(
 
 /// Creates a handler or replaces how it is bound. The spec must stay within what the operator
 /// granted the tenant; a running handler restarts on the new spec (draining first).
-#[utoipa::path(put, path = "/v1/tenants/{tenant}/handlers/{handler}", tag = "tenant", security(("bearer" = [])),
+#[utoipa::path(put, operation_id = "put_handler", path = "/v1/tenants/{tenant}/handlers/{handler}", tag = "tenant", security(("bearer" = [])),
     params(("tenant" = String, Path, description = "The tenant"), ("handler" = String, Path, description = "The handler's name")),
     request_body = HandlerSpec,
     responses(
@@ -50,15 +51,18 @@ pub async fn list(
         (status = 403, description = "Another tenant's token, or a topic, data source, purpose or limit not granted", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The name is taken by keyhole's configuration file", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A malformed spec or name", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not `Content-Type: application/json`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A malformed spec or name, or unknown fields", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn put(
     State(api): State<Api>,
     headers: HeaderMap,
     Path((tenant, handler)): Path<(String, String)>,
-    Json(spec): Json<HandlerSpec>,
+    spec: Result<Json<HandlerSpec>, JsonRejection>,
 ) -> Result<Response, Problem> {
     auth::tenant(&api, &headers, &tenant)?;
+    let spec = problem::json_body(spec)?;
     let (_, created) = api.supervisor.registry().put_handler(&tenant, &handler, spec)?;
     let view = applied(&api, &tenant, &handler).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
@@ -66,7 +70,7 @@ pub async fn put(
 }
 
 /// One handler: spec, versions, the active one and the binding's state.
-#[utoipa::path(get, path = "/v1/tenants/{tenant}/handlers/{handler}", tag = "tenant", security(("bearer" = [])),
+#[utoipa::path(get, operation_id = "get_handler", path = "/v1/tenants/{tenant}/handlers/{handler}", tag = "tenant", security(("bearer" = [])),
     params(("tenant" = String, Path, description = "The tenant"), ("handler" = String, Path, description = "The handler")),
     responses(
         (status = 200, description = "The handler", body = HandlerView),
@@ -84,7 +88,7 @@ pub async fn get(
 }
 
 /// Deletes a handler and every version of it; its binding drains and stops.
-#[utoipa::path(delete, path = "/v1/tenants/{tenant}/handlers/{handler}", tag = "tenant", security(("bearer" = [])),
+#[utoipa::path(delete, operation_id = "delete_handler", path = "/v1/tenants/{tenant}/handlers/{handler}", tag = "tenant", security(("bearer" = [])),
     params(("tenant" = String, Path, description = "The tenant"), ("handler" = String, Path, description = "The handler")),
     responses(
         (status = 204, description = "Deleted"),

@@ -1,16 +1,17 @@
 //! The operator's endpoints: tenants, what each is granted, and their tokens.
 
 use super::auth;
-use super::problem::Problem;
+use super::problem::{self, Problem};
 use super::Api;
 use crate::registry::{Grant, IssuedToken, TenantView};
 use axum::Json;
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 /// Every tenant (operator only).
-#[utoipa::path(get, path = "/v1/tenants", tag = "operator", security(("bearer" = [])),
+#[utoipa::path(get, operation_id = "list_tenants", path = "/v1/tenants", tag = "operator", security(("bearer" = [])),
     responses(
         (status = 200, description = "Every tenant", body = Vec<TenantView>),
         (status = 401, description = "No token, or not a valid one", body = Problem, content_type = "application/problem+json"),
@@ -23,7 +24,7 @@ pub async fn list(State(api): State<Api>, headers: HeaderMap) -> Result<Json<Vec
 
 /// Creates a tenant or replaces what it is granted (operator only). Handlers the new grant no
 /// longer covers stop, and say so in their `state`.
-#[utoipa::path(put, path = "/v1/tenants/{tenant}", tag = "operator", security(("bearer" = [])),
+#[utoipa::path(put, operation_id = "put_tenant", path = "/v1/tenants/{tenant}", tag = "operator", security(("bearer" = [])),
     params(("tenant" = String, Path, description = "The tenant's name (a-z, 0-9, '-', '_', '.')")),
     request_body = Grant,
     responses(
@@ -31,15 +32,18 @@ pub async fn list(State(api): State<Api>, headers: HeaderMap) -> Result<Json<Vec
         (status = 201, description = "Tenant created", body = TenantView),
         (status = 401, description = "No token, or not a valid one", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the operator's token", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A bad name, topic, purpose, limit or unknown data source", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not `Content-Type: application/json`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A bad name, topic, purpose, limit or unknown data source; or unknown fields", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn put(
     State(api): State<Api>,
     headers: HeaderMap,
     Path(tenant): Path<String>,
-    Json(grant): Json<Grant>,
+    grant: Result<Json<Grant>, JsonRejection>,
 ) -> Result<Response, Problem> {
     auth::operator(&api, &headers)?;
+    let grant = problem::json_body(grant)?;
     let (view, created) = api.supervisor.registry().put_tenant(&tenant, grant)?;
     applied(&api).await;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
@@ -47,7 +51,7 @@ pub async fn put(
 }
 
 /// One tenant: its grant, token ids and handlers (the operator, or the tenant itself).
-#[utoipa::path(get, path = "/v1/tenants/{tenant}", tag = "tenant", security(("bearer" = [])),
+#[utoipa::path(get, operation_id = "get_tenant", path = "/v1/tenants/{tenant}", tag = "tenant", security(("bearer" = [])),
     params(("tenant" = String, Path, description = "The tenant")),
     responses(
         (status = 200, description = "The tenant", body = TenantView),
@@ -65,7 +69,7 @@ pub async fn get(
 }
 
 /// Deletes a tenant with its tokens and handlers; its bindings stop (operator only).
-#[utoipa::path(delete, path = "/v1/tenants/{tenant}", tag = "operator", security(("bearer" = [])),
+#[utoipa::path(delete, operation_id = "delete_tenant", path = "/v1/tenants/{tenant}", tag = "operator", security(("bearer" = [])),
     params(("tenant" = String, Path, description = "The tenant")),
     responses(
         (status = 204, description = "Deleted"),

@@ -145,7 +145,7 @@ pub struct TenantView {
 }
 
 /// A handler as the admin API shows it.
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HandlerView {
     /// The tenant.
     pub tenant: String,
@@ -163,7 +163,7 @@ pub struct HandlerView {
     /// spec exceeds the grant, changed since), `stopped` (a failure policy stopped it), `failed`.
     pub state: String,
     /// Why, when it is not running.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_reason: Option<String>,
 }
 
