@@ -250,3 +250,52 @@ async fn every_documented_operation_is_served_with_a_documented_status() {
     assert_problem(&answer, 405, "method-not-allowed", "an undocumented method");
     admin.running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keyhole_deploy_prints_the_reason_a_component_is_refused() {
+    let owner = Owner::start().await;
+    let admin = Admin::start(&owner.base_url()).await;
+    let a = admin.tenant("a", &["topic-a"], json!({})).await;
+    admin.ok(201, "PUT", "/v1/tenants/a/handlers/h", Some(&a), Body::Json(spec("topic-a"))).await;
+    let deploy = |token: &str| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_keyhole"));
+        command
+            .arg("deploy")
+            .arg(common::guest_path("hostile-sockets"))
+            .args(["--admin-url", &admin.url, "--tenant", "a", "--handler", "h"])
+            .env("KEYHOLE_TOKEN", token);
+        tokio::task::spawn_blocking(move || command.output().unwrap())
+    };
+    let refused = deploy(&a).await.unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("422") && stderr.contains("wasi:sockets"), "{stderr}");
+    let bad_token = deploy("kh_wrong").await.unwrap();
+    let stderr = String::from_utf8_lossy(&bad_token.stderr);
+    assert_eq!(bad_token.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("401"), "{stderr}");
+    admin.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_says_why_keyhole_is_not_ready() {
+    let owner = Owner::start().await;
+    let state_dir = std::env::temp_dir().join(common::broker::unique("keyhole-registry"));
+    let toml = common::admin::admin_config("unready", &owner.base_url(), &state_dir)
+        .replace(&common::broker::bootstrap(), "127.0.0.1:9");
+    let config: keyhole::config::Config = toml::from_str(&toml).unwrap();
+    let settings = config.validate(std::path::Path::new(".")).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let running = common::running::Running::start_with(settings, Some(listener));
+    let get = |path: &str| reqwest::get(format!("{url}{path}"));
+    // Alive, but not ready: no broker answers on port 9.
+    let alive = get("/healthz").await.unwrap();
+    assert_eq!(alive.status(), 200);
+    let ready = get("/readyz").await.unwrap();
+    assert_eq!(ready.status(), 503);
+    assert_eq!(ready.headers()["content-type"], "application/problem+json");
+    let problem: Value = serde_json::from_slice(&ready.bytes().await.unwrap()).unwrap();
+    assert!(problem["detail"].as_str().unwrap().contains("not reachable"), "{problem}");
+    running.stop().await;
+}

@@ -14,6 +14,7 @@ fn the_example_config_loads() {
     let example = common::repo_root().join("keyhole.example.toml");
     // SAFETY: no other thread of this test binary reads or writes this variable.
     unsafe { std::env::set_var("KEYHOLE_CRM_TOKEN", "example-token") };
+    unsafe { std::env::set_var("KEYHOLE_OPERATOR_TOKEN", "example-operator-token") };
     let settings = Config::load(&example).unwrap_or_else(|e| panic!("{e}"));
     let binding = &settings.bindings[0];
     assert_eq!(binding.group_id, "keyhole.acme.age-band");

@@ -269,6 +269,7 @@ impl Audit {
         tracing::info!(
             tenant = record.tenant,
             handler = record.handler,
+            version = record.handler_version,
             topic = record.topic,
             partition = record.partition,
             offset = record.offset,

@@ -468,10 +468,10 @@ impl Registry {
         for entry in entries.flatten() {
             let name = entry.file_name();
             let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(".wasm")) else { continue };
-            if !used.contains(&format!("sha256:{hex}")) {
-                if let Err(error) = self.store.delete_component(hex) {
-                    tracing::warn!(%error, component = hex, "Cannot delete an unused component.");
-                }
+            if !used.contains(&format!("sha256:{hex}"))
+                && let Err(error) = self.store.delete_component(hex)
+            {
+                tracing::warn!(%error, component = hex, "Cannot delete an unused component.");
             }
         }
     }
