@@ -2,6 +2,8 @@
 //! uploads refused with their reason, and the OpenAPI document in the repository matching the
 //! server. keyhole runs in-process on the test broker with its admin API on loopback.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::admin::{Admin, Body, OPERATOR};
@@ -24,6 +26,9 @@ async fn two_tenants(admin: &Admin) -> (String, String, String) {
     (a, b, uploaded["version"].as_str().unwrap().to_string())
 }
 
+/// A request: method, path, and how to make its body (afresh for each caller).
+type Operation = (&'static str, String, fn() -> Body);
+
 fn assert_problem(answer: &common::admin::Answer, status: u16, kind: &str, what: &str) {
     assert_eq!(answer.status, status, "{what}: {answer:#?}");
     assert_eq!(answer.content_type, "application/problem+json", "{what}");
@@ -40,7 +45,7 @@ async fn tenants_cannot_touch_each_others_handlers_and_bad_tokens_are_refused() 
     let before = admin.ok(200, "GET", "/v1/tenants/a/handlers/h", Some(&a), Body::None).await;
 
     let h = "/v1/tenants/a/handlers/h";
-    let operations: Vec<(&str, String, fn() -> Body)> = vec![
+    let operations: Vec<Operation> = vec![
         ("GET", "/v1/tenants/a".into(), || Body::None),
         ("GET", "/v1/tenants/a/handlers".into(), || Body::None),
         ("GET", h.into(), || Body::None),
@@ -101,7 +106,12 @@ async fn only_the_operator_grants_and_issues_tokens() {
     // A revoked token stops working at once.
     let token_id = tenant["token_ids"][0].as_str().unwrap().to_string();
     admin.ok(204, "DELETE", &format!("/v1/tenants/a/tokens/{token_id}"), Some(OPERATOR), Body::None).await;
-    assert_problem(&admin.call("GET", "/v1/tenants/a", Some(&a), Body::None).await, 401, "invalid-token", "revoked");
+    assert_problem(
+        &admin.call("GET", "/v1/tenants/a", Some(&a), Body::None).await,
+        401,
+        "invalid-token",
+        "revoked",
+    );
     admin.running.stop().await;
 }
 
@@ -138,7 +148,9 @@ async fn a_tenant_binds_only_what_it_was_granted_within_its_limits() {
     assert_eq!(put("h2", spec("topic-a")).await.status, 201);
     assert_problem(&put("h3", spec("topic-a")).await, 403, "over-limit", "handlers");
     // Components within the size limit, one version per handler.
-    let upload = |bytes: Vec<u8>| admin.call("POST", "/v1/tenants/a/handlers/h1/versions", Some(&a), Body::Bytes(bytes));
+    let upload = |bytes: Vec<u8>| {
+        admin.call("POST", "/v1/tenants/a/handlers/h1/versions", Some(&a), Body::Bytes(bytes))
+    };
     assert_eq!(upload(common::guest("echo")).await.status, 201);
     assert_eq!(upload(common::guest("echo")).await.status, 200, "the same bytes again");
     let mut bigger = common::guest("echo");
@@ -166,7 +178,8 @@ async fn malformed_uploads_are_refused_with_the_reason() {
         ("sockets", common::guest("hostile-sockets"), "forbidden-imports", "wasi:sockets"),
     ];
     for (what, bytes, kind, reason) in cases {
-        let answer = admin.call("POST", "/v1/tenants/a/handlers/h/versions", Some(&a), Body::Bytes(bytes)).await;
+        let answer =
+            admin.call("POST", "/v1/tenants/a/handlers/h/versions", Some(&a), Body::Bytes(bytes)).await;
         assert_problem(&answer, 422, kind, what);
         assert!(answer.body["detail"].as_str().unwrap().contains(reason), "{what}: {answer:#?}");
     }
@@ -183,8 +196,9 @@ async fn oversized_bodies_are_refused_before_validation() {
     let admin = Admin::start(&owner.base_url()).await;
     let a = admin.tenant("a", &["topic-a"], json!({ "max_component_bytes": 1024 })).await;
     admin.ok(201, "PUT", "/v1/tenants/a/handlers/h", Some(&a), Body::Json(spec("topic-a"))).await;
-    let answer =
-        admin.call("POST", "/v1/tenants/a/handlers/h/versions", Some(&a), Body::Bytes(common::guest("echo"))).await;
+    let answer = admin
+        .call("POST", "/v1/tenants/a/handlers/h/versions", Some(&a), Body::Bytes(common::guest("echo")))
+        .await;
     assert_problem(&answer, 413, "too-large", "over the tenant's 1 KiB");
     assert!(answer.body["detail"].as_str().unwrap().contains("1024"));
     admin.running.stop().await;
@@ -237,8 +251,18 @@ async fn every_documented_operation_is_served_with_a_documented_status() {
                 "{what} answered {} which is not documented ({documented:?}): {answer:#?}",
                 answer.status
             );
-            assert!(!["no-such-route", "method-not-allowed"].iter().any(|k| answer.body["type"] == format!("urn:keyhole:problem:{k}")), "{what} is not served");
-            assert_eq!(secured, answer.status == 401, "{what}: security documented {secured}, got {}", answer.status);
+            assert!(
+                !["no-such-route", "method-not-allowed"]
+                    .iter()
+                    .any(|k| answer.body["type"] == format!("urn:keyhole:problem:{k}")),
+                "{what} is not served"
+            );
+            assert_eq!(
+                secured,
+                answer.status == 401,
+                "{what}: security documented {secured}, got {}",
+                answer.status
+            );
             operations += 1;
         }
     }

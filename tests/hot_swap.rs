@@ -2,6 +2,8 @@
 //! roll back, on the test broker, with no event lost or handled twice across the swaps; and
 //! keyhole restarts with the same active version.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::admin::{Admin, Body};
@@ -37,7 +39,11 @@ async fn publish_events(topic: &str, ids: std::ops::Range<usize>, gap: Duration)
 }
 
 /// Takes `n` outcomes; asserts each event came once.
-async fn take(admin: &mut Admin, n: usize, seen: &mut BTreeMap<String, (String, &'static str)>) -> Vec<String> {
+async fn take(
+    admin: &mut Admin,
+    n: usize,
+    seen: &mut BTreeMap<String, (String, &'static str)>,
+) -> Vec<String> {
     let outcomes = admin.running.take(n, Duration::from_secs(90)).await;
     let mut ids = Vec::new();
     for outcome in &outcomes {
@@ -62,7 +68,10 @@ async fn cli(args: &[&str], admin: &Admin, token: &str) -> String {
     stdout
 }
 
-fn versions_of(seen: &BTreeMap<String, (String, &'static str)>, ids: &[String]) -> Vec<(String, &'static str)> {
+fn versions_of(
+    seen: &BTreeMap<String, (String, &'static str)>,
+    ids: &[String],
+) -> Vec<(String, &'static str)> {
     let mut versions: Vec<_> = ids.iter().map(|id| seen[id].clone()).collect();
     versions.sort();
     versions.dedup();
@@ -91,7 +100,8 @@ async fn upload_activate_swap_and_roll_back_without_losing_an_event() {
         .as_str()
         .unwrap()
         .to_string();
-    let activated = admin.ok(200, "POST", &format!("{path}/versions/{v1}/activate"), Some(&token), Body::None).await;
+    let activated =
+        admin.ok(200, "POST", &format!("{path}/versions/{v1}/activate"), Some(&token), Body::None).await;
     assert_eq!(activated["active"], v1.as_str());
     assert_eq!(activated["state"], "running");
     let ready = admin.call("GET", "/readyz", None, Body::None).await;
@@ -143,7 +153,11 @@ async fn upload_activate_swap_and_roll_back_without_losing_an_event() {
     let group = format!("{}.acme.scorer", admin.group);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while broker::committed(&group, &topic, PARTITIONS).iter().sum::<i64>() != 280 {
-        assert!(tokio::time::Instant::now() < deadline, "committed {:?}", broker::committed(&group, &topic, PARTITIONS));
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "committed {:?}",
+            broker::committed(&group, &topic, PARTITIONS)
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let (state_dir, prefix) = (admin.state_dir.clone(), admin.group.clone());

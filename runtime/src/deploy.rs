@@ -89,7 +89,8 @@ impl Client {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<(u16, Vec<u8>), DeployError> {
-        let unreachable = |e: reqwest::Error| DeployError::Unreachable { url: self.base.clone(), message: e.to_string() };
+        let unreachable =
+            |e: reqwest::Error| DeployError::Unreachable { url: self.base.clone(), message: e.to_string() };
         let response = request.bearer_auth(&self.token).send().await.map_err(unreachable)?;
         let status = response.status().as_u16();
         let body = response.bytes().await.map_err(unreachable)?.to_vec();

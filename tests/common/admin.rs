@@ -93,9 +93,9 @@ impl Admin {
         }
         request = match body {
             Body::None => request,
-            Body::Json(value) => request
-                .header("content-type", "application/json")
-                .body(serde_json::to_vec(&value).unwrap()),
+            Body::Json(value) => {
+                request.header("content-type", "application/json").body(serde_json::to_vec(&value).unwrap())
+            }
             Body::Bytes(bytes) => request.header("content-type", "application/wasm").body(bytes),
         };
         let response = request.send().await.unwrap();
@@ -123,7 +123,8 @@ impl Admin {
             "reply_topics": [], "limits": limits,
         });
         self.ok(201, "PUT", &format!("/v1/tenants/{tenant}"), Some(OPERATOR), Body::Json(grant)).await;
-        let issued = self.ok(201, "POST", &format!("/v1/tenants/{tenant}/tokens"), Some(OPERATOR), Body::None).await;
+        let issued =
+            self.ok(201, "POST", &format!("/v1/tenants/{tenant}/tokens"), Some(OPERATOR), Body::None).await;
         issued["token"].as_str().unwrap().to_string()
     }
 }

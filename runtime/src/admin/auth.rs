@@ -33,7 +33,11 @@ pub fn caller(api: &Api, headers: &HeaderMap) -> Result<Caller, Problem> {
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| {
-            Problem::unauthorized("invalid-token", "the Authorization header is not `Bearer <token>`", INVALID)
+            Problem::unauthorized(
+                "invalid-token",
+                "the Authorization header is not `Bearer <token>`",
+                INVALID,
+            )
         })?;
     // Both are checked whatever the first says, so the time taken does not tell them apart.
     let operator = api

@@ -1,9 +1,9 @@
 //! A tenant's endpoints: its handlers, their uploaded versions, activation and rollback. The
 //! operator may call them too.
 
+use super::Api;
 use super::auth;
 use super::problem::{self, Problem};
-use super::Api;
 use crate::pipeline::BindingState;
 use crate::registry::{HandlerSpec, HandlerView, VersionInfo};
 use axum::Json;
@@ -312,7 +312,9 @@ fn with_state(api: &Api, mut view: HandlerView) -> HandlerView {
     view.state = state.label().to_string();
     view.state_reason = match state {
         BindingState::NotGranted(why) | BindingState::Failed(why) => Some(why),
-        BindingState::Stopped => Some("stopped by its failure policy; activate a version to start it again".into()),
+        BindingState::Stopped => {
+            Some("stopped by its failure policy; activate a version to start it again".into())
+        }
         _ => None,
     };
     view

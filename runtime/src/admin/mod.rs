@@ -98,7 +98,10 @@ pub fn router(api: Api) -> Router {
             "/v1/tenants/{tenant}/handlers/{handler}/versions/{version}",
             get(handlers::version).delete(handlers::delete_version),
         )
-        .route("/v1/tenants/{tenant}/handlers/{handler}/versions/{version}/activate", post(handlers::activate))
+        .route(
+            "/v1/tenants/{tenant}/handlers/{handler}/versions/{version}/activate",
+            post(handlers::activate),
+        )
         .route("/v1/tenants/{tenant}/handlers/{handler}/rollback", post(handlers::rollback))
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
@@ -110,7 +113,11 @@ async fn no_route() -> Problem {
 }
 
 async fn no_method() -> Problem {
-    Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "this endpoint does not take that method; see /openapi.json")
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "this endpoint does not take that method; see /openapi.json",
+    )
 }
 
 /// keyhole is alive.

@@ -61,7 +61,9 @@ impl IntoResponse for Problem {
 
 /// A JSON body the endpoint could not take, as a problem (with the status axum chose: 400 for
 /// malformed JSON, 415 for another content type, 422 for the wrong fields).
-pub fn json_body<T>(body: Result<axum::Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, Problem> {
+pub fn json_body<T>(
+    body: Result<axum::Json<T>, axum::extract::rejection::JsonRejection>,
+) -> Result<T, Problem> {
     body.map(|axum::Json(value)| value)
         .map_err(|rejection| Problem::new(rejection.status(), "malformed-body", rejection.body_text()))
 }

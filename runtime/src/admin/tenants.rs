@@ -1,8 +1,8 @@
 //! The operator's endpoints: tenants, what each is granted, and their tokens.
 
+use super::Api;
 use super::auth;
 use super::problem::{self, Problem};
-use super::Api;
 use crate::registry::{Grant, IssuedToken, TenantView};
 use axum::Json;
 use axum::extract::rejection::JsonRejection;

@@ -18,9 +18,9 @@ use crate::kafka::{self, BindingConsumer, OffsetTracker};
 use crate::registry::{Catalog, Registry};
 use crate::resolve::{Backoff, Resolver};
 use crate::sandbox::{Handler, HandlerIdentity, LoadError, Sandbox};
-use rdkafka::producer::FutureProducer;
 use rdkafka::Message;
 use rdkafka::consumer::Consumer as _;
+use rdkafka::producer::FutureProducer;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -138,7 +138,8 @@ async fn start_admin(
     listener: Option<tokio::net::TcpListener>,
     cancel: &CancellationToken,
 ) -> Result<Arc<Supervisor>, PipelineError> {
-    let start_problem = |path: &str, message: String| PipelineError::Start(vec![Problem { path: path.into(), message }]);
+    let start_problem =
+        |path: &str, message: String| PipelineError::Start(vec![Problem { path: path.into(), message }]);
     let catalog = Catalog {
         data_sources: host.settings.data_sources.iter().map(|s| s.name.clone()).collect(),
         configured: host.settings.bindings.iter().map(|b| (b.tenant.clone(), b.handler.clone())).collect(),
@@ -235,9 +236,11 @@ impl Host {
             let handler = std::fs::read(&binding.component)
                 .map_err(|e| format!("cannot read {}: {e}", binding.component.display()))
                 .and_then(|wasm| {
-                    self.load(binding, &wasm).map_err(|e| format!("{} refused: {e}", binding.component.display()))
+                    self.load(binding, &wasm)
+                        .map_err(|e| format!("{} refused: {e}", binding.component.display()))
                 });
-            let result = handler.map_err(|m| ("component", m)).and_then(|handler| self.bind(binding, handler));
+            let result =
+                handler.map_err(|m| ("component", m)).and_then(|handler| self.bind(binding, handler));
             match result {
                 Ok(binding) => started.push(binding),
                 Err((key, message)) => {
@@ -323,7 +326,10 @@ impl Host {
     pub(crate) async fn broker_reachable(&self, timeout: Duration) -> Result<(), String> {
         let producer = self.producer.clone();
         tokio::task::spawn_blocking(move || {
-            rdkafka::producer::Producer::client(producer.as_ref()).fetch_metadata(None, timeout).map(drop).map_err(|e| e.to_string())
+            rdkafka::producer::Producer::client(producer.as_ref())
+                .fetch_metadata(None, timeout)
+                .map(drop)
+                .map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| e.to_string())?
@@ -400,7 +406,6 @@ fn backoff(binding: &BindingSettings) -> Backoff {
         ..Backoff::default()
     }
 }
-
 
 /// One binding's read loop, then its drain.
 async fn consume(

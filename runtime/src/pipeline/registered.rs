@@ -11,7 +11,7 @@ use super::{BindingState, Host, PipelineError};
 use crate::config::{BindingSettings, Delivery, FailurePolicies, FailurePolicy, GuestOutput, RetryConfig};
 use crate::dispatch::Binding;
 use crate::registry::{Deployment, HandlerSpec, Registry};
-use crate::sandbox::{ComponentReport, Handler, LoadError, Limits};
+use crate::sandbox::{ComponentReport, Handler, Limits, LoadError};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -109,7 +109,13 @@ impl Supervisor {
                 let _ = deployed.task.await;
                 match desired.contains_key(&key) {
                     true => self.host.health.remove(&name),
-                    false if self.host.health.get(&name).is_some_and(|s| !matches!(s, BindingState::NotGranted(_))) => {
+                    false
+                        if self
+                            .host
+                            .health
+                            .get(&name)
+                            .is_some_and(|s| !matches!(s, BindingState::NotGranted(_))) =>
+                    {
                         self.host.health.set(&name, BindingState::Inactive)
                     }
                     false => {}
@@ -122,9 +128,7 @@ impl Supervisor {
             let outcome = match running.get_mut(&key) {
                 Some(deployed) if deployed.version == deployment.version => continue,
                 // A live binding: swap the version in place.
-                Some(deployed) if !deployed.task.is_finished() => {
-                    self.swap(deployed, &deployment).await
-                }
+                Some(deployed) if !deployed.task.is_finished() => self.swap(deployed, &deployment).await,
                 // Not running, or stopped by its failure policy: a new version starts it afresh.
                 _ => match self.start(&deployment).await {
                     Ok(deployed) => {
@@ -175,7 +179,13 @@ impl Supervisor {
         let task =
             tokio::spawn(async move { host.consume(task_binding, consumer, tracker, task_cancel).await });
         tracing::info!(binding = %settings.name, version = %deployment.version, "Uploaded handler started.");
-        Ok(Deployed { binding, spec: deployment.spec.clone(), version: deployment.version.clone(), cancel, task })
+        Ok(Deployed {
+            binding,
+            spec: deployment.spec.clone(),
+            version: deployment.version.clone(),
+            cancel,
+            task,
+        })
     }
 
     /// Reads and compiles the deployment's component on a blocking thread.

@@ -116,7 +116,10 @@ impl Registry {
     }
 
     /// Applies `change` to a copy of the state, saves the copy, and only then makes it current.
-    fn change<T>(&self, change: impl FnOnce(&mut State) -> Result<T, RegistryError>) -> Result<T, RegistryError> {
+    fn change<T>(
+        &self,
+        change: impl FnOnce(&mut State) -> Result<T, RegistryError>,
+    ) -> Result<T, RegistryError> {
         let mut state = self.read();
         let mut next = state.clone();
         let result = change(&mut next)?;
@@ -174,7 +177,8 @@ impl Registry {
     pub fn issue_token(&self, tenant: &str) -> Result<IssuedToken, RegistryError> {
         let issued = token::issue();
         self.change(|state| {
-            let record = state.tenants.get_mut(tenant).ok_or_else(|| RegistryError::UnknownTenant(tenant.into()))?;
+            let record =
+                state.tenants.get_mut(tenant).ok_or_else(|| RegistryError::UnknownTenant(tenant.into()))?;
             record.tokens.push(model::TokenRecord {
                 id: issued.id.clone(),
                 sha256: token::digest_hex(&issued.token),
@@ -188,7 +192,8 @@ impl Registry {
     /// Revokes a tenant's token.
     pub fn revoke_token(&self, tenant: &str, id: &str) -> Result<(), RegistryError> {
         self.change(|state| {
-            let record = state.tenants.get_mut(tenant).ok_or_else(|| RegistryError::UnknownTenant(tenant.into()))?;
+            let record =
+                state.tenants.get_mut(tenant).ok_or_else(|| RegistryError::UnknownTenant(tenant.into()))?;
             let before = record.tokens.len();
             record.tokens.retain(|t| t.id != id);
             if record.tokens.len() == before {
@@ -244,7 +249,8 @@ impl Registry {
             )));
         }
         self.change(|state| {
-            let record = state.tenants.get_mut(tenant).ok_or_else(|| RegistryError::UnknownTenant(tenant.into()))?;
+            let record =
+                state.tenants.get_mut(tenant).ok_or_else(|| RegistryError::UnknownTenant(tenant.into()))?;
             check_spec(tenant, &record.grant, &self.catalog, &spec)?;
             let created = !record.handlers.contains_key(handler);
             let max = record.grant.limits.max_handlers;
@@ -270,7 +276,8 @@ impl Registry {
     /// Deletes a handler and its versions.
     pub fn delete_handler(&self, tenant: &str, handler: &str) -> Result<(), RegistryError> {
         self.change(|state| {
-            let record = state.tenants.get_mut(tenant).ok_or_else(|| RegistryError::UnknownTenant(tenant.into()))?;
+            let record =
+                state.tenants.get_mut(tenant).ok_or_else(|| RegistryError::UnknownTenant(tenant.into()))?;
             record.handlers.remove(handler).ok_or_else(|| RegistryError::UnknownHandler {
                 tenant: tenant.into(),
                 handler: handler.into(),
@@ -360,7 +367,10 @@ impl Registry {
             let before = record.versions.len();
             record.versions.retain(|v| v.version != version);
             if record.versions.len() == before {
-                return Err(RegistryError::UnknownVersion { handler: handler.into(), version: version.clone() });
+                return Err(RegistryError::UnknownVersion {
+                    handler: handler.into(),
+                    version: version.clone(),
+                });
             }
             record.previous.retain(|v| *v != version);
             Ok(())
@@ -370,12 +380,20 @@ impl Registry {
     }
 
     /// Makes `version` the active one; returns the version it replaced.
-    pub fn activate(&self, tenant: &str, handler: &str, version: &str) -> Result<Option<String>, RegistryError> {
+    pub fn activate(
+        &self,
+        tenant: &str,
+        handler: &str,
+        version: &str,
+    ) -> Result<Option<String>, RegistryError> {
         let version = normalise(version);
         self.change(|state| {
             let record = handler_record_mut(state, tenant, handler)?;
             if !record.versions.iter().any(|v| v.version == version) {
-                return Err(RegistryError::UnknownVersion { handler: handler.into(), version: version.clone() });
+                return Err(RegistryError::UnknownVersion {
+                    handler: handler.into(),
+                    version: version.clone(),
+                });
             }
             if record.active.as_deref() == Some(version.as_str()) {
                 return Ok(record.active.clone());
@@ -421,7 +439,11 @@ impl Registry {
     }
 
     /// A handler's activation as it is: the active version and the rollback history.
-    pub fn activation(&self, tenant: &str, handler: &str) -> Result<(Option<String>, Vec<String>), RegistryError> {
+    pub fn activation(
+        &self,
+        tenant: &str,
+        handler: &str,
+    ) -> Result<(Option<String>, Vec<String>), RegistryError> {
         let state = self.read();
         let record = handler_record(&state, tenant, handler)?;
         Ok((record.active.clone(), record.previous.clone()))
@@ -498,7 +520,10 @@ impl Registry {
             }
         }
         let l = &grant.limits;
-        if l.max_component_bytes == 0 || l.max_in_flight == 0 || l.max_memory_bytes == 0 || l.max_deadline_ms == 0
+        if l.max_component_bytes == 0
+            || l.max_in_flight == 0
+            || l.max_memory_bytes == 0
+            || l.max_deadline_ms == 0
         {
             return Err(RegistryError::Invalid("limits must be greater than 0".into()));
         }
@@ -507,8 +532,14 @@ impl Registry {
 }
 
 /// Checks a spec against the tenant's grant and limits.
-fn check_spec(tenant: &str, grant: &Grant, catalog: &Catalog, spec: &HandlerSpec) -> Result<(), RegistryError> {
-    let not_granted = |what, value: &str| RegistryError::NotGranted { tenant: tenant.into(), what, value: value.into() };
+fn check_spec(
+    tenant: &str,
+    grant: &Grant,
+    catalog: &Catalog,
+    spec: &HandlerSpec,
+) -> Result<(), RegistryError> {
+    let not_granted =
+        |what, value: &str| RegistryError::NotGranted { tenant: tenant.into(), what, value: value.into() };
     if spec.topics.is_empty() {
         return Err(RegistryError::Invalid("topics must name at least one topic".into()));
     }
@@ -533,7 +564,12 @@ fn check_spec(tenant: &str, grant: &Grant, catalog: &Catalog, spec: &HandlerSpec
     }
     let l = &grant.limits;
     let over = |limit, value: u64, max: u64| {
-        (value > max || value == 0).then(|| RegistryError::OverLimit { tenant: tenant.into(), limit, value, max })
+        (value > max || value == 0).then(|| RegistryError::OverLimit {
+            tenant: tenant.into(),
+            limit,
+            value,
+            max,
+        })
     };
     let checks = [
         spec.max_in_flight.and_then(|v| over("max_in_flight", v.into(), l.max_in_flight.into())),
@@ -546,7 +582,11 @@ fn check_spec(tenant: &str, grant: &Grant, catalog: &Catalog, spec: &HandlerSpec
     }
 }
 
-fn handler_record<'a>(state: &'a State, tenant: &str, handler: &str) -> Result<&'a HandlerRecord, RegistryError> {
+fn handler_record<'a>(
+    state: &'a State,
+    tenant: &str,
+    handler: &str,
+) -> Result<&'a HandlerRecord, RegistryError> {
     let record = state.tenants.get(tenant).ok_or_else(|| RegistryError::UnknownTenant(tenant.into()))?;
     record
         .handlers
@@ -616,7 +656,9 @@ fn contract_of(report: &ComponentReport) -> String {
 }
 
 fn is_purpose(purpose: &str) -> bool {
-    !purpose.trim().is_empty() && purpose.len() <= 512 && purpose.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
+    !purpose.trim().is_empty()
+        && purpose.len() <= 512
+        && purpose.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
 }
 
 fn now() -> String {

@@ -33,7 +33,10 @@ pub fn matches(presented: &str, expected: &[u8; 32]) -> bool {
 /// The owner of the candidate whose digest `presented` hashes to. Every candidate is compared,
 /// so the time taken depends on how many tokens exist, not on which one matched or how much of
 /// it did.
-pub(crate) fn find<'a, T>(presented: &str, candidates: impl Iterator<Item = (&'a T, &'a str)>) -> Option<&'a T> {
+pub(crate) fn find<'a, T>(
+    presented: &str,
+    candidates: impl Iterator<Item = (&'a T, &'a str)>,
+) -> Option<&'a T> {
     let digest = digest_hex(presented);
     let mut found = None;
     for (owner, stored) in candidates {
