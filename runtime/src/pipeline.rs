@@ -11,8 +11,10 @@ use crate::config::{BindingSettings, Delivery, Problem, Settings};
 use crate::dispatch::{Binding, Dispatcher, HandlerSlot, PauseGate, Work};
 use crate::envelope;
 use crate::kafka::{self, BindingConsumer, OffsetTracker};
+use crate::receipt::Receipts;
 use crate::resolve::{Backoff, Resolver};
 use crate::sandbox::{HandlerIdentity, Sandbox};
+use crate::telemetry::{self, BindingLabels, InFlight};
 use rdkafka::Message;
 use rdkafka::consumer::Consumer as _;
 use std::future::Future;
@@ -47,6 +49,8 @@ pub async fn run(
     tap: Option<mpsc::Sender<Outcome>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), PipelineError> {
+    // The metrics macros record nothing until a recorder is installed.
+    telemetry::prometheus();
     let bindings = start(&settings, tap)?;
     let cancel = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
@@ -123,6 +127,13 @@ fn start(settings: &Settings, tap: Option<mpsc::Sender<Outcome>>) -> Result<Star
             None
         }
     };
+    let receipts = match Receipts::open(&settings.receipts) {
+        Ok(receipts) => Some(Arc::new(receipts)),
+        Err(e) => {
+            problems.push(problem("receipts.path".into(), e.to_string()));
+            None
+        }
+    };
     let shared = match kafka::producer::shared(&settings.kafka) {
         Ok(producer) => Some(Arc::new(producer)),
         Err(e) => {
@@ -151,9 +162,12 @@ fn start(settings: &Settings, tap: Option<mpsc::Sender<Outcome>>) -> Result<Star
                 continue;
             }
         };
-        let (Some(resolver), Some(audit), Some(shared)) =
-            (resolvers.get(binding_config.data_source).cloned().flatten(), audit.clone(), shared.clone())
-        else {
+        let (Some(resolver), Some(audit), Some(receipts), Some(shared)) = (
+            resolvers.get(binding_config.data_source).cloned().flatten(),
+            audit.clone(),
+            receipts.clone(),
+            shared.clone(),
+        ) else {
             continue;
         };
         let producer = match binding_config.delivery {
@@ -180,6 +194,7 @@ fn start(settings: &Settings, tap: Option<mpsc::Sender<Outcome>>) -> Result<Star
             tracker.clone(),
             settings.drain_timeout,
             binding_config.delivery,
+            BindingLabels::new(&binding_config.name, &binding_config.tenant),
         ) {
             Ok(consumer) => Arc::new(consumer),
             Err(e) => {
@@ -195,6 +210,7 @@ fn start(settings: &Settings, tap: Option<mpsc::Sender<Outcome>>) -> Result<Star
             backoff: backoff(binding_config),
             gate: PauseGate::default(),
             audit,
+            receipts,
             producer,
         });
         started.push((binding, consumer, tracker));
@@ -229,7 +245,8 @@ async fn consume(
     // The binding's own token: a failure policy may stop this binding alone.
     let cancel = cancel.child_token();
     let dispatcher = Dispatcher::new(binding.clone(), consumer.clone(), tracker.clone(), cancel.clone());
-    let reader = Reader { name: &name, consumer: &consumer, tracker: &tracker, cancel: &cancel };
+    let reader =
+        Reader { name: &name, labels: binding.labels(), consumer: &consumer, tracker: &tracker, cancel: &cancel };
     if delivery == Delivery::ExactlyOnce {
         transactions(&binding, &reader, &dispatcher, &permits).await?;
     } else {
@@ -269,6 +286,8 @@ async fn consume(
 /// Reads a binding's records into [`Work`].
 struct Reader<'a> {
     name: &'a str,
+    /// The binding's metric labels.
+    labels: BindingLabels,
     consumer: &'a Arc<BindingConsumer>,
     tracker: &'a OffsetTracker,
     cancel: &'a CancellationToken,
@@ -284,7 +303,10 @@ impl Reader<'_> {
                 message = self.consumer.recv() => message,
             };
             let message = match message {
-                Ok(message) => message,
+                Ok(message) => {
+                    metrics::counter!(telemetry::EVENTS_CONSUMED, self.labels.labels()).increment(1);
+                    message
+                }
                 Err(error) => {
                     tracing::warn!(binding = %self.name, %error, "Kafka consumer error.");
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -307,7 +329,8 @@ impl Reader<'_> {
                     offset = origin.offset, reason = %error, "Event refused.");
             }
             let received = kafka::Received::copy(&record, message.timestamp().to_millis());
-            return Some(Work { ticket, origin, received, event, permit });
+            let in_flight = InFlight::start(&self.labels);
+            return Some(Work { ticket, origin, received, event, permit, in_flight });
         }
     }
 
