@@ -34,7 +34,11 @@ async fn receipts(path: &Path, n: usize) -> (String, Vec<Value>) {
             let lines = text.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
             return (text, lines);
         }
-        assert!(tokio::time::Instant::now() < deadline, "only {} of {n} receipts:\n{text}", text.lines().count());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {n} receipts:\n{text}",
+            text.lines().count()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -130,7 +134,10 @@ async fn receipts_go_to_a_kafka_topic_keyed_by_subject() {
     let released = by_event("e1");
     assert_eq!(released.key(), Some(&b"customer/1"[..]), "keyed by subject");
     let value: Value = serde_json::from_slice(released.payload().unwrap()).unwrap();
-    assert_eq!((value["decision"].as_str(), value["subject"].as_str()), (Some("released"), Some("customer/1")));
+    assert_eq!(
+        (value["decision"].as_str(), value["subject"].as_str()),
+        (Some("released"), Some("customer/1"))
+    );
     assert_eq!(broker::header(released, "content-type").as_deref(), Some("application/json"));
     let denied = by_event("e2");
     assert_eq!(denied.key(), Some(&b"e2"[..]), "keyed by event id without a subject");
@@ -202,8 +209,8 @@ async fn metrics_are_labelled_by_binding_and_tenant_and_never_by_subject() {
     owner.set("customers/2", Answer::Status(403));
     let replies = broker::unique("replies");
     broker::create_named_topic(&replies, 1).await;
-    let mut s = setup_handler("hostile-leaky", &owner.base_url(), 1, &format!(r#"reply_topic = "{replies}""#))
-        .await;
+    let mut s =
+        setup_handler("hostile-leaky", &owner.base_url(), 1, &format!(r#"reply_topic = "{replies}""#)).await;
     // A tenant of this test alone: the recorder is the process's, shared by the tests running
     // beside this one.
     let tenant = "metrics-test";

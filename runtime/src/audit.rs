@@ -285,8 +285,11 @@ impl Audit {
         );
         let binding = format!("{}/{}", outcome.asker.tenant, outcome.asker.handler);
         let labels = crate::telemetry::BindingLabels::new(&binding, &outcome.asker.tenant);
-        metrics::counter!(crate::telemetry::EVENTS_FINISHED, labels.with("decision", outcome.decision.label()))
-            .increment(1);
+        metrics::counter!(
+            crate::telemetry::EVENTS_FINISHED,
+            labels.with("decision", outcome.decision.label())
+        )
+        .increment(1);
         if let Some(file) = &self.file {
             self.append(file, &record);
         }

@@ -646,7 +646,12 @@ impl Config {
         }
     }
 
-    fn validate_receipts(&self, base: &Path, audit_path: Option<&Path>, problems: &mut Problems) -> ReceiptSink {
+    fn validate_receipts(
+        &self,
+        base: &Path,
+        audit_path: Option<&Path>,
+        problems: &mut Problems,
+    ) -> ReceiptSink {
         let r = &self.receipts;
         match r.sink {
             ReceiptSinkKind::File => {
@@ -1123,9 +1128,15 @@ mod tests {
             ("[receipts]\n        sink = \"kafka\"", "receipts.topic"),
             ("[receipts]\n        sink = \"kafka\"\n        topic = \"refs\"", "receipts.topic"),
             ("[receipts]\n        sink = \"kafka\"\n        topic = \"a b\"", "receipts.topic"),
-            ("[receipts]\n        sink = \"kafka\"\n        topic = \"r\"\n        path = \"x\"", "receipts.path"),
+            (
+                "[receipts]\n        sink = \"kafka\"\n        topic = \"r\"\n        path = \"x\"",
+                "receipts.path",
+            ),
             ("[receipts]\n        topic = \"r\"", "receipts.topic"),
-            ("[audit]\n        path = \"same\"\n        [receipts]\n        path = \"same\"", "receipts.path"),
+            (
+                "[audit]\n        path = \"same\"\n        [receipts]\n        path = \"same\"",
+                "receipts.path",
+            ),
         ] {
             let problems = with(receipts).unwrap_err();
             assert_eq!(problems.iter().map(|p| p.path.as_str()).collect::<Vec<_>>(), [path], "{receipts}");

@@ -222,7 +222,8 @@ pub async fn decide(
                 stage = %failure.stage, kind = failure.kind, reason = %failure.reason, "Attempt failed; retrying."
             );
         }
-        metrics::counter!(telemetry::EVENT_RETRIES, binding.labels().with("cause", failure.kind)).increment(1);
+        metrics::counter!(telemetry::EVENT_RETRIES, binding.labels().with("cause", failure.kind))
+            .increment(1);
         sleep_or_cancel(binding.backoff.delay(outcome.attempts, failure.retry_after), cancel).await.ok()?;
         outcome.attempts += 1;
     }
@@ -274,11 +275,13 @@ async fn attempt(
     let data_bytes = released.body.len() as u64;
     let started = Instant::now();
     let handled = handler.handle(&guest_event(event, released)).await;
-    metrics::histogram!(telemetry::HANDLER_DURATION, binding.labels()).record(started.elapsed().as_secs_f64());
+    metrics::histogram!(telemetry::HANDLER_DURATION, binding.labels())
+        .record(started.elapsed().as_secs_f64());
     let reply = match handled {
         Ok(reply) => reply,
         Err(error) => {
-            metrics::counter!(telemetry::HANDLER_ERRORS, binding.labels().with("kind", error.kind())).increment(1);
+            metrics::counter!(telemetry::HANDLER_ERRORS, binding.labels().with("kind", error.kind()))
+                .increment(1);
             return Ok(Err(handler_failed(error)));
         }
     };

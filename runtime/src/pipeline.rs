@@ -245,8 +245,13 @@ async fn consume(
     // The binding's own token: a failure policy may stop this binding alone.
     let cancel = cancel.child_token();
     let dispatcher = Dispatcher::new(binding.clone(), consumer.clone(), tracker.clone(), cancel.clone());
-    let reader =
-        Reader { name: &name, labels: binding.labels(), consumer: &consumer, tracker: &tracker, cancel: &cancel };
+    let reader = Reader {
+        name: &name,
+        labels: binding.labels(),
+        consumer: &consumer,
+        tracker: &tracker,
+        cancel: &cancel,
+    };
     if delivery == Delivery::ExactlyOnce {
         transactions(&binding, &reader, &dispatcher, &permits).await?;
     } else {

@@ -134,8 +134,8 @@ impl Receipts {
             }
             Sink::Kafka(topic) => {
                 let value = serde_json::to_vec(receipt)?;
-                let headers =
-                    OwnedHeaders::new().insert(Header { key: "content-type", value: Some("application/json") });
+                let headers = OwnedHeaders::new()
+                    .insert(Header { key: "content-type", value: Some("application/json") });
                 let record = FutureRecord::to(topic).key(receipt.key()).payload(&value).headers(headers);
                 producer.send(record, timeout).await.map_err(|(error, _)| error)?;
                 Ok(())

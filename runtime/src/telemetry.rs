@@ -82,8 +82,8 @@ pub const CONSUMER_LAG: &str = "keyhole_consumer_lag";
 /// Upper bounds, in seconds, of the handler duration histogram: a fresh instance costs tens of
 /// microseconds; the default deadline is one second, the longest a few more.
 const HANDLER_DURATION_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 5.0, 10.0, 30.0,
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
 ];
 
 /// How often histogram samples are folded into their buckets when nobody scrapes: samples wait
@@ -249,7 +249,8 @@ impl TraceContext {
 /// 00 is read as 00 and may carry more fields after the flags, as the W3C recommendation asks
 /// of a receiver that knows only version 00; version ff is invalid.
 fn parse_traceparent(text: &str) -> Option<(&str, &str, &str)> {
-    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let hex =
+        |s: &str, len: usize| s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
     let mut parts = text.split('-');
     let (version, trace_id, parent_id, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     let more = parts.next().is_some();
@@ -302,9 +303,11 @@ mod tests {
 
     #[test]
     fn a_valid_traceparent_is_continued_with_a_new_span() {
-        let trace =
-            TraceContext::continue_from(&ext(&[("traceparent", PARENT), ("tracestate", "congo=t61rcWkgMzE")]))
-                .unwrap();
+        let trace = TraceContext::continue_from(&ext(&[
+            ("traceparent", PARENT),
+            ("tracestate", "congo=t61rcWkgMzE"),
+        ]))
+        .unwrap();
         assert_eq!(trace.trace_id, "0af7651916cd43dd8448eb211c80319c");
         assert_eq!(trace.parent_span_id, "b7ad6b7169203331");
         assert_ne!(trace.span_id, trace.parent_span_id);

@@ -147,7 +147,9 @@ impl ResolveError {
             ResolveError::ConsentDenied { status } | ResolveError::Gone { status } => Some(*status),
             ResolveError::Unauthorized => Some(401),
             ResolveError::Rejected { status } if *status != 0 => Some(*status),
-            ResolveError::Rejected { .. } | ResolveError::Transient { .. } | ResolveError::TooLarge { .. } => None,
+            ResolveError::Rejected { .. }
+            | ResolveError::Transient { .. }
+            | ResolveError::TooLarge { .. } => None,
         }
     }
 
