@@ -10,7 +10,7 @@ use common::broker::{self, publish, reference, with_type};
 use common::owner::{Answer, Owner, TOKEN};
 use common::running::{Running, by_id, setup, setup_handler};
 use keyhole::audit::Decision;
-use keyhole::config::{Delivery, ReceiptSink};
+use keyhole::config::{Delivery, ReceiptSink, Settings};
 use keyhole::telemetry;
 use rdkafka::Message;
 use serde_json::Value;
@@ -191,6 +191,15 @@ async fn a_traceparent_on_the_request_continues_onto_the_reply() {
     }
 }
 
+/// Gives the binding a tenant of this test alone, since the recorder is the process's, shared by
+/// the tests running beside this one. Returns the binding's new name.
+fn own_tenant(settings: &mut Settings, tenant: &str) -> String {
+    let binding = &mut settings.bindings[0];
+    binding.tenant = tenant.into();
+    binding.name = format!("{tenant}/{}", binding.handler);
+    binding.name.clone()
+}
+
 /// The lines of a rendered scrape that belong to series `name` (its `_bucket`, `_sum` and
 /// `_count` lines too) of tenant `tenant`.
 fn series<'a>(rendered: &'a str, name: &str, tenant: &str) -> Vec<&'a str> {
@@ -211,12 +220,8 @@ async fn metrics_are_labelled_by_binding_and_tenant_and_never_by_subject() {
     broker::create_named_topic(&replies, 1).await;
     let mut s =
         setup_handler("hostile-leaky", &owner.base_url(), 1, &format!(r#"reply_topic = "{replies}""#)).await;
-    // A tenant of this test alone: the recorder is the process's, shared by the tests running
-    // beside this one.
     let tenant = "metrics-test";
-    let binding = format!("{tenant}/echo");
-    s.settings.bindings[0].tenant = tenant.into();
-    s.settings.bindings[0].name = binding.clone();
+    let binding = own_tenant(&mut s.settings, tenant);
     s.settings.bindings[0].retry.max_attempts = 2;
     // Statistics (and so the lag gauge) often, not every 5 s.
     s.settings.kafka.properties.insert("statistics.interval.ms".into(), "100".into());
@@ -295,8 +300,7 @@ async fn the_in_flight_gauge_comes_down_in_at_most_once_delivery() {
     owner.set("customers/2", Answer::Status(410));
     let mut s = setup(&owner.base_url(), 1, "").await;
     let tenant = "in-flight-test";
-    s.settings.bindings[0].tenant = tenant.into();
-    s.settings.bindings[0].name = format!("{tenant}/echo");
+    own_tenant(&mut s.settings, tenant);
     s.settings.bindings[0].delivery = Delivery::AtMostOnce;
     let producer = broker::producer();
     for (id, path) in [("a", "customers/1"), ("b", "customers/2"), ("c", "customers/1")] {
