@@ -7,7 +7,7 @@
 
 mod common;
 
-use keyhole::config::{Config, ConfigError};
+use keyhole::config::{Config, ConfigError, ReceiptSink};
 
 #[test]
 fn the_example_config_loads() {
@@ -21,6 +21,11 @@ fn the_example_config_loads() {
     assert_eq!(binding.topics, ["customer-references"]);
     assert_eq!(settings.data_sources[binding.data_source].base_url.as_str(), "http://127.0.0.1:8080/api/");
     assert!(settings.audit_path.unwrap().ends_with("keyhole-audit.jsonl"));
+    assert!(
+        matches!(&settings.receipts, ReceiptSink::File(path) if path.ends_with("keyhole-receipts.jsonl")),
+        "{:?}",
+        settings.receipts
+    );
 }
 
 #[test]

@@ -284,11 +284,11 @@ impl Audit {
             attempts = record.attempts,
             "Event finished."
         );
+        let binding = format!("{}/{}", outcome.asker.tenant, outcome.asker.handler);
+        let labels = crate::telemetry::BindingLabels::new(&binding, &outcome.asker.tenant);
         metrics::counter!(
             crate::telemetry::EVENTS_FINISHED,
-            "tenant" => outcome.asker.tenant.clone(),
-            "handler" => outcome.asker.handler.clone(),
-            "decision" => outcome.decision.label()
+            labels.with("decision", outcome.decision.label())
         )
         .increment(1);
         if let Some(file) = &self.file {

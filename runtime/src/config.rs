@@ -22,6 +22,9 @@ pub struct Config {
     /// Where decisions are recorded.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Where access receipts (one per request to a data owner) are written.
+    #[serde(default)]
+    pub receipts: ReceiptsConfig,
     /// Draining on shutdown and on partition revocation.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
@@ -152,6 +155,49 @@ pub struct AuditConfig {
     /// logged.
     pub path: Option<PathBuf>,
 }
+
+/// `[receipts]`: one access receipt per request to a data owner, for the owner's records.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiptsConfig {
+    /// Where receipts go: a JSON-lines file (the default) or a Kafka topic.
+    #[serde(default)]
+    pub sink: ReceiptSinkKind,
+    /// The file, for `sink = "file"`; default `keyhole-receipts.jsonl` beside the configuration.
+    pub path: Option<PathBuf>,
+    /// The topic, for `sink = "kafka"` (required there).
+    pub topic: Option<String>,
+}
+
+/// `receipts.sink`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReceiptSinkKind {
+    /// A JSON-lines file.
+    #[default]
+    File,
+    /// A Kafka topic.
+    Kafka,
+}
+
+/// Where access receipts go, after validation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReceiptSink {
+    /// Appended, one JSON line each, to this file.
+    File(PathBuf),
+    /// Published to this topic, keyed by the event's subject (else its id), by the binding's
+    /// producer (so in an exactly-once binding's transaction).
+    Kafka {
+        /// The topic.
+        topic: String,
+    },
+    /// Not written. Only `keyhole dev` and `keyhole demo` use it (their fixtures are made-up
+    /// data); a configuration file cannot ask for it.
+    Discard,
+}
+
+/// The default receipts file, relative to the configuration file.
+const DEFAULT_RECEIPTS_PATH: &str = "keyhole-receipts.jsonl";
 
 /// `[shutdown]`
 #[derive(Clone, Debug, Deserialize)]
@@ -467,6 +513,8 @@ pub struct Settings {
     pub sandbox: SandboxConfig,
     /// The audit file, if any.
     pub audit_path: Option<PathBuf>,
+    /// Where access receipts go.
+    pub receipts: ReceiptSink,
     /// How long draining may take.
     pub drain_timeout: Duration,
     /// The data sources.
@@ -590,11 +638,14 @@ impl Config {
             problems.add("sandbox.max_concurrent_instances", "must be greater than 0");
         }
         let admin = self.admin.as_ref().and_then(|admin| validate_admin(admin, base, &mut problems));
+        let audit_path = self.audit.path.as_ref().map(|p| base.join(p));
+        let receipts = self.validate_receipts(base, audit_path.as_deref(), &mut problems);
         problems.into_result(|| Settings {
             admin,
             kafka,
             sandbox: self.sandbox.clone(),
-            audit_path: self.audit.path.as_ref().map(|p| base.join(p)),
+            audit_path,
+            receipts,
             drain_timeout: Duration::from_millis(self.shutdown.drain_timeout_ms),
             data_sources: sources.into_iter().flatten().collect(),
             bindings,
@@ -650,6 +701,47 @@ impl Config {
             instance_id,
             properties,
             secret_keys: k.secret_properties.keys().cloned().collect(),
+        }
+    }
+
+    fn validate_receipts(
+        &self,
+        base: &Path,
+        audit_path: Option<&Path>,
+        problems: &mut Problems,
+    ) -> ReceiptSink {
+        let r = &self.receipts;
+        match r.sink {
+            ReceiptSinkKind::File => {
+                if r.topic.is_some() {
+                    problems.add("receipts.topic", "is only used with sink = \"kafka\"");
+                }
+                let path = base.join(r.path.as_deref().unwrap_or(Path::new(DEFAULT_RECEIPTS_PATH)));
+                if audit_path == Some(path.as_path()) {
+                    problems.add(
+                        "receipts.path",
+                        "is also audit.path: receipts (one per request) and audit records (one per event) need files of their own",
+                    );
+                }
+                ReceiptSink::File(path)
+            }
+            ReceiptSinkKind::Kafka => {
+                if r.path.is_some() {
+                    problems.add("receipts.path", "is only used with sink = \"file\"");
+                }
+                let topic = r.topic.clone().unwrap_or_default();
+                if r.topic.is_none() {
+                    problems.add("receipts.topic", "is required with sink = \"kafka\"");
+                } else if !is_topic(&topic) {
+                    problems.add("receipts.topic", format!("{topic:?} is not a valid topic name"));
+                } else if self.handlers.iter().any(|h| h.topics.contains(&topic)) {
+                    problems.add(
+                        "receipts.topic",
+                        format!("{topic:?} is consumed by a handler: receipts are not reference events"),
+                    );
+                }
+                ReceiptSink::Kafka { topic }
+            }
         }
     }
 
@@ -1107,6 +1199,39 @@ mod tests {
         assert!(parse_base_url("https://user:pw@x/").is_err());
         assert!(parse_base_url("https://x/api?token=1").is_err());
         assert_eq!(parse_base_url("https://x/api").unwrap().path(), "/api/");
+    }
+
+    #[test]
+    fn receipts_default_to_a_file_beside_the_configuration() {
+        let settings = parse(MINIMAL).validate(Path::new(".")).unwrap();
+        assert_eq!(settings.receipts, ReceiptSink::File(Path::new(".").join("keyhole-receipts.jsonl")));
+    }
+
+    #[test]
+    fn a_kafka_receipt_sink_needs_a_topic_no_handler_consumes() {
+        let with = |receipts: &str| {
+            let text = MINIMAL.replace("[[data_source]]", &format!("{receipts}\n        [[data_source]]"));
+            parse(&text).validate(Path::new("."))
+        };
+        let ok = with("[receipts]\n        sink = \"kafka\"\n        topic = \"receipts\"").unwrap();
+        assert_eq!(ok.receipts, ReceiptSink::Kafka { topic: "receipts".into() });
+        for (receipts, path) in [
+            ("[receipts]\n        sink = \"kafka\"", "receipts.topic"),
+            ("[receipts]\n        sink = \"kafka\"\n        topic = \"refs\"", "receipts.topic"),
+            ("[receipts]\n        sink = \"kafka\"\n        topic = \"a b\"", "receipts.topic"),
+            (
+                "[receipts]\n        sink = \"kafka\"\n        topic = \"r\"\n        path = \"x\"",
+                "receipts.path",
+            ),
+            ("[receipts]\n        topic = \"r\"", "receipts.topic"),
+            (
+                "[audit]\n        path = \"same\"\n        [receipts]\n        path = \"same\"",
+                "receipts.path",
+            ),
+        ] {
+            let problems = with(receipts).unwrap_err();
+            assert_eq!(problems.iter().map(|p| p.path.as_str()).collect::<Vec<_>>(), [path], "{receipts}");
+        }
     }
 
     #[test]

@@ -10,9 +10,10 @@ use crate::audit::{Asker, Audit, Decision, Disposal, Origin, Outcome};
 use crate::config::{BindingSettings, Delivery, FailurePolicy, Stage};
 use crate::envelope::{EnvelopeError, ReferenceEvent};
 use crate::kafka::{self, BindingConsumer, OffsetTracker, Received, Ticket};
+use crate::receipt::{self, Receipt, Receipts};
 use crate::resolve::{Backoff, Disposition, Released, Requester, ResolveError, Resolver};
 use crate::sandbox::{self, GuestError, Handler};
-use rdkafka::error::KafkaError;
+use crate::telemetry::{self, BindingLabels, InFlight, TraceContext};
 use rdkafka::producer::FutureProducer;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -21,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 /// Everything a binding's events need, shared by its tasks.
 pub struct Binding {
@@ -39,6 +41,8 @@ pub struct Binding {
     pub gate: PauseGate,
     /// Where outcomes go.
     pub audit: Arc<Audit>,
+    /// Where access receipts go, one per request to the data owner.
+    pub receipts: Arc<Receipts>,
     /// Publishes replies and dead letters: shared by the bindings that are not exactly-once;
     /// a binding's own transactional producer when it is.
     pub producer: Arc<FutureProducer>,
@@ -52,6 +56,11 @@ impl Binding {
             purpose: self.settings.purpose.clone(),
             version: handler.version().to_string(),
         }
+    }
+
+    /// The labels of the binding's metrics.
+    pub fn labels(&self) -> BindingLabels {
+        BindingLabels::new(&self.settings.name, &self.settings.tenant)
     }
 }
 
@@ -131,12 +140,14 @@ struct Failure {
 
 /// Decides one event: envelope → resolve → handler → reply, attempted again on transient
 /// failures within the binding's retry limits (or without end where its failure policy says
-/// `retry`). `None` when shutdown or revocation interrupted it before a decision.
+/// `retry`). `None` when shutdown or revocation interrupted it before a decision. `trace` is the
+/// event's trace context continued by keyhole, if it carried one; its reply carries it on.
 pub async fn decide(
     binding: &Binding,
     event: Result<ReferenceEvent, EnvelopeError>,
     origin: Origin,
     key: Option<&[u8]>,
+    trace: Option<&TraceContext>,
     cancel: &CancellationToken,
 ) -> Option<Outcome> {
     // The version this event runs on from its first attempt to its last, whatever is activated
@@ -175,8 +186,9 @@ pub async fn decide(
     let mut probing = false;
     // Attempts that met a refusal of keyhole's credentials do not count against the limits.
     let mut paused_attempts = 0;
+    let run = Run { handler: &handler, event: &event, url: &url, key, trace };
     loop {
-        let failure = match attempt(binding, &handler, &event, &url, key, &mut probing, cancel).await {
+        let failure = match attempt(binding, &run, outcome.attempts, &mut probing, cancel).await {
             Ok(Ok(decision)) => {
                 outcome.decision = decision;
                 break;
@@ -210,7 +222,8 @@ pub async fn decide(
                 stage = %failure.stage, kind = failure.kind, reason = %failure.reason, "Attempt failed; retrying."
             );
         }
-        metrics::counter!(crate::telemetry::EVENT_RETRIES, "binding" => binding.settings.name.clone(), "cause" => failure.kind).increment(1);
+        metrics::counter!(telemetry::EVENT_RETRIES, binding.labels().with("cause", failure.kind))
+            .increment(1);
         sleep_or_cancel(binding.backoff.delay(outcome.attempts, failure.retry_after), cancel).await.ok()?;
         outcome.attempts += 1;
     }
@@ -218,17 +231,28 @@ pub async fn decide(
     Some(outcome)
 }
 
-/// One attempt: ask the owner (again: consent is checked on every attempt), run the handler,
-/// publish its reply.
+/// What every attempt of one event works on.
+struct Run<'a> {
+    /// The handler version the event started on.
+    handler: &'a Handler,
+    event: &'a ReferenceEvent,
+    /// The reference resolved against the data source's base URL.
+    url: &'a url::Url,
+    /// The record's key, which the reply keeps.
+    key: Option<&'a [u8]>,
+    trace: Option<&'a TraceContext>,
+}
+
+/// One attempt (`number`, from 1): ask the owner (again: consent is checked on every attempt),
+/// record its answer in a receipt, run the handler, publish its reply.
 async fn attempt(
     binding: &Binding,
-    handler: &Handler,
-    event: &ReferenceEvent,
-    url: &url::Url,
-    key: Option<&[u8]>,
+    run: &Run<'_>,
+    number: u32,
     probing: &mut bool,
     cancel: &CancellationToken,
 ) -> Result<Result<Decision, Failure>, Interrupted> {
+    let Run { handler, event, url, key, trace } = *run;
     if !*probing && !binding.gate.wait_open(cancel).await {
         return Err(Interrupted);
     }
@@ -238,7 +262,9 @@ async fn attempt(
         purpose: &binding.settings.purpose,
         event_id: &event.id,
     };
-    let released = match binding.resolver.fetch(url, &who).await {
+    let resolved = binding.resolver.fetch(url, &who).await;
+    record_receipt(binding, handler, event, &resolved, number, cancel).await?;
+    let released = match resolved {
         Ok(released) => {
             binding.gate.open();
             *probing = false;
@@ -247,9 +273,17 @@ async fn attempt(
         Err(error) => return Ok(unresolved(binding, event, error, probing)),
     };
     let data_bytes = released.body.len() as u64;
-    let reply = match handler.handle(&guest_event(event, released)).await {
+    let started = Instant::now();
+    let handled = handler.handle(&guest_event(event, released)).await;
+    metrics::histogram!(telemetry::HANDLER_DURATION, binding.labels())
+        .record(started.elapsed().as_secs_f64());
+    let reply = match handled {
         Ok(reply) => reply,
-        Err(error) => return Ok(Err(handler_failed(error))),
+        Err(error) => {
+            metrics::counter!(telemetry::HANDLER_ERRORS, binding.labels().with("kind", error.kind()))
+                .increment(1);
+            return Ok(Err(handler_failed(error)));
+        }
     };
     let destination = match reply_destination(&binding.settings, event, reply.is_some()) {
         Ok(destination) => destination,
@@ -266,16 +300,63 @@ async fn attempt(
     };
     let published = match (&reply, destination) {
         (Some(reply), Some(topic)) => {
-            let who = handler.identity();
+            let request = kafka::reply::Request { who: handler.identity(), event, key, trace };
             let id = until_confirmed(binding, &event.id, "Reply", cancel, || {
-                kafka::reply::publish(&binding.producer, topic, who, event, key, reply, SEND_TIMEOUT)
+                kafka::reply::publish(&binding.producer, topic, &request, reply, SEND_TIMEOUT)
             })
             .await?;
+            metrics::counter!(telemetry::REPLIES, binding.labels()).increment(1);
             Some((topic.to_string(), id))
         }
         _ => None,
     };
     Ok(Ok(Decision::Delivered { reply, data_bytes, published }))
+}
+
+/// Writes the receipt of one resolution attempt, and counts its outcome. Retried until written:
+/// an answer whose receipt is not on record is not acted on. Only shutdown or revocation
+/// interrupts it (the event is then read again, and the owner asked again).
+async fn record_receipt(
+    binding: &Binding,
+    handler: &Handler,
+    event: &ReferenceEvent,
+    resolved: &Result<Released, ResolveError>,
+    number: u32,
+    cancel: &CancellationToken,
+) -> Result<(), Interrupted> {
+    let (decision, status) = match resolved {
+        Ok(_) => ("released", None),
+        Err(error) => (error.kind(), error.status()),
+    };
+    let labels = binding.labels();
+    let data_source = binding.resolver.name();
+    let mut outcome_labels = labels.with("data_source", data_source.to_string());
+    outcome_labels.push(metrics::Label::new("outcome", decision));
+    metrics::counter!(telemetry::RESOLUTIONS, outcome_labels).increment(1);
+    let receipt = Receipt {
+        time: receipt::now(),
+        event_id: &event.id,
+        tenant: &binding.settings.tenant,
+        handler: &binding.settings.handler,
+        handler_version: handler.version(),
+        data_source,
+        purpose: &binding.settings.purpose,
+        subject: event.subject.as_deref(),
+        dataref: event.dataref.path(),
+        decision,
+        status,
+        attempt: number,
+    };
+    until_confirmed(binding, &event.id, "Receipt", cancel, || async {
+        let written = binding.receipts.write(&receipt, &binding.producer, SEND_TIMEOUT).await;
+        if written.is_err() {
+            metrics::counter!(telemetry::RECEIPT_ERRORS, labels.labels()).increment(1);
+        }
+        written
+    })
+    .await?;
+    metrics::counter!(telemetry::RECEIPTS, labels.with("decision", decision)).increment(1);
+    Ok(())
 }
 
 /// What the owner's refusal or failure means for the event.
@@ -319,7 +400,7 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Sends until the broker confirms, with backoff: what is not confirmed is not acknowledged, and
 /// a broker that went away is waited for. Only shutdown or revocation interrupts it.
-async fn until_confirmed<T, F, Fut>(
+async fn until_confirmed<T, E, F, Fut>(
     binding: &Binding,
     event_id: &str,
     what: &str,
@@ -327,8 +408,9 @@ async fn until_confirmed<T, F, Fut>(
     mut send: F,
 ) -> Result<T, Interrupted>
 where
+    E: std::fmt::Display,
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, KafkaError>>,
+    Fut: Future<Output = Result<T, E>>,
 {
     let mut attempt = 0;
     loop {
@@ -373,7 +455,7 @@ pub async fn dead_letter(
         kafka::dead_letter::publish(&binding.producer, topic, received, &failure, SEND_TIMEOUT)
     })
     .await?;
-    metrics::counter!(crate::telemetry::DEAD_LETTERS, "binding" => binding.settings.name.clone(), "stage" => stage.as_str()).increment(1);
+    metrics::counter!(telemetry::DEAD_LETTERS, binding.labels().with("stage", stage.as_str())).increment(1);
     Ok(Disposal::DeadLettered { topic: topic.clone(), partition, offset })
 }
 
@@ -412,8 +494,7 @@ async fn sleep_or_cancel(delay: Duration, cancel: &CancellationToken) -> Result<
 }
 
 fn refused(binding: &Binding, error: EnvelopeError) -> Decision {
-    metrics::counter!(crate::telemetry::EVENTS_REFUSED, "binding" => binding.settings.name.clone(), "kind" => error.kind())
-        .increment(1);
+    metrics::counter!(telemetry::EVENTS_REFUSED, binding.labels().with("kind", error.kind())).increment(1);
     Decision::Refused { kind: error.kind(), reason: error.to_string() }
 }
 
@@ -459,6 +540,8 @@ pub struct Work {
     pub event: Result<ReferenceEvent, EnvelopeError>,
     /// Its share of the binding's in-flight limit, released when the event is finished.
     pub permit: OwnedSemaphorePermit,
+    /// Counts the event in the in-flight gauge until it is finished, abandoned or dropped.
+    pub in_flight: InFlight,
 }
 
 /// Orders a partition's events by key: a queue per busy key; a key's chain runs on one task.
@@ -551,8 +634,17 @@ impl Dispatcher {
         }
     }
 
+    /// Runs one event in its span, which carries its trace context when it has one.
     async fn run(&self, work: Work) {
-        let Work { ticket, origin, event, permit, received } = work;
+        let trace = work.event.as_ref().ok().and_then(|event| TraceContext::continue_from(&event.extensions));
+        let event_id = work.event.as_ref().ok().map(|event| event.id.as_str());
+        let span = telemetry::event_span(&self.binding.settings.name, event_id, trace.as_ref());
+        self.settle(work, trace.as_ref()).instrument(span).await
+    }
+
+    async fn settle(&self, work: Work, trace: Option<&TraceContext>) {
+        // The guard lives to the end of this function, however it returns.
+        let Work { ticket, origin, event, permit, received, in_flight: _in_flight } = work;
         // Its partition was revoked and drained meanwhile, or the binding stopped: the event is
         // read again. (Events read before a revocation or a shutdown are still handled: the
         // drain finishes them, so a clean stop or rebalance redelivers nothing.)
@@ -560,7 +652,7 @@ impl Dispatcher {
             return self.abandon(ticket);
         }
         let Some(mut outcome) =
-            decide(&self.binding, event, origin, received.key.as_deref(), &self.cancel).await
+            decide(&self.binding, event, origin, received.key.as_deref(), trace, &self.cancel).await
         else {
             return self.abandon(ticket);
         };

@@ -8,6 +8,8 @@
 //!   modes); hostile references are refused here, before any request.
 //! - [`resolve`]: asks the data owner for the referenced data as the consuming service; the
 //!   owner's answer decides (released, consent denied, gone, or try again).
+//! - [`receipt`]: an access receipt for every answer of a data owner (who asked, why, what was
+//!   decided), written before the answer is acted on.
 //! - [`sandbox`]: runs the handler on the released data in a fresh, limited instance.
 //! - [`dispatch`]: one event through resolve and sandbox to its outcome, with retries; per-key
 //!   ordering and bounded concurrency.
@@ -25,7 +27,7 @@
 //! - [`publish`]: the producer's side, for data owners and requesters (`keyhole publish`).
 //! - [`simulate`]: the same pipeline on an in-process broker and sample data owner, for
 //!   `keyhole dev` and `keyhole demo`.
-//! - [`telemetry`]: logging set-up and metric names.
+//! - [`telemetry`]: logging set-up, the Prometheus metrics and their names, trace context.
 
 pub mod admin;
 pub mod audit;
@@ -36,6 +38,7 @@ pub mod envelope;
 pub mod kafka;
 pub mod pipeline;
 pub mod publish;
+pub mod receipt;
 pub mod registry;
 pub mod resolve;
 pub mod sandbox;

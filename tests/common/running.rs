@@ -2,10 +2,10 @@
 
 use super::broker::{self, create_topic};
 use keyhole::audit::{Decision, Outcome};
-use keyhole::config::{Config, Settings};
+use keyhole::config::{Config, ReceiptSink, Settings};
 use keyhole::pipeline::{self, PipelineError};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -65,6 +65,8 @@ pub struct Setup {
     pub topic: String,
     pub group: String,
     pub settings: Settings,
+    /// The access receipts file, of this test alone.
+    pub receipts: PathBuf,
 }
 
 /// A configuration for one echo binding on a fresh topic, against `owner`.
@@ -86,9 +88,12 @@ pub async fn setup_handler(
     let toml = super::echo_config(&group, &topic, owner_base, &identity, extra_handler_toml)
         .replace(&echo, &super::guest_path(guest).display().to_string());
     let config: Config = toml::from_str(&toml).unwrap();
-    let settings = config.validate(Path::new(".")).unwrap_or_else(|p| panic!("{p:#?}"));
+    let mut settings = config.validate(Path::new(".")).unwrap_or_else(|p| panic!("{p:#?}"));
     broker::create_named_topic(&settings.bindings[0].on_failure.dead_letter_topic, 1).await;
-    Setup { group: settings.bindings[0].group_id.clone(), topic, settings }
+    // Not the default beside the (here imaginary) configuration file: the working directory.
+    let receipts = std::env::temp_dir().join(format!("{}.receipts.jsonl", broker::unique("keyhole")));
+    settings.receipts = ReceiptSink::File(receipts.clone());
+    Setup { group: settings.bindings[0].group_id.clone(), topic, settings, receipts }
 }
 
 /// What the echo handler was given, from its reply.

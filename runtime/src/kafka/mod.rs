@@ -17,17 +17,26 @@ pub use offsets::{OffsetTracker, Partition, Ticket};
 pub use record::raw_record;
 
 use crate::config::{Delivery, KafkaSettings};
+use crate::telemetry::{self, BindingLabels};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A binding's consumer.
 pub type BindingConsumer = StreamConsumer<BindingContext>;
 
-/// Creates a binding's consumer in group `group_id` and subscribes it to `topics`.
+/// How often librdkafka reports statistics (for the consumer lag gauge) unless the operator
+/// set `statistics.interval.ms`: often enough for a scrape interval, rarely enough to cost
+/// nothing.
+const STATISTICS_INTERVAL_MS: &str = "5000";
+
+/// Creates a binding's consumer in group `group_id` and subscribes it to `topics`. `labels`
+/// label its consumer lag gauge.
 pub fn consumer(
     kafka: &KafkaSettings,
     group_id: &str,
@@ -35,6 +44,7 @@ pub fn consumer(
     tracker: Arc<OffsetTracker>,
     drain_timeout: Duration,
     delivery: Delivery,
+    labels: BindingLabels,
 ) -> KafkaResult<BindingConsumer> {
     let mut config = ClientConfig::new();
     config
@@ -43,7 +53,8 @@ pub fn consumer(
         .set("client.id", "keyhole")
         // A new group starts at the beginning: a reference published before keyhole started is
         // still a request someone expects to be handled. Operators may override this one.
-        .set("auto.offset.reset", "earliest");
+        .set("auto.offset.reset", "earliest")
+        .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
     for (name, value) in &kafka.properties {
         config.set(name, value);
     }
@@ -55,6 +66,8 @@ pub fn consumer(
         tracker,
         drain_timeout,
         delivery,
+        labels,
+        lagging: Mutex::default(),
     })?;
     let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
@@ -86,17 +99,52 @@ pub fn commit(consumer: &impl Consumer<BindingContext>, offsets: &[(Partition, i
     consumer.commit(&tpl, CommitMode::Sync)
 }
 
-/// Logs what librdkafka reports and drains revoked partitions before letting them go.
+/// Logs what librdkafka reports, turns its statistics into the consumer lag gauge, and drains
+/// revoked partitions before letting them go.
 pub struct BindingContext {
     group_id: String,
     tracker: Arc<OffsetTracker>,
     drain_timeout: Duration,
     delivery: Delivery,
+    /// The binding's metric labels.
+    labels: BindingLabels,
+    /// The partitions whose lag the last statistics reported: one that is no longer reported
+    /// (revoked) is set to 0, so that summing the gauge over instances does not count it twice.
+    lagging: Mutex<HashSet<(String, i32)>>,
 }
 
 impl ClientContext for BindingContext {
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(group = %self.group_id, %error, reason, "Kafka client error.");
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        let mut now = HashSet::new();
+        for (topic, t) in &statistics.topics {
+            for (&partition, p) in &t.partitions {
+                // -1 is librdkafka's internal "unassigned" partition; a lag of -1 means unknown
+                // (no committed offset or end offset yet, or a partition this consumer does
+                // not hold).
+                if partition < 0 || p.consumer_lag < 0 {
+                    continue;
+                }
+                self.lag(topic, partition).set(p.consumer_lag as f64);
+                now.insert((topic.clone(), partition));
+            }
+        }
+        let mut lagging = self.lagging.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (topic, partition) in lagging.difference(&now) {
+            self.lag(topic, *partition).set(0.0);
+        }
+        *lagging = now;
+    }
+}
+
+impl BindingContext {
+    fn lag(&self, topic: &str, partition: i32) -> metrics::Gauge {
+        let mut labels = self.labels.with("topic", topic.to_string());
+        labels.push(metrics::Label::new("partition", partition.to_string()));
+        metrics::gauge!(telemetry::CONSUMER_LAG, labels)
     }
 }
 

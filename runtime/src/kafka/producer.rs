@@ -14,8 +14,10 @@ use rdkafka::{Offset, TopicPartitionList};
 use std::time::Duration;
 
 /// Consumer-only librdkafka properties: the pass-through table is shared with the consumers,
-/// and a producer would warn about each of these.
+/// and a producer would warn about each of these. `statistics.interval.ms` too: only the
+/// consumers read statistics (for the lag metric); a producer would log each report.
 const CONSUMER_ONLY: &[&str] = &[
+    "statistics.interval.ms",
     "auto.commit.interval.ms",
     "auto.offset.reset",
     "fetch.max.bytes",

@@ -1,40 +1,61 @@
 //! Publishing a handler's reply: a binary-mode CloudEvent correlated to its request, sent by an
 //! idempotent producer with `acks=all` (see [`super::producer`]), and confirmed before the
-//! request's offset may be stored.
+//! request's offset may be stored. A request's `traceparent` continues onto its reply, with
+//! keyhole's span as the parent.
 
 use crate::envelope::ReferenceEvent;
 use crate::sandbox::{HandlerIdentity, Reply};
+use crate::telemetry::TraceContext;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::time::Duration;
+
+/// The request a reply answers, as the reply needs it.
+pub struct Request<'a> {
+    /// The handler that replies.
+    pub who: &'a HandlerIdentity,
+    /// The request event.
+    pub event: &'a ReferenceEvent,
+    /// The request's Kafka key, which the reply keeps.
+    pub key: Option<&'a [u8]>,
+    /// The request's trace context as keyhole continued it: the reply's `traceparent` names
+    /// keyhole's span as its parent. None when the request carried none: keyhole starts no
+    /// traces of its own (it exports none, so a new trace id would lead nowhere).
+    pub trace: Option<&'a TraceContext>,
+}
 
 /// Publishes `reply` to `topic`, keyed like the request, and waits for the broker's
 /// confirmation. Returns the reply's CloudEvents id.
 pub async fn publish(
     producer: &FutureProducer,
     topic: &str,
-    who: &HandlerIdentity,
-    request: &ReferenceEvent,
-    key: Option<&[u8]>,
+    request: &Request<'_>,
     reply: &Reply,
     timeout: Duration,
 ) -> Result<String, KafkaError> {
+    let Request { who, event: request_event, key, trace } = *request;
     let id = crate::publish::new_id();
     let source = format!("urn:keyhole:{}:{}", who.tenant, who.handler);
     let time = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
-    let correlation = request.correlationid.as_deref().unwrap_or(&request.id);
+    let correlation = request_event.correlationid.as_deref().unwrap_or(&request_event.id);
+    let traceparent = trace.map(TraceContext::traceparent);
+    let tracestate = trace.and_then(|trace| trace.tracestate.as_deref());
     let headers = [
-        ("ce_specversion", "1.0"),
-        ("ce_id", id.as_str()),
-        ("ce_source", source.as_str()),
-        ("ce_type", reply.type_.as_str()),
-        ("ce_time", time.as_str()),
-        ("ce_correlationid", correlation),
-        ("ce_causationid", request.id.as_str()),
-        ("content-type", reply.datacontenttype.as_str()),
+        ("ce_specversion", Some("1.0")),
+        ("ce_id", Some(id.as_str())),
+        ("ce_source", Some(source.as_str())),
+        ("ce_type", Some(reply.type_.as_str())),
+        ("ce_time", Some(time.as_str())),
+        ("ce_correlationid", Some(correlation)),
+        ("ce_causationid", Some(request_event.id.as_str())),
+        ("ce_traceparent", traceparent.as_deref()),
+        ("ce_tracestate", tracestate),
+        ("content-type", Some(reply.datacontenttype.as_str())),
     ]
     .into_iter()
+    // Absent attributes are left out, not sent empty.
+    .filter_map(|(name, value)| Some((name, value?)))
     .fold(OwnedHeaders::new(), |headers, (name, value)| {
         headers.insert(Header { key: name, value: Some(value.as_bytes()) })
     });

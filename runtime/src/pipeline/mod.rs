@@ -15,9 +15,11 @@ use crate::config::{BindingSettings, Delivery, Problem, Settings};
 use crate::dispatch::{Binding, Dispatcher, HandlerSlot, PauseGate, Work};
 use crate::envelope;
 use crate::kafka::{self, BindingConsumer, OffsetTracker};
+use crate::receipt::Receipts;
 use crate::registry::{Catalog, Registry};
 use crate::resolve::{Backoff, Resolver};
 use crate::sandbox::{Handler, HandlerIdentity, LoadError, Sandbox};
+use crate::telemetry::{self, BindingLabels, InFlight};
 use rdkafka::Message;
 use rdkafka::consumer::Consumer as _;
 use rdkafka::producer::FutureProducer;
@@ -72,6 +74,8 @@ pub async fn run_with(
     extras: Extras,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), PipelineError> {
+    // The metrics macros record nothing until a recorder is installed.
+    telemetry::prometheus();
     let host = Arc::new(Host::new(settings, extras.tap)?);
     let configured = host.start_configured()?;
     let cancel = CancellationToken::new();
@@ -180,6 +184,8 @@ pub(crate) struct Host {
     pub(crate) sandbox: Sandbox,
     resolvers: Vec<Option<Arc<Resolver>>>,
     audit: Arc<Audit>,
+    /// Where access receipts go.
+    receipts: Arc<Receipts>,
     /// Replies and dead letters of every binding that is not exactly-once.
     pub(crate) producer: Arc<FutureProducer>,
     /// What each binding is doing, by name, for `/readyz` and the admin API.
@@ -209,19 +215,23 @@ impl Host {
             let path = settings.audit_path.as_deref().map(|p| p.display().to_string()).unwrap_or_default();
             problem("audit.path".into(), format!("cannot open {path}: {e}"))
         });
+        let receipts = Receipts::open(&settings.receipts)
+            .map_err(|e| problem("receipts.path".into(), e.to_string()));
         let producer = kafka::producer::shared(&settings.kafka)
             .map_err(|e| problem("kafka".into(), format!("cannot create the producer: {e}")));
-        match (audit, producer) {
-            (Ok(audit), Ok(producer)) if problems.is_empty() => Ok(Host {
+        match (audit, receipts, producer) {
+            (Ok(audit), Ok(receipts), Ok(producer)) if problems.is_empty() => Ok(Host {
                 settings,
                 sandbox,
                 resolvers,
                 audit: Arc::new(audit),
+                receipts: Arc::new(receipts),
                 producer: Arc::new(producer),
                 health: Health::default(),
             }),
-            (audit, producer) => {
+            (audit, receipts, producer) => {
                 problems.extend(audit.err());
+                problems.extend(receipts.err());
                 problems.extend(producer.err());
                 Err(PipelineError::Start(problems))
             }
@@ -288,6 +298,7 @@ impl Host {
             tracker.clone(),
             self.settings.drain_timeout,
             settings.delivery,
+            BindingLabels::new(&settings.name, &settings.tenant),
         )
         .map_err(|e| ("topics", format!("cannot create the Kafka consumer: {e}")))?;
         let binding = Arc::new(Binding {
@@ -298,6 +309,7 @@ impl Host {
             backoff: backoff(settings),
             gate: PauseGate::default(),
             audit: self.audit.clone(),
+            receipts: self.receipts.clone(),
             producer,
         });
         Ok((binding, Arc::new(consumer), tracker))
@@ -422,7 +434,13 @@ async fn consume(
     // The binding's own token: a failure policy may stop this binding alone.
     let cancel = cancel.child_token();
     let dispatcher = Dispatcher::new(binding.clone(), consumer.clone(), tracker.clone(), cancel.clone());
-    let reader = Reader { name: &name, consumer: &consumer, tracker: &tracker, cancel: &cancel };
+    let reader = Reader {
+        name: &name,
+        labels: binding.labels(),
+        consumer: &consumer,
+        tracker: &tracker,
+        cancel: &cancel,
+    };
     if delivery == Delivery::ExactlyOnce {
         transactions(&binding, &reader, &dispatcher, &permits).await?;
     } else {
@@ -462,6 +480,8 @@ async fn consume(
 /// Reads a binding's records into [`Work`].
 struct Reader<'a> {
     name: &'a str,
+    /// The binding's metric labels.
+    labels: BindingLabels,
     consumer: &'a Arc<BindingConsumer>,
     tracker: &'a OffsetTracker,
     cancel: &'a CancellationToken,
@@ -477,7 +497,10 @@ impl Reader<'_> {
                 message = self.consumer.recv() => message,
             };
             let message = match message {
-                Ok(message) => message,
+                Ok(message) => {
+                    metrics::counter!(telemetry::EVENTS_CONSUMED, self.labels.labels()).increment(1);
+                    message
+                }
                 Err(error) => {
                     tracing::warn!(binding = %self.name, %error, "Kafka consumer error.");
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -500,7 +523,8 @@ impl Reader<'_> {
                     offset = origin.offset, reason = %error, "Event refused.");
             }
             let received = kafka::Received::copy(&record, message.timestamp().to_millis());
-            return Some(Work { ticket, origin, received, event, permit });
+            let in_flight = InFlight::start(&self.labels);
+            return Some(Work { ticket, origin, received, event, permit, in_flight });
         }
     }
 

@@ -141,12 +141,6 @@ impl Resolver {
             Ok(_) => "released",
             Err(error) => error.kind(),
         };
-        metrics::counter!(
-            "keyhole_resolve_requests_total",
-            "data_source" => self.name.clone(),
-            "outcome" => label,
-        )
-        .increment(1);
         tracing::debug!(
             data_source = %self.name,
             outcome = label,

@@ -140,6 +140,19 @@ impl ResolveError {
         }
     }
 
+    /// The owner's HTTP status, when it answered with one that keyhole kept: not for a
+    /// transient failure (which may be no answer at all) nor for an answer too large (a 2xx).
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ResolveError::ConsentDenied { status } | ResolveError::Gone { status } => Some(*status),
+            ResolveError::Unauthorized => Some(401),
+            ResolveError::Rejected { status } if *status != 0 => Some(*status),
+            ResolveError::Rejected { .. }
+            | ResolveError::Transient { .. }
+            | ResolveError::TooLarge { .. } => None,
+        }
+    }
+
     /// The owner's `Retry-After`, when the error is transient and it sent one.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

@@ -8,7 +8,8 @@ pub mod report;
 
 use crate::audit::Outcome;
 use crate::config::{
-    BindingSettings, Delivery, FailurePolicies, FailurePolicy, KafkaSettings, RetryConfig, Settings,
+    BindingSettings, Delivery, FailurePolicies, FailurePolicy, KafkaSettings, ReceiptSink, RetryConfig,
+    Settings,
 };
 use crate::pipeline;
 use crate::publish::{self, ReferenceEventSpec};
@@ -162,6 +163,8 @@ fn settings(bootstrap: &str, owner: url::Url, handler: &Path, fixtures: &Fixture
         },
         sandbox: SandboxConfig::default(),
         audit_path: None,
+        // Fixtures are made-up data, and the report shows every decision: no receipts.
+        receipts: ReceiptSink::Discard,
         drain_timeout: Duration::from_secs(5),
         data_sources: vec![DataSourceSettings {
             name: "sample-owner".into(),
