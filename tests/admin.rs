@@ -305,6 +305,7 @@ async fn keyhole_deploy_prints_the_reason_a_component_is_refused() {
 async fn readiness_says_why_keyhole_is_not_ready() {
     let owner = Owner::start().await;
     let state_dir = std::env::temp_dir().join(common::broker::unique("keyhole-registry"));
+    std::fs::create_dir_all(&state_dir).unwrap();
     let toml = common::admin::admin_config("unready", &owner.base_url(), &state_dir)
         .replace(&common::broker::bootstrap(), "127.0.0.1:9");
     let config: keyhole::config::Config = toml::from_str(&toml).unwrap();

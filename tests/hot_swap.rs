@@ -149,6 +149,29 @@ async fn upload_activate_swap_and_roll_back_without_losing_an_event() {
     assert_eq!(handler["active"], v1.as_str());
     assert_eq!(handler["versions"].as_array().unwrap().len(), 2);
 
+    // Each event's access receipt names the version that received its data.
+    let receipts = std::fs::read_to_string(admin.state_dir.join("receipts.jsonl")).unwrap();
+    let receipts: Vec<Value> = receipts.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    for receipt in &receipts {
+        let id = receipt["event_id"].as_str().unwrap();
+        assert_eq!(receipt["handler_version"], seen[id].0.as_str(), "{receipt}");
+        assert_eq!(receipt["decision"], "released");
+    }
+    assert_eq!(receipts.len(), 280, "one receipt per event, none twice");
+
+    // /metrics serves the binding's series over HTTP.
+    let metrics = reqwest::get(format!("{}/metrics", admin.url)).await.unwrap().text().await.unwrap();
+    for series in [
+        "keyhole_events_consumed_total",
+        "keyhole_resolutions_total",
+        "keyhole_handler_duration_seconds_bucket",
+        "keyhole_events_in_flight",
+        "keyhole_events_finished_total",
+    ] {
+        let line = metrics.lines().find(|l| l.starts_with(series) && l.contains(r#"binding="acme/scorer""#));
+        assert!(line.is_some_and(|l| l.contains(r#"tenant="acme""#)), "{series} missing:\n{metrics}");
+    }
+
     // Everything handled is committed: nothing is read again after a restart.
     let group = format!("{}.acme.scorer", admin.group);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);

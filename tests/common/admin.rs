@@ -50,6 +50,9 @@ pub fn admin_config(group: &str, owner_base: &str, state_dir: &Path) -> String {
         name = "other"
         base_url = "http://127.0.0.1:9/"
 
+        [receipts]
+        path = "{state_dir}/receipts.jsonl"
+
         [admin]
         listen = "127.0.0.1:0"
         operator_token = {{ value = "{OPERATOR}" }}
@@ -70,6 +73,8 @@ impl Admin {
 
     /// Starts keyhole on an existing registry directory and consumer group prefix.
     pub async fn start_in(owner_base: &str, state_dir: &Path, group: &str) -> Admin {
+        // The receipts file lives there too, and keyhole opens it before the registry.
+        std::fs::create_dir_all(state_dir).unwrap();
         let config: Config = toml::from_str(&admin_config(group, owner_base, state_dir)).unwrap();
         let settings = config.validate(Path::new(".")).unwrap_or_else(|p| panic!("{p:#?}"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

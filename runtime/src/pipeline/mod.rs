@@ -215,8 +215,8 @@ impl Host {
             let path = settings.audit_path.as_deref().map(|p| p.display().to_string()).unwrap_or_default();
             problem("audit.path".into(), format!("cannot open {path}: {e}"))
         });
-        let receipts = Receipts::open(&settings.receipts)
-            .map_err(|e| problem("receipts.path".into(), e.to_string()));
+        let receipts =
+            Receipts::open(&settings.receipts).map_err(|e| problem("receipts.path".into(), e.to_string()));
         let producer = kafka::producer::shared(&settings.kafka)
             .map_err(|e| problem("kafka".into(), format!("cannot create the producer: {e}")));
         match (audit, receipts, producer) {
