@@ -7,8 +7,7 @@ use super::problem::{self, Problem};
 use crate::pipeline::BindingState;
 use crate::registry::{HandlerSpec, HandlerView, VersionInfo};
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -125,8 +124,10 @@ pub async fn upload(
     State(api): State<Api>,
     headers: HeaderMap,
     Path((tenant, handler)): Path<(String, String)>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, Problem> {
+    // The body is read only once the caller is known and the handler exists, and no further
+    // than the caller's limit: nobody can make keyhole buffer what it would refuse.
     auth::tenant(&api, &headers, &tenant)?;
     let registry = api.supervisor.registry();
     registry.handler(&tenant, &handler)?;
@@ -135,21 +136,17 @@ pub async fn upload(
         Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too-large",
-            format!("the component is {size} bytes; the limit is {limit} bytes"),
+            format!("{size}; the limit is {limit} bytes"),
         )
     };
-    let wasm = match body {
-        Ok(wasm) => wasm,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return Err(too_large("more than".to_string() + &format!(" {}", api.max_upload_bytes)));
-        }
-        Err(rejection) => {
-            return Err(Problem::new(StatusCode::BAD_REQUEST, "unreadable-body", rejection.body_text()));
-        }
-    };
-    if wasm.len() as u64 > limit {
-        return Err(too_large(wasm.len().to_string()));
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if let Some(declared) = declared.filter(|&n| n > limit) {
+        return Err(too_large(format!("the component is {declared} bytes")));
     }
+    let wasm = axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX))
+        .await
+        .map_err(|_| too_large("the component is larger, or its upload broke off".into()))?;
     let wasm = Arc::new(wasm.to_vec());
     let report = {
         let _one_at_a_time = api.validations.acquire().await;

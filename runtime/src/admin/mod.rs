@@ -73,7 +73,6 @@ pub async fn serve(
 /// Every route. The OpenAPI document lists the same ones (a test checks it against this
 /// router).
 pub fn router(api: Api) -> Router {
-    let upload_limit = usize::try_from(api.max_upload_bytes).unwrap_or(usize::MAX);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -90,9 +89,8 @@ pub fn router(api: Api) -> Router {
         )
         .route(
             "/v1/tenants/{tenant}/handlers/{handler}/versions",
-            post(handlers::upload)
-                .get(handlers::versions)
-                .layer(axum::extract::DefaultBodyLimit::max(upload_limit)),
+            // The upload reads its body itself, within the tenant's limit.
+            post(handlers::upload).get(handlers::versions).layer(axum::extract::DefaultBodyLimit::disable()),
         )
         .route(
             "/v1/tenants/{tenant}/handlers/{handler}/versions/{version}",
