@@ -324,3 +324,31 @@ async fn readiness_says_why_keyhole_is_not_ready() {
     assert!(problem["detail"].as_str().unwrap().contains("not reachable"), "{problem}");
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn narrowing_a_grant_stops_the_handlers_it_no_longer_covers() {
+    let owner = Owner::start().await;
+    let admin = Admin::start(&owner.base_url()).await;
+    let topic = common::broker::create_topic(1).await;
+    let a = admin.tenant("a", &[&topic], json!({})).await;
+    let h = "/v1/tenants/a/handlers/h";
+    admin.ok(201, "PUT", h, Some(&a), Body::Json(spec(&topic))).await;
+    let uploaded =
+        admin.ok(201, "POST", &format!("{h}/versions"), Some(&a), Body::Bytes(common::guest("echo"))).await;
+    let version = uploaded["version"].as_str().unwrap();
+    let active =
+        admin.ok(200, "POST", &format!("{h}/versions/{version}/activate"), Some(&a), Body::None).await;
+    assert_eq!(active["state"], "running");
+    let grant = |topics: Vec<&str>| {
+        Body::Json(json!({ "topics": topics, "data_sources": ["owner"], "purposes": ["testing"] }))
+    };
+    admin.ok(200, "PUT", "/v1/tenants/a", Some(OPERATOR), grant(vec!["elsewhere"])).await;
+    let stopped = admin.ok(200, "GET", h, Some(&a), Body::None).await;
+    assert_eq!(stopped["state"], "not_granted", "{stopped:#}");
+    assert!(stopped["state_reason"].as_str().unwrap().contains(&topic), "{stopped:#}");
+    assert_eq!(stopped["active"], version, "the activation is kept for when the grant covers it again");
+    admin.ok(200, "PUT", "/v1/tenants/a", Some(OPERATOR), grant(vec![&topic])).await;
+    let running = admin.ok(200, "GET", h, Some(&a), Body::None).await;
+    assert_eq!(running["state"], "running", "{running:#}");
+    admin.running.stop().await;
+}

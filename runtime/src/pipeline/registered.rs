@@ -87,12 +87,15 @@ impl Supervisor {
     pub async fn reconcile(&self) -> Result<(), Vec<(String, String)>> {
         let mut running = self.running.lock().await;
         let mut desired: HashMap<Key, Deployment> = HashMap::new();
+        let mut not_granted: HashMap<Key, String> = HashMap::new();
         for deployment in self.registry.deployments() {
-            let name = format!("{}/{}", deployment.tenant, deployment.handler);
+            let key = (deployment.tenant.clone(), deployment.handler.clone());
             match &deployment.not_granted {
-                Some(why) => self.host.health.set(&name, BindingState::NotGranted(why.clone())),
+                Some(why) => {
+                    not_granted.insert(key, why.clone());
+                }
                 None => {
-                    desired.insert((deployment.tenant.clone(), deployment.handler.clone()), deployment);
+                    desired.insert(key, deployment);
                 }
             }
         }
@@ -107,20 +110,15 @@ impl Supervisor {
                 tracing::info!(binding = %name, "Stopping an uploaded handler's binding.");
                 deployed.cancel.cancel();
                 let _ = deployed.task.await;
+                // Restarted below, or inactive (deleted, deactivated); not_granted is set below.
                 match desired.contains_key(&key) {
                     true => self.host.health.remove(&name),
-                    false
-                        if self
-                            .host
-                            .health
-                            .get(&name)
-                            .is_some_and(|s| !matches!(s, BindingState::NotGranted(_))) =>
-                    {
-                        self.host.health.set(&name, BindingState::Inactive)
-                    }
-                    false => {}
+                    false => self.host.health.set(&name, BindingState::Inactive),
                 }
             }
+        }
+        for ((tenant, handler), why) in not_granted {
+            self.host.health.set(&format!("{tenant}/{handler}"), BindingState::NotGranted(why));
         }
         let mut problems = Vec::new();
         for (key, deployment) in desired {
