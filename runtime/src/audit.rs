@@ -243,6 +243,25 @@ impl<'a> Record<'a> {
     }
 }
 
+/// Opens a JSON-lines file for appending (created if missing). A process killed in the middle of
+/// a write (SIGKILL, power loss) can leave a torn last line; it is ended here, so the next record
+/// starts on a line of its own and only the torn one fails to parse. (Its event was not
+/// acknowledged: the record is written before the offset is stored, so it comes again.)
+pub fn open_json_lines(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let mut file = std::fs::OpenOptions::new().create(true).read(true).append(true).open(path)?;
+    if file.seek(SeekFrom::End(0))? > 0 {
+        file.seek(SeekFrom::End(-1))?;
+        let mut last = [0u8; 1];
+        file.read_exact(&mut last)?;
+        if last[0] != b'\n' {
+            tracing::warn!(path = %path.display(), "The file ends in a torn line (keyhole was killed while writing it); starting a new line.");
+            file.write_all(b"\n")?;
+        }
+    }
+    Ok(file)
+}
+
 /// Records outcomes: to the log, to the audit file, and to a tap.
 pub struct Audit {
     /// The audit file, appended one line per outcome. Written before the event's offset is
@@ -257,7 +276,7 @@ impl Audit {
     /// An audit that appends to `path` (created if missing) and/or feeds `tap`.
     pub fn new(path: Option<&Path>, tap: Option<mpsc::Sender<Outcome>>) -> std::io::Result<Self> {
         let file = match path {
-            Some(path) => Some(Mutex::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?)),
+            Some(path) => Some(Mutex::new(open_json_lines(path)?)),
             None => None,
         };
         Ok(Audit { file, tap })
@@ -318,5 +337,23 @@ impl Audit {
         if let Err(error) = file.write_all(&line) {
             tracing::error!(%error, "Cannot append to the audit file.");
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    #[test]
+    fn a_torn_last_line_is_ended_before_the_next_record() {
+        let path = std::env::temp_dir().join(format!("keyhole-torn-{}.jsonl", std::process::id()));
+        std::fs::write(&path, "{\"a\":1}\n{\"b\":").unwrap();
+        let mut file = super::open_json_lines(&path).unwrap();
+        std::io::Write::write_all(&mut file, b"{\"c\":3}\n").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "{\"a\":1}\n{\"b\":\n{\"c\":3}\n");
+        // A whole file is left as it is.
+        drop(super::open_json_lines(&path).unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+        std::fs::remove_file(&path).unwrap();
     }
 }

@@ -103,10 +103,7 @@ impl Receipts {
     pub fn open(sink: &ReceiptSink) -> Result<Self, ReceiptError> {
         Ok(Receipts(match sink {
             ReceiptSink::File(path) => Sink::File(Mutex::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
+                crate::audit::open_json_lines(path)
                     .map_err(|source| ReceiptError::Open { path: path.display().to_string(), source })?,
             )),
             ReceiptSink::Kafka { topic } => Sink::Kafka(topic.clone()),
