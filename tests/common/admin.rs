@@ -32,20 +32,7 @@ pub struct Answer {
 pub fn admin_config(group: &str, owner_base: &str, state_dir: &Path) -> String {
     format!(
         r#"
-        [kafka]
-        bootstrap_servers = "{bootstrap}"
-        group_id = "{group}"
-        properties = {{ "fetch.wait.max.ms" = "10", "auto.commit.interval.ms" = "100", "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
-
-        [shutdown]
-        drain_timeout_ms = 10000
-
-        [[data_source]]
-        name = "owner"
-        base_url = "{owner_base}"
-        identity = {{ bearer_token = {{ value = "{token}" }} }}
-        timeout_ms = 2000
-
+        {common}
         [[data_source]]
         name = "other"
         base_url = "http://127.0.0.1:9/"
@@ -58,8 +45,11 @@ pub fn admin_config(group: &str, owner_base: &str, state_dir: &Path) -> String {
         operator_token = {{ value = "{OPERATOR}" }}
         state_dir = "{state_dir}"
         "#,
-        bootstrap = broker::bootstrap(),
-        token = super::owner::TOKEN,
+        common = super::kafka_and_owner_toml(
+            group,
+            owner_base,
+            &format!(r#"{{ bearer_token = {{ value = "{}" }} }}"#, super::owner::TOKEN)
+        ),
         state_dir = state_dir.display(),
     )
 }

@@ -81,6 +81,30 @@ pub fn echo_config(
 ) -> String {
     format!(
         r#"
+        {common}
+        [[handler]]
+        name = "echo"
+        tenant = "acme"
+        component = "{echo}"
+        topics = ["{topic}"]
+        data_source = "owner"
+        purpose = "integration-test"
+        {handler_extra}
+
+        [handler.retry]
+        initial_backoff_ms = 50
+        max_backoff_ms = 500
+        "#,
+        common = kafka_and_owner_toml(group, owner_base, identity),
+        echo = guest_path("echo").display(),
+    )
+}
+
+/// The `[kafka]` (the test broker, consumer groups under `group`), `[shutdown]` and
+/// `[[data_source]] owner` sections every test configuration starts with.
+pub fn kafka_and_owner_toml(group: &str, owner_base: &str, identity: &str) -> String {
+    format!(
+        r#"
         [kafka]
         bootstrap_servers = "{bootstrap}"
         group_id = "{group}"
@@ -97,21 +121,8 @@ pub fn echo_config(
         identity = {identity}
         timeout_ms = 2000
 
-        [[handler]]
-        name = "echo"
-        tenant = "acme"
-        component = "{echo}"
-        topics = ["{topic}"]
-        data_source = "owner"
-        purpose = "integration-test"
-        {handler_extra}
-
-        [handler.retry]
-        initial_backoff_ms = 50
-        max_backoff_ms = 500
         "#,
         bootstrap = broker::bootstrap(),
-        echo = guest_path("echo").display(),
     )
 }
 
