@@ -46,7 +46,7 @@ start_tansu() {
     TANSU_PID=$!
     for _ in $(seq 1 100); do
         if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            export KEYHOLE_TEST_BROKER="127.0.0.1:$port" TANSU_PID
+            export KEYHOLE_TEST_BROKER="127.0.0.1:$port" KEYHOLE_TEST_TANSU="$TANSU_BIN" TANSU_PID
             return 0
         fi
         if ! kill -0 "$TANSU_PID" 2>/dev/null; then

@@ -73,6 +73,11 @@ pub const REPLIES: &str = "keyhole_replies_total";
 pub const RECEIPTS: &str = "keyhole_receipts_total";
 /// Counter: receipt writes that failed and were tried again, by `binding`, `tenant`.
 pub const RECEIPT_ERRORS: &str = "keyhole_receipt_errors_total";
+/// Counter: audit record writes that failed and were tried again, by `binding`, `tenant`.
+pub const AUDIT_ERRORS: &str = "keyhole_audit_errors_total";
+/// Gauge: 1 while a binding is paused (its data source unavailable or refusing keyhole's
+/// credentials), else 0, by `binding`, `tenant`. `/readyz` says why.
+pub const BINDING_PAUSED: &str = "keyhole_binding_paused";
 /// Gauge: messages of a partition not yet consumed by the binding's group, from librdkafka's
 /// statistics (`consumer_lag`: the partition's end offset minus the group's committed offset),
 /// by `binding`, `tenant`, `topic` and `partition`. 0 for a partition this instance no longer
@@ -146,6 +151,8 @@ fn describe() {
     describe_counter!(REPLIES, "Replies published.");
     describe_counter!(RECEIPTS, "Access receipts written, by decision.");
     describe_counter!(RECEIPT_ERRORS, "Receipt writes that failed and were tried again.");
+    describe_counter!(AUDIT_ERRORS, "Audit record writes that failed and were tried again.");
+    describe_gauge!(BINDING_PAUSED, "1 while the binding is paused because its data source cannot answer.");
     describe_gauge!(CONSUMER_LAG, "Messages not yet consumed, per partition.");
 }
 

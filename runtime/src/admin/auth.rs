@@ -44,7 +44,7 @@ pub fn caller(api: &Api, headers: &HeaderMap) -> Result<Caller, Problem> {
         .operator_token_sha256
         .as_ref()
         .is_some_and(|expected| crate::registry::token_matches(token, expected));
-    let tenant = api.supervisor.registry().authenticate(token);
+    let tenant = api.registry.authenticate(token);
     match (operator, tenant) {
         (true, _) => Ok(Caller::Operator),
         (false, Some(tenant)) => Ok(Caller::Tenant(tenant)),

@@ -4,7 +4,6 @@
 use super::Api;
 use super::auth;
 use super::problem::{self, Problem};
-use crate::pipeline::BindingState;
 use crate::registry::{HandlerSpec, HandlerView, VersionInfo};
 use axum::Json;
 use axum::body::Body;
@@ -34,7 +33,7 @@ pub async fn list(
     Path(tenant): Path<String>,
 ) -> Result<Json<Vec<HandlerView>>, Problem> {
     auth::tenant(&api, &headers, &tenant)?;
-    let handlers = api.supervisor.registry().handlers(&tenant)?;
+    let handlers = api.registry.handlers(&tenant)?;
     Ok(Json(handlers.into_iter().map(|h| with_state(&api, h)).collect()))
 }
 
@@ -62,7 +61,7 @@ pub async fn put(
 ) -> Result<Response, Problem> {
     auth::tenant(&api, &headers, &tenant)?;
     let spec = problem::json_body(spec)?;
-    let (_, created) = api.supervisor.registry().put_handler(&tenant, &handler, spec)?;
+    let (_, created) = api.registry.put_handler(&tenant, &handler, spec)?;
     let view = applied(&api, &tenant, &handler).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(view)).into_response())
@@ -83,7 +82,7 @@ pub async fn get(
     Path((tenant, handler)): Path<(String, String)>,
 ) -> Result<Json<HandlerView>, Problem> {
     auth::tenant(&api, &headers, &tenant)?;
-    Ok(Json(with_state(&api, api.supervisor.registry().handler(&tenant, &handler)?)))
+    Ok(Json(with_state(&api, api.registry.handler(&tenant, &handler)?)))
 }
 
 /// Deletes a handler and every version of it; its binding drains and stops.
@@ -101,8 +100,8 @@ pub async fn delete(
     Path((tenant, handler)): Path<(String, String)>,
 ) -> Result<StatusCode, Problem> {
     auth::tenant(&api, &headers, &tenant)?;
-    api.supervisor.registry().delete_handler(&tenant, &handler)?;
-    let _ = api.supervisor.reconcile().await;
+    api.registry.delete_handler(&tenant, &handler)?;
+    let _ = api.control.apply().await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -118,6 +117,7 @@ pub async fn delete(
         (status = 403, description = "Another tenant's token, or the tenant's version limit", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant or handler", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Larger than the tenant's or keyhole's upload limit", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "A `Content-Type` other than `application/wasm` or `application/octet-stream`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Refused: not a component, wrong world, forbidden imports", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn upload(
@@ -129,8 +129,9 @@ pub async fn upload(
     // The body is read only once the caller is known and the handler exists, and no further
     // than the caller's limit: nobody can make keyhole buffer what it would refuse.
     auth::tenant(&api, &headers, &tenant)?;
-    let registry = api.supervisor.registry();
+    let registry = &api.registry;
     registry.handler(&tenant, &handler)?;
+    check_component_type(&headers)?;
     let limit = registry.upload_limit(&tenant)?.min(api.max_upload_bytes);
     let too_large = |size: String| {
         Problem::new(
@@ -150,14 +151,44 @@ pub async fn upload(
     let wasm = Arc::new(wasm.to_vec());
     let report = {
         let _one_at_a_time = api.validations.acquire().await;
-        api.supervisor.check(wasm.clone()).await?
+        api.control.check(wasm.clone()).await?
     };
-    let (info, created) = registry.add_version(&tenant, &handler, &wasm, &report)?;
+    // Stores (and fsyncs) up to the upload limit: on a blocking thread, not an async worker.
+    let (info, created) = {
+        let (registry, tenant, handler) = (api.registry.clone(), tenant.clone(), handler.clone());
+        tokio::task::spawn_blocking(move || registry.add_version(&tenant, &handler, &wasm, &report))
+            .await
+            .map_err(|e| {
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("storing did not finish: {e}"),
+            )
+        })??
+    };
     tracing::info!(tenant = %tenant, handler = %handler, version = %info.version, size_bytes = info.size_bytes,
         "Handler version uploaded.");
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     let location = format!("/v1/tenants/{tenant}/handlers/{handler}/versions/{}", info.version);
     Ok((status, [(header::LOCATION, location)], Json(info)).into_response())
+}
+
+/// An upload is a component: `application/wasm`, or `application/octet-stream` for clients that
+/// send any file that way. No `Content-Type` is taken as octet-stream (RFC 9110 8.3). Anything
+/// else — `curl --data` sends a form — is refused before the body is read.
+fn check_component_type(headers: &HeaderMap) -> Result<(), Problem> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else { return Ok(()) };
+    let essence = value.to_str().unwrap_or_default().split(';').next().unwrap_or_default().trim();
+    if essence.eq_ignore_ascii_case("application/wasm")
+        || essence.eq_ignore_ascii_case("application/octet-stream")
+    {
+        return Ok(());
+    }
+    Err(Problem::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported-media-type",
+        "upload the component as `Content-Type: application/wasm` (curl: --data-binary @handler.wasm -H 'content-type: application/wasm')",
+    ))
 }
 
 /// A handler's versions, oldest first.
@@ -175,7 +206,7 @@ pub async fn versions(
     Path((tenant, handler)): Path<(String, String)>,
 ) -> Result<Json<Vec<VersionInfo>>, Problem> {
     auth::tenant(&api, &headers, &tenant)?;
-    Ok(Json(api.supervisor.registry().handler(&tenant, &handler)?.versions))
+    Ok(Json(api.registry.handler(&tenant, &handler)?.versions))
 }
 
 /// One version's metadata.
@@ -194,7 +225,7 @@ pub async fn version(
     Path((tenant, handler, version)): Path<(String, String, String)>,
 ) -> Result<Json<VersionInfo>, Problem> {
     auth::tenant(&api, &headers, &tenant)?;
-    Ok(Json(api.supervisor.registry().version(&tenant, &handler, &version)?))
+    Ok(Json(api.registry.version(&tenant, &handler, &version)?))
 }
 
 /// Deletes a version that is not active.
@@ -214,7 +245,7 @@ pub async fn delete_version(
     Path((tenant, handler, version)): Path<(String, String, String)>,
 ) -> Result<StatusCode, Problem> {
     auth::tenant(&api, &headers, &tenant)?;
-    api.supervisor.registry().delete_version(&tenant, &handler, &version)?;
+    api.registry.delete_version(&tenant, &handler, &version)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -236,7 +267,7 @@ pub async fn activate(
     Path((tenant, handler, version)): Path<(String, String, String)>,
 ) -> Result<Json<HandlerView>, Problem> {
     auth::tenant(&api, &headers, &tenant)?;
-    let registry = api.supervisor.registry();
+    let registry = &api.registry;
     let before = registry.activation(&tenant, &handler)?;
     registry.activate(&tenant, &handler, &version)?;
     switched(&api, &tenant, &handler, before).await.map(Json)
@@ -259,7 +290,7 @@ pub async fn rollback(
     Path((tenant, handler)): Path<(String, String)>,
 ) -> Result<Json<HandlerView>, Problem> {
     auth::tenant(&api, &headers, &tenant)?;
-    let registry = api.supervisor.registry();
+    let registry = &api.registry;
     let before = registry.activation(&tenant, &handler)?;
     registry.rollback(&tenant, &handler)?;
     switched(&api, &tenant, &handler, before).await.map(Json)
@@ -278,8 +309,8 @@ async fn switched(
             Ok(view)
         }
         Err(problem) => {
-            api.supervisor.registry().restore_activation(tenant, handler, before.0, before.1)?;
-            let _ = api.supervisor.reconcile().await;
+            api.registry.restore_activation(tenant, handler, before.0, before.1)?;
+            let _ = api.control.apply().await;
             Err(problem)
         }
     }
@@ -288,8 +319,8 @@ async fn switched(
 /// Applies the registry's change to the running bindings; this handler's failure is the
 /// request's.
 async fn applied(api: &Api, tenant: &str, handler: &str) -> Result<HandlerView, Problem> {
-    let name = format!("{tenant}/{handler}");
-    if let Err(problems) = api.supervisor.reconcile().await {
+    let name = crate::model::names::binding_name(tenant, handler);
+    if let Err(problems) = api.control.apply().await {
         for (binding, problem) in problems {
             if binding == name {
                 return Err(Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "cannot-start", problem));
@@ -297,22 +328,19 @@ async fn applied(api: &Api, tenant: &str, handler: &str) -> Result<HandlerView, 
             tracing::warn!(binding = %binding, reason = %problem, "Uploaded handler cannot run.");
         }
     }
-    Ok(with_state(api, api.supervisor.registry().handler(tenant, handler)?))
+    Ok(with_state(api, api.registry.handler(tenant, handler)?))
 }
 
 /// Fills in what the binding is doing.
 fn with_state(api: &Api, mut view: HandlerView) -> HandlerView {
     let state = match view.active {
-        None => BindingState::Inactive,
-        Some(_) => api.supervisor.state(&view.tenant, &view.handler),
+        None => super::HandlerState { label: "inactive", reason: None },
+        Some(_) => api.control.state(&view.tenant, &view.handler),
     };
-    view.state = state.label().to_string();
-    view.state_reason = match state {
-        BindingState::NotGranted(why) | BindingState::Failed(why) => Some(why),
-        BindingState::Stopped => {
-            Some("stopped by its failure policy; activate a version to start it again".into())
-        }
-        _ => None,
+    view.state = state.label.to_string();
+    view.state_reason = match state.label {
+        "stopped" => Some("stopped by its failure policy; activate a version to start it again".into()),
+        _ => state.reason,
     };
     view
 }

@@ -1,8 +1,9 @@
 //! The admin API: third parties upload and activate their handlers; the operator grants each
 //! tenant what it may consume; monitoring reads `/metrics`, `/healthz` and `/readyz`.
 //!
-//! It reads and changes the registry and asks the pipeline's [`Supervisor`] to apply changes; it
-//! owns no pipeline state. Its OpenAPI document is generated from the handlers' annotations
+//! It reads and changes the registry and asks a [`Control`] to apply changes to the running
+//! handlers; it owns no engine state and does not depend on the engine, so that it is tested
+//! over an in-memory registry and a fake control (see the unit tests). Its OpenAPI document is generated from the handlers' annotations
 //! ([`openapi`]), served at `/openapi.json` and kept in the repository as `docs/openapi.json`.
 
 mod auth;
@@ -15,7 +16,8 @@ pub use auth::Caller;
 pub use problem::{PROBLEM_JSON, Problem};
 
 use crate::config::AdminSettings;
-use crate::pipeline::Supervisor;
+use crate::registry::Registry;
+use crate::sandbox::{ComponentReport, LoadError};
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -29,9 +31,38 @@ use tokio::sync::Semaphore;
 #[derive(Clone)]
 pub struct Api(Arc<Inner>);
 
+/// What the admin API asks of whatever runs the handlers (the engine's supervisor in keyhole; a
+/// fake in the unit tests).
+pub trait Control: Send + Sync + 'static {
+    /// Validates a component exactly as `keyhole check` does.
+    fn check(&self, wasm: Arc<Vec<u8>>) -> BoxFuture<'_, Result<ComponentReport, LoadError>>;
+    /// What an uploaded handler's binding is doing: its state's name and why, if it has a reason.
+    fn state(&self, tenant: &str, handler: &str) -> HandlerState;
+    /// `Ok` when keyhole can do its work, else every reason it cannot.
+    fn ready(&self) -> BoxFuture<'_, Result<(), Vec<String>>>;
+    /// Makes the running handlers what the registry says; per binding (`tenant/handler`), what
+    /// could not be applied.
+    fn apply(&self) -> BoxFuture<'_, Result<(), Vec<(String, String)>>>;
+}
+
+/// A boxed future, as a trait object's async method returns.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What an uploaded handler's binding is doing, as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandlerState {
+    /// `running`, `paused`, `inactive`, `not_granted`, `stopped`, `failed` or `finished`.
+    pub label: &'static str,
+    /// Why, for the states that have a reason.
+    pub reason: Option<String>,
+}
+
 /// The shared state behind [`Api`].
 pub struct Inner {
-    supervisor: Arc<Supervisor>,
+    /// Tenants, grants, tokens and handlers.
+    registry: Arc<Registry>,
+    /// Applies the registry's changes to the running handlers.
+    control: Arc<dyn Control>,
     operator_token_sha256: Option<[u8; 32]>,
     max_upload_bytes: u64,
     /// Compiling an uploaded component takes a core for seconds: one at a time, so uploads
@@ -47,10 +78,11 @@ impl std::ops::Deref for Api {
 }
 
 impl Api {
-    /// The API over a running pipeline's supervisor.
-    pub fn new(supervisor: Arc<Supervisor>, settings: &AdminSettings) -> Self {
+    /// The API over `registry`, applying changes through `control`.
+    pub fn new(registry: Arc<Registry>, control: Arc<dyn Control>, settings: &AdminSettings) -> Self {
         Api(Arc::new(Inner {
-            supervisor,
+            registry,
+            control,
             operator_token_sha256: settings.operator_token_sha256,
             max_upload_bytes: settings.max_upload_bytes,
             validations: Semaphore::new(1),
@@ -133,7 +165,7 @@ async fn healthz() -> &'static str {
         (status = 503, description = "Not ready, and why", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn readyz(State(api): State<Api>) -> Response {
-    match api.supervisor.ready().await {
+    match api.control.ready().await {
         Ok(()) => "ready\n".into_response(),
         Err(problems) => {
             Problem::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", problems.join("; ")).into_response()
@@ -156,3 +188,7 @@ async fn metrics() -> Response {
 async fn openapi_json() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], openapi::document()).into_response()
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests;

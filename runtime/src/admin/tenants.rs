@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
     ))]
 pub async fn list(State(api): State<Api>, headers: HeaderMap) -> Result<Json<Vec<TenantView>>, Problem> {
     auth::operator(&api, &headers)?;
-    Ok(Json(api.supervisor.registry().tenants()))
+    Ok(Json(api.registry.tenants()))
 }
 
 /// Creates a tenant or replaces what it is granted (operator only). Handlers the new grant no
@@ -44,7 +44,7 @@ pub async fn put(
 ) -> Result<Response, Problem> {
     auth::operator(&api, &headers)?;
     let grant = problem::json_body(grant)?;
-    let (view, created) = api.supervisor.registry().put_tenant(&tenant, grant)?;
+    let (view, created) = api.registry.put_tenant(&tenant, grant)?;
     applied(&api).await;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(view)).into_response())
@@ -65,7 +65,7 @@ pub async fn get(
     Path(tenant): Path<String>,
 ) -> Result<Json<TenantView>, Problem> {
     auth::tenant(&api, &headers, &tenant)?;
-    Ok(Json(api.supervisor.registry().tenant(&tenant)?))
+    Ok(Json(api.registry.tenant(&tenant)?))
 }
 
 /// Deletes a tenant with its tokens and handlers; its bindings stop (operator only).
@@ -83,7 +83,7 @@ pub async fn delete(
     Path(tenant): Path<String>,
 ) -> Result<StatusCode, Problem> {
     auth::operator(&api, &headers)?;
-    api.supervisor.registry().delete_tenant(&tenant)?;
+    api.registry.delete_tenant(&tenant)?;
     applied(&api).await;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -104,7 +104,7 @@ pub async fn issue_token(
     Path(tenant): Path<String>,
 ) -> Result<Response, Problem> {
     auth::operator(&api, &headers)?;
-    let issued = api.supervisor.registry().issue_token(&tenant)?;
+    let issued = api.registry.issue_token(&tenant)?;
     tracing::info!(tenant = %tenant, token_id = %issued.id, "Token issued.");
     Ok((StatusCode::CREATED, Json(issued)).into_response())
 }
@@ -124,7 +124,7 @@ pub async fn revoke_token(
     Path((tenant, token_id)): Path<(String, String)>,
 ) -> Result<StatusCode, Problem> {
     auth::operator(&api, &headers)?;
-    api.supervisor.registry().revoke_token(&tenant, &token_id)?;
+    api.registry.revoke_token(&tenant, &token_id)?;
     tracing::info!(tenant = %tenant, token_id = %token_id, "Token revoked.");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -132,7 +132,7 @@ pub async fn revoke_token(
 /// Applies a grant change to the running bindings; what cannot start is reported in each
 /// handler's state, not as the grant's failure.
 async fn applied(api: &Api) {
-    if let Err(problems) = api.supervisor.reconcile().await {
+    if let Err(problems) = api.control.apply().await {
         for (binding, problem) in problems {
             tracing::warn!(binding = %binding, reason = %problem, "Uploaded handler cannot run.");
         }

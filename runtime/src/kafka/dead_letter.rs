@@ -6,9 +6,9 @@
 //! original record's, byte for byte, except that a `dataref`'s query string (which may carry a
 //! token) is cut off, and a header says so.
 
-use crate::audit::Origin;
+use crate::cloudevents::RawRecord;
 use crate::config::Stage;
-use crate::envelope::RawRecord;
+use crate::records::audit::Origin;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};

@@ -14,7 +14,7 @@ pub mod reply;
 
 pub use dead_letter::Received;
 pub use offsets::{OffsetTracker, Partition, Ticket};
-pub use record::raw_record;
+pub use record::{owned_headers, raw_record};
 
 use crate::config::{Delivery, KafkaSettings};
 use crate::telemetry::{self, BindingLabels};

@@ -5,7 +5,7 @@
 //! name that is not UTF-8 is handled as bad input instead.
 #![allow(unsafe_code)]
 
-use crate::envelope::RawRecord;
+use crate::cloudevents::RawRecord;
 use rdkafka::Message;
 use rdkafka::bindings as rdsys;
 use rdkafka::message::BorrowedMessage;
@@ -13,6 +13,13 @@ use std::ffi::{CStr, c_char, c_void};
 
 /// Stands in for a `ce_` header name that is not UTF-8; the envelope refuses it as malformed.
 const NOT_UTF8_CE_HEADER: &str = "ce_\u{fffd}";
+
+/// Headers to send, from `(name, value)` pairs (see [`crate::cloudevents::encode`]).
+pub fn owned_headers<N: AsRef<str>>(pairs: &[(N, &str)]) -> rdkafka::message::OwnedHeaders {
+    pairs.iter().fold(rdkafka::message::OwnedHeaders::new(), |headers, (name, value)| {
+        headers.insert(rdkafka::message::Header { key: name.as_ref(), value: Some(value.as_bytes()) })
+    })
+}
 
 /// The key, value and headers of a message, borrowed from it.
 pub fn raw_record<'a>(message: &'a BorrowedMessage<'a>) -> RawRecord<'a> {

@@ -3,11 +3,10 @@
 //! request's offset may be stored. A request's `traceparent` continues onto its reply, with
 //! keyhole's span as the parent.
 
-use crate::envelope::ReferenceEvent;
+use crate::cloudevents::{ReferenceEvent, encode};
 use crate::sandbox::{HandlerIdentity, Reply};
 use crate::telemetry::TraceContext;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::time::Duration;
 
@@ -35,30 +34,26 @@ pub async fn publish(
     timeout: Duration,
 ) -> Result<String, KafkaError> {
     let Request { who, event: request_event, key, trace } = *request;
-    let id = crate::publish::new_id();
+    let id = encode::new_id();
     let source = format!("urn:keyhole:{}:{}", who.tenant, who.handler);
-    let time = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    let time = encode::now();
     let correlation = request_event.correlationid.as_deref().unwrap_or(&request_event.id);
     let traceparent = trace.map(TraceContext::traceparent);
     let tracestate = trace.and_then(|trace| trace.tracestate.as_deref());
-    let headers = [
-        ("ce_specversion", Some("1.0")),
-        ("ce_id", Some(id.as_str())),
-        ("ce_source", Some(source.as_str())),
-        ("ce_type", Some(reply.type_.as_str())),
-        ("ce_time", Some(time.as_str())),
-        ("ce_correlationid", Some(correlation)),
-        ("ce_causationid", Some(request_event.id.as_str())),
-        ("ce_traceparent", traceparent.as_deref()),
-        ("ce_tracestate", tracestate),
-        ("content-type", Some(reply.datacontenttype.as_str())),
-    ]
-    .into_iter()
-    // Absent attributes are left out, not sent empty.
-    .filter_map(|(name, value)| Some((name, value?)))
-    .fold(OwnedHeaders::new(), |headers, (name, value)| {
-        headers.insert(Header { key: name, value: Some(value.as_bytes()) })
-    });
+    let headers = super::owned_headers(&encode::binary_headers(
+        &[
+            ("specversion", Some("1.0")),
+            ("id", Some(id.as_str())),
+            ("source", Some(source.as_str())),
+            ("type", Some(reply.type_.as_str())),
+            ("time", Some(time.as_str())),
+            ("correlationid", Some(correlation)),
+            ("causationid", Some(request_event.id.as_str())),
+            ("traceparent", traceparent.as_deref()),
+            ("tracestate", tracestate),
+        ],
+        Some(reply.datacontenttype.as_str()),
+    ));
     let mut record: FutureRecord<'_, [u8], [u8]> =
         FutureRecord::to(topic).headers(headers).payload(&reply.data);
     if let Some(key) = key {

@@ -5,86 +5,30 @@
 //! grants and active versions. Every change is checked and saved before it is applied in memory:
 //! a change that cannot be saved did not happen.
 
+mod error;
 mod model;
+mod rules;
 mod store;
 mod token;
+mod views;
 
 pub use model::{
     Deployment, Grant, HandlerSpec, HandlerView, IssuedToken, TenantLimits, TenantView, VersionInfo,
 };
 
+pub use error::RegistryError;
 pub use token::matches as token_matches;
 
-use crate::config::{is_name, is_topic};
+use crate::model::names::{NAME_RULE, is_name, is_topic};
+use crate::model::purpose::is_purpose;
 use crate::sandbox::ComponentReport;
 use model::{HandlerRecord, State, TenantRecord};
+use rules::{check_spec, contract_of, handler_record, handler_record_mut, hex_of, normalise, now};
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Mutex;
 use store::Store;
-
-/// Why a registry operation was refused. The admin API maps each to its HTTP status.
-#[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
-    /// No such tenant.
-    #[error("no tenant named {0:?}")]
-    UnknownTenant(String),
-    /// No such handler.
-    #[error("tenant {tenant:?} has no handler named {handler:?}")]
-    UnknownHandler {
-        /// The tenant.
-        tenant: String,
-        /// The handler.
-        handler: String,
-    },
-    /// No such version of the handler.
-    #[error("handler {handler:?} has no version {version}")]
-    UnknownVersion {
-        /// The handler.
-        handler: String,
-        /// The version asked for.
-        version: String,
-    },
-    /// No such token.
-    #[error("tenant {tenant:?} has no token {id:?}")]
-    UnknownToken {
-        /// The tenant.
-        tenant: String,
-        /// The token id.
-        id: String,
-    },
-    /// The handler's spec asks for something the tenant was not granted.
-    #[error("{what} {value:?} is not granted to tenant {tenant:?}")]
-    NotGranted {
-        /// The tenant.
-        tenant: String,
-        /// `topic`, `data source`, `purpose` or `reply topic`.
-        what: &'static str,
-        /// What was asked for.
-        value: String,
-    },
-    /// Above one of the tenant's limits.
-    #[error("{limit} is {value}, above tenant {tenant:?}'s limit of {max}")]
-    OverLimit {
-        /// The tenant.
-        tenant: String,
-        /// The limit's name.
-        limit: &'static str,
-        /// What was asked for.
-        value: u64,
-        /// The limit.
-        max: u64,
-    },
-    /// The request is malformed: a bad name, topic or value.
-    #[error("{0}")]
-    Invalid(String),
-    /// The request conflicts with the current state.
-    #[error("{0}")]
-    Conflict(String),
-    /// The directory cannot be read or written.
-    #[error("the registry's directory: {0}")]
-    Storage(#[from] std::io::Error),
-}
+use views::{handler_view, tenant_view};
 
 /// What the registry checks grants and specs against: the host's configuration.
 #[derive(Clone, Debug, Default)]
@@ -146,9 +90,7 @@ impl Registry {
     /// no longer covers stay stored but stop running (their state says why).
     pub fn put_tenant(&self, tenant: &str, grant: Grant) -> Result<(TenantView, bool), RegistryError> {
         if !is_name(tenant) {
-            return Err(RegistryError::Invalid(format!(
-                "tenant name {tenant:?} must be 1-64 characters of a-z, 0-9, '-', '_' or '.'"
-            )));
+            return Err(RegistryError::Invalid(format!("tenant name {tenant:?} must be {NAME_RULE}")));
         }
         self.check_grant(&grant)?;
         self.change(|state| {
@@ -239,9 +181,7 @@ impl Registry {
         spec: HandlerSpec,
     ) -> Result<(HandlerView, bool), RegistryError> {
         if !is_name(handler) {
-            return Err(RegistryError::Invalid(format!(
-                "handler name {handler:?} must be 1-64 characters of a-z, 0-9, '-', '_' or '.'"
-            )));
+            return Err(RegistryError::Invalid(format!("handler name {handler:?} must be {NAME_RULE}")));
         }
         if self.catalog.configured.contains(&(tenant.to_string(), handler.to_string())) {
             return Err(RegistryError::Conflict(format!(
@@ -529,138 +469,4 @@ impl Registry {
         }
         Ok(())
     }
-}
-
-/// Checks a spec against the tenant's grant and limits.
-fn check_spec(
-    tenant: &str,
-    grant: &Grant,
-    catalog: &Catalog,
-    spec: &HandlerSpec,
-) -> Result<(), RegistryError> {
-    let not_granted =
-        |what, value: &str| RegistryError::NotGranted { tenant: tenant.into(), what, value: value.into() };
-    if spec.topics.is_empty() {
-        return Err(RegistryError::Invalid("topics must name at least one topic".into()));
-    }
-    for topic in &spec.topics {
-        if !grant.topics.contains(topic) {
-            return Err(not_granted("topic", topic));
-        }
-    }
-    if !grant.data_sources.contains(&spec.data_source) || !catalog.data_sources.contains(&spec.data_source) {
-        return Err(not_granted("data source", &spec.data_source));
-    }
-    if !grant.purposes.contains(&spec.purpose) {
-        return Err(not_granted("purpose", &spec.purpose));
-    }
-    if let Some(reply) = &spec.reply_topic {
-        if !grant.reply_topics.contains(reply) {
-            return Err(not_granted("reply topic", reply));
-        }
-        if spec.topics.contains(reply) {
-            return Err(RegistryError::Invalid(format!("{reply:?} is also consumed: replies would loop")));
-        }
-    }
-    let l = &grant.limits;
-    let over = |limit, value: u64, max: u64| {
-        (value > max || value == 0).then(|| RegistryError::OverLimit {
-            tenant: tenant.into(),
-            limit,
-            value,
-            max,
-        })
-    };
-    let checks = [
-        spec.max_in_flight.and_then(|v| over("max_in_flight", v.into(), l.max_in_flight.into())),
-        spec.deadline_ms.and_then(|v| over("deadline_ms", v, l.max_deadline_ms)),
-        spec.max_memory_bytes.and_then(|v| over("max_memory_bytes", v, l.max_memory_bytes)),
-    ];
-    match checks.into_iter().flatten().next() {
-        Some(error) => Err(error),
-        None => Ok(()),
-    }
-}
-
-fn handler_record<'a>(
-    state: &'a State,
-    tenant: &str,
-    handler: &str,
-) -> Result<&'a HandlerRecord, RegistryError> {
-    let record = state.tenants.get(tenant).ok_or_else(|| RegistryError::UnknownTenant(tenant.into()))?;
-    record
-        .handlers
-        .get(handler)
-        .ok_or_else(|| RegistryError::UnknownHandler { tenant: tenant.into(), handler: handler.into() })
-}
-
-fn handler_record_mut<'a>(
-    state: &'a mut State,
-    tenant: &str,
-    handler: &str,
-) -> Result<&'a mut HandlerRecord, RegistryError> {
-    let record = state.tenants.get_mut(tenant).ok_or_else(|| RegistryError::UnknownTenant(tenant.into()))?;
-    record
-        .handlers
-        .get_mut(handler)
-        .ok_or_else(|| RegistryError::UnknownHandler { tenant: tenant.into(), handler: handler.into() })
-}
-
-fn tenant_view(name: &str, record: &TenantRecord) -> TenantView {
-    TenantView {
-        tenant: name.to_string(),
-        grant: record.grant.clone(),
-        token_ids: record.tokens.iter().map(|t| t.id.clone()).collect(),
-        handlers: record.handlers.keys().cloned().collect(),
-    }
-}
-
-fn handler_view(tenant: &str, name: &str, record: &HandlerRecord) -> HandlerView {
-    HandlerView {
-        tenant: tenant.to_string(),
-        handler: name.to_string(),
-        spec: record.spec.clone(),
-        active: record.active.clone(),
-        rollback_to: record.previous.last().cloned(),
-        versions: record.versions.clone(),
-        state: if record.active.is_some() { "running" } else { "inactive" }.to_string(),
-        state_reason: None,
-    }
-}
-
-/// Accepts a version as `sha256:<hex>` or as the bare hex digest.
-fn normalise(version: &str) -> String {
-    if version.starts_with("sha256:") { version.to_string() } else { format!("sha256:{version}") }
-}
-
-/// The hex digest of a `sha256:<hex>` version, checked so that it is safe as a file name.
-fn hex_of(version: &str) -> Result<&str, RegistryError> {
-    version
-        .strip_prefix("sha256:")
-        .filter(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or_else(|| RegistryError::Invalid(format!("{version:?} is not a sha256:<hex> version")))
-}
-
-/// The handler contract a component targets, from its `keyhole:handler/...@version` imports;
-/// the host's own when it imports none (it validated against the host's).
-fn contract_of(report: &ComponentReport) -> String {
-    report
-        .imports
-        .iter()
-        .find_map(|import| {
-            let rest = import.strip_prefix("keyhole:handler/")?;
-            let (_, version) = rest.split_once('@')?;
-            Some(format!("keyhole:handler@{version}"))
-        })
-        .unwrap_or_else(|| crate::sandbox::CONTRACT.to_string())
-}
-
-fn is_purpose(purpose: &str) -> bool {
-    !purpose.trim().is_empty()
-        && purpose.len() <= 512
-        && purpose.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
-}
-
-fn now() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }

@@ -8,6 +8,7 @@ use bytes::{Bytes, BytesMut};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Semaphore;
 use url::Url;
@@ -42,6 +43,10 @@ pub struct Resolver {
     /// Bounds concurrent requests so that keyhole never floods the owner; a permit is held
     /// until the body is read.
     permits: Semaphore,
+    /// How many times the owner answered (anything but a transient failure), by any binding:
+    /// an event failing while this grows fails on its own (a poison reference), not because
+    /// the owner is down.
+    answered: AtomicU64,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -121,12 +126,19 @@ impl Resolver {
             timeout,
             max_response_bytes,
             permits: Semaphore::new(max_concurrent_requests.min(Semaphore::MAX_PERMITS)),
+            answered: AtomicU64::new(0),
         })
     }
 
     /// The data source's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// How many times the data owner has answered so far (anything but a transient failure).
+    /// Compare two readings to learn whether it answered anyone in between.
+    pub fn answered(&self) -> u64 {
+        self.answered.load(Ordering::Relaxed)
     }
 
     /// One attempt: GET `url` as the consuming service. No retries here.
@@ -137,6 +149,9 @@ impl Resolver {
     pub async fn fetch(&self, url: &Url, who: &Requester<'_>) -> Result<Released, ResolveError> {
         let started = Instant::now();
         let outcome = self.fetch_once(url, who).await;
+        if !matches!(outcome, Err(ResolveError::Transient { .. })) {
+            self.answered.fetch_add(1, Ordering::Relaxed);
+        }
         let label = match &outcome {
             Ok(_) => "released",
             Err(error) => error.kind(),

@@ -42,7 +42,7 @@ pub struct DataSourceSettings {
     /// The data source's name in the configuration; names it in logs, metrics and errors.
     pub name: String,
     /// Base URL; its path ends with '/'. References are resolved against it by the caller
-    /// (`envelope::DataRef::resolve_against`) before [`Resolver::fetch`] is called, and the
+    /// (`cloudevents::DataRef::resolve_against`) before [`Resolver::fetch`] is called, and the
     /// resolver refuses any URL (or redirect) that leaves it.
     pub base_url: url::Url,
     /// How keyhole proves who it is to the data owner.

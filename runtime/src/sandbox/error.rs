@@ -116,6 +116,21 @@ pub enum GuestError {
 }
 
 impl GuestError {
+    /// Every [`GuestError::kind`], so that metrics can show each at 0 before it first happens.
+    pub const KINDS: &'static [&'static str] = &[
+        "handler_retryable",
+        "handler_rejected",
+        "deadline_exceeded",
+        "memory_exceeded",
+        "table_exceeded",
+        "instantiation_limit",
+        "reply_too_large",
+        "log_budget_exceeded",
+        "trapped",
+        "malformed_return",
+        "no_capacity",
+    ];
+
     /// Whether handling the same event again may succeed. Resource exhaustion by the guest is
     /// not retryable: the same code on the same data exceeds the same limit again.
     pub fn is_retryable(&self) -> bool {

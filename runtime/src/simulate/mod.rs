@@ -1,18 +1,18 @@
 //! Runs a handler on fixtures through the real pipeline, with nothing else running: an in-process
 //! Kafka cluster (librdkafka's mock cluster), an in-process sample data owner, and the same
-//! `pipeline::run` that `keyhole run` uses. This is `keyhole dev` and `keyhole demo`.
+//! `app::run` that `keyhole run` uses. This is `keyhole dev` and `keyhole demo`.
 
 pub mod fixtures;
 pub mod owner;
 pub mod report;
 
-use crate::audit::Outcome;
+use crate::app;
+use crate::client::publish::{self, ReferenceEventSpec};
 use crate::config::{
     BindingSettings, Delivery, FailurePolicies, FailurePolicy, KafkaSettings, ReceiptSink, RetryConfig,
     Settings,
 };
-use crate::pipeline;
-use crate::publish::{self, ReferenceEventSpec};
+use crate::records::audit::Outcome;
 use crate::resolve::{DataSourceSettings, Identity};
 use crate::sandbox::{GuestOutput, SandboxConfig};
 use fixtures::{EventEntry, Fixtures};
@@ -52,7 +52,7 @@ pub enum SimulateError {
     Owner(#[from] std::io::Error),
     /// The pipeline refused to start (an invalid handler, say) or failed.
     #[error(transparent)]
-    Pipeline(#[from] pipeline::PipelineError),
+    Pipeline(#[from] app::RunError),
     /// Not every event was decided in time.
     #[error("only {decided} of {expected} events were decided within {waited:?}")]
     TimedOut {
@@ -102,7 +102,7 @@ pub async fn run(handler: &Path, fixtures: &Fixtures) -> Result<Vec<EventResult>
     let settings = settings(&cluster.bootstrap_servers(), owner.base_url(), handler, fixtures);
     let (tap, mut outcomes) = mpsc::channel(fixtures.events.len().max(1));
     let (stop, stopped) = oneshot::channel::<()>();
-    let running = tokio::spawn(pipeline::run(settings, Some(tap), async {
+    let running = tokio::spawn(app::run(settings, Some(tap), async {
         let _ = stopped.await;
     }));
 
@@ -125,7 +125,7 @@ pub async fn run(handler: &Path, fixtures: &Fixtures) -> Result<Vec<EventResult>
         Ok(Err(error)) => return Err(error.into()),
         Ok(Ok(())) => {}
         Err(join) => {
-            return Err(SimulateError::Pipeline(pipeline::PipelineError::Binding {
+            return Err(SimulateError::Pipeline(app::RunError::Binding {
                 binding: "dev".into(),
                 message: join.to_string(),
             }));
@@ -166,6 +166,7 @@ fn settings(bootstrap: &str, owner: url::Url, handler: &Path, fixtures: &Fixture
         // Fixtures are made-up data, and the report shows every decision: no receipts.
         receipts: ReceiptSink::Discard,
         drain_timeout: Duration::from_secs(5),
+        commit_timeout: Duration::from_secs(5),
         data_sources: vec![DataSourceSettings {
             name: "sample-owner".into(),
             base_url: owner,

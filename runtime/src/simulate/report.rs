@@ -2,8 +2,8 @@
 //! never saw the data; then the totals. Readable by a person, or one JSON object per line.
 
 use super::EventResult;
-use crate::audit::Decision;
 use crate::config::Stage;
+use crate::records::audit::Decision;
 use crate::sandbox::Reply;
 use base64::Engine as _;
 use std::fmt::Write as _;

@@ -1,0 +1,188 @@
+//! keyhole as `keyhole run` starts it: the engine, the registry and the admin API wired
+//! together. The only module that knows all three: the engine does not know the admin API, and
+//! the admin API reaches the engine only through [`admin::Control`].
+
+use crate::admin::{self, BoxFuture, Control, HandlerState};
+use crate::config::{AdminSettings, Problem, Settings};
+use crate::engine::{BindingError, Engine, Supervisor};
+use crate::records::audit::Outcome;
+use crate::registry::{Catalog, Registry};
+use crate::sandbox::{ComponentReport, LoadError};
+use crate::telemetry;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Why keyhole could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Something configured could not be loaded; every problem is listed.
+    #[error("cannot start: {} problem(s):\n{}", .0.len(), .0.iter().map(|p| format!("  {}: {}", p.path, p.message)).collect::<Vec<_>>().join("\n"))]
+    Start(Vec<Problem>),
+    /// Every binding stopped because a failure policy said so.
+    #[error("every binding stopped on a failure (on_failure = \"stop\"); see the log")]
+    Stopped,
+    /// A binding's consumer failed.
+    #[error("binding {binding}: {message}")]
+    Binding {
+        /// The binding.
+        binding: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// What a caller may add to a run besides the configuration.
+#[derive(Default)]
+pub struct Extras {
+    /// Receives every outcome too (tests, the demo).
+    pub tap: Option<mpsc::Sender<Outcome>>,
+    /// The admin API's listener, already bound (tests bind port 0); without it, keyhole binds
+    /// `admin.listen` when `[admin]` is configured.
+    pub admin_listener: Option<tokio::net::TcpListener>,
+}
+
+/// Runs every configured binding until `shutdown` completes, then drains and commits.
+/// Outcomes also go to `tap` when given (tests, the demo).
+pub async fn run(
+    settings: Settings,
+    tap: Option<mpsc::Sender<Outcome>>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    run_with(settings, Extras { tap, admin_listener: None }, shutdown).await
+}
+
+/// [`run`], with the admin API and the handlers uploaded to it when `[admin]` is configured.
+pub async fn run_with(
+    settings: Settings,
+    extras: Extras,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    // The metrics macros record nothing until a recorder is installed.
+    telemetry::prometheus();
+    let engine = Arc::new(Engine::new(settings, extras.tap).map_err(RunError::Start)?);
+    let configured = engine.start_configured().map_err(RunError::Start)?;
+    let cancel = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for started in configured {
+        let name = started.0.settings.name.clone();
+        let (engine, cancel) = (engine.clone(), cancel.clone());
+        tasks.spawn(async move { engine.consume(started, cancel).await.map_err(|e| ended(name, e)) });
+    }
+    let supervisor = match &engine.settings.admin {
+        Some(admin) => Some(start_admin(&engine, admin, extras.admin_listener, &cancel).await?),
+        None => None,
+    };
+    tracing::info!(bindings = tasks.len(), admin = supervisor.is_some(), "keyhole is running.");
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => {
+                tracing::info!("Shutting down: draining in-flight events.");
+                break;
+            }
+            Some(ended) = tasks.join_next(), if !tasks.is_empty() => match ended {
+                // A binding its failure policy stopped: the others go on (and the admin API may
+                // start more).
+                Ok(Err(RunError::Stopped)) if !tasks.is_empty() || supervisor.is_some() => continue,
+                Ok(Err(RunError::Stopped)) => return Err(RunError::Stopped),
+                // A binding that ends on its own failed; stop the others too.
+                ended => {
+                    cancel.cancel();
+                    while tasks.join_next().await.is_some() {}
+                    if let Some(supervisor) = &supervisor {
+                        supervisor.stop_all().await;
+                    }
+                    return match ended {
+                        Ok(result) => result,
+                        Err(join) => Err(RunError::Binding { binding: "?".into(), message: join.to_string() }),
+                    };
+                }
+            },
+        }
+    }
+    cancel.cancel();
+    let mut result = Ok(());
+    while let Some(ended) = tasks.join_next().await {
+        match ended {
+            Ok(Ok(()) | Err(RunError::Stopped)) => {}
+            Ok(Err(error)) => result = Err(error),
+            Err(join) => result = Err(RunError::Binding { binding: "?".into(), message: join.to_string() }),
+        }
+    }
+    if let Some(supervisor) = &supervisor {
+        supervisor.stop_all().await;
+    }
+    result
+}
+
+fn ended(binding: String, error: BindingError) -> RunError {
+    match error {
+        BindingError::Stopped => RunError::Stopped,
+        BindingError::Failed(message) => RunError::Binding { binding, message },
+    }
+}
+
+/// Opens the registry, starts the handlers active in it, and serves the admin API until
+/// `cancel`.
+async fn start_admin(
+    engine: &Arc<Engine>,
+    admin: &AdminSettings,
+    listener: Option<tokio::net::TcpListener>,
+    cancel: &CancellationToken,
+) -> Result<Arc<Supervisor>, RunError> {
+    let start_problem =
+        |path: &str, message: String| RunError::Start(vec![Problem { path: path.into(), message }]);
+    let catalog = Catalog {
+        data_sources: engine.settings.data_sources.iter().map(|s| s.name.clone()).collect(),
+        configured: engine.settings.bindings.iter().map(|b| (b.tenant.clone(), b.handler.clone())).collect(),
+    };
+    let registry = Registry::open(&admin.state_dir, catalog)
+        .map_err(|e| start_problem("admin.state_dir", format!("{}: {e}", admin.state_dir.display())))?;
+    let registry = Arc::new(registry);
+    let supervisor = Arc::new(Supervisor::new(engine.clone(), registry.clone(), cancel.clone()));
+    // Handlers that cannot start now are reported in their state; keyhole itself still starts,
+    // so that their tenants can fix them through the API.
+    if let Err(problems) = supervisor.reconcile().await {
+        for (binding, problem) in problems {
+            tracing::error!(binding = %binding, reason = %problem, "Uploaded handler cannot start.");
+        }
+    }
+    let listener = match listener {
+        Some(listener) => listener,
+        None => tokio::net::TcpListener::bind(admin.listen)
+            .await
+            .map_err(|e| start_problem("admin.listen", format!("cannot listen on {}: {e}", admin.listen)))?,
+    };
+    let api = admin::Api::new(registry, Arc::new(SupervisorControl(supervisor.clone())), admin);
+    let shutdown = cancel.clone();
+    tokio::spawn(async move {
+        if let Err(error) = admin::serve(listener, api, shutdown.cancelled_owned()).await {
+            tracing::error!(%error, "The admin API stopped.");
+        }
+    });
+    Ok(supervisor)
+}
+
+/// The admin API's view of the engine's supervisor.
+struct SupervisorControl(Arc<Supervisor>);
+
+impl Control for SupervisorControl {
+    fn check(&self, wasm: Arc<Vec<u8>>) -> BoxFuture<'_, Result<ComponentReport, LoadError>> {
+        Box::pin(self.0.check(wasm))
+    }
+
+    fn state(&self, tenant: &str, handler: &str) -> HandlerState {
+        let state = self.0.state(tenant, handler);
+        HandlerState { label: state.label(), reason: state.reason().map(str::to_string) }
+    }
+
+    fn ready(&self) -> BoxFuture<'_, Result<(), Vec<String>>> {
+        Box::pin(self.0.ready())
+    }
+
+    fn apply(&self) -> BoxFuture<'_, Result<(), Vec<(String, String)>>> {
+        Box::pin(self.0.reconcile())
+    }
+}

@@ -1,0 +1,206 @@
+//! The `keyhole` command line: one file per command, each parsing nothing and printing what
+//! its user needs; the library does the work.
+
+mod check;
+mod deploy;
+mod dev;
+mod publish;
+mod run;
+
+use clap::{Parser, Subcommand};
+use keyhole::telemetry::{self, LogFormat};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Runs untrusted WebAssembly handlers on consent-checked personal data referenced from Kafka.
+#[derive(Parser)]
+#[command(name = "keyhole", version, about)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Checks that a handler component would be accepted: prints its imports and exports and
+    /// the verdict; exits 1 when keyhole would refuse it.
+    Check {
+        /// The component file (`.wasm`).
+        file: PathBuf,
+        /// Prints the result as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Runs the pipeline described by a configuration file.
+    Run {
+        /// The configuration file.
+        #[arg(long, default_value = "keyhole.toml")]
+        config: PathBuf,
+    },
+    /// Runs a handler on fixtures through the real pipeline, with an in-process broker and data
+    /// owner, and prints each outcome; exits 1 when the handler failed on any event.
+    Dev(DevArgs),
+    /// Shows keyhole at work with nothing else running: publishes a scenario (consent granted,
+    /// missing, withdrawn after publishing, a record erased) and prints what the handler got.
+    Demo {
+        /// The handler.
+        #[arg(long, default_value = "guest-examples/dist/echo.wasm")]
+        handler: PathBuf,
+        /// The scenario.
+        #[arg(long, default_value = "examples/demo")]
+        fixtures: PathBuf,
+    },
+    /// Publishes one reference event (a binary-mode CloudEvent with a `dataref` and no data),
+    /// as a data owner or requester would, and prints where it landed.
+    Publish(Box<PublishArgs>),
+    /// Publishes a request (a reference event) and waits for the handler's correlated reply,
+    /// then prints it; exits 1 when no reply came within the timeout.
+    Request(Box<RequestArgs>),
+    /// Uploads a handler component to a running keyhole and activates it: new events run on it
+    /// at once, events in flight finish on the version they started on. The tenant's token is
+    /// read from the KEYHOLE_TOKEN environment variable.
+    Deploy(DeployArgs),
+    /// Activates the version that was active before the current one. The tenant's token is
+    /// read from KEYHOLE_TOKEN.
+    Rollback(HandlerArgs),
+    /// Runs librdkafka's in-process mock cluster until stdin closes or a signal comes, and prints
+    /// its bootstrap servers. For tests that must kill keyhole while the broker lives on; not a
+    /// broker for anything else (it keeps nothing on disk and does not filter aborted
+    /// transactions).
+    #[command(hide = true)]
+    MockCluster {
+        /// Topics to create, `name:partitions` (repeatable).
+        #[arg(long = "topic")]
+        topics: Vec<String>,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct RequestArgs {
+    #[command(flatten)]
+    event: PublishArgs,
+    /// The topic the reply comes on: the handler's `reply_topic`, or a topic its
+    /// `reply_topics_allowed` has (then sent as the request's `replyto`, see --reply-to).
+    #[arg(long)]
+    reply_topic: String,
+    /// Asks for the reply on --reply-topic through the request's `replyto` attribute.
+    #[arg(long)]
+    reply_to: bool,
+    /// How long to wait for the reply.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
+    /// Prints the reply as one JSON object (`data` when UTF-8, else `data_base64`).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct HandlerArgs {
+    /// keyhole's admin API.
+    #[arg(long, default_value = "http://127.0.0.1:9090")]
+    admin_url: String,
+    /// Your tenant name.
+    #[arg(long)]
+    tenant: String,
+    /// The handler's name (create it first with its binding: see docs/admin-api.md).
+    #[arg(long)]
+    handler: String,
+}
+
+#[derive(clap::Args)]
+pub struct DeployArgs {
+    /// The component (`.wasm`); check it first with `keyhole check`.
+    file: PathBuf,
+    #[command(flatten)]
+    target: HandlerArgs,
+    /// Uploads without activating.
+    #[arg(long)]
+    no_activate: bool,
+}
+
+#[derive(clap::Args)]
+pub struct DevArgs {
+    /// The handler component (`.wasm`).
+    #[arg(long)]
+    handler: PathBuf,
+    /// A directory holding `fixtures.toml` (see docs/writing-handlers.md).
+    #[arg(long)]
+    fixtures: PathBuf,
+    /// Prints one JSON object per event instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Runs again whenever the handler file changes.
+    #[arg(long)]
+    watch: bool,
+}
+
+#[derive(clap::Args)]
+pub struct PublishArgs {
+    /// Kafka's bootstrap servers.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    bootstrap_servers: String,
+    /// The topic of reference events.
+    #[arg(long)]
+    topic: String,
+    /// The reference: a path relative to the data owner's base URL, e.g. `customers/42`.
+    #[arg(long)]
+    dataref: String,
+    /// The CloudEvents id (default: a random UUID).
+    #[arg(long)]
+    id: Option<String>,
+    /// The CloudEvents source.
+    #[arg(long, default_value = "urn:keyhole:cli")]
+    source: String,
+    /// The CloudEvents type.
+    #[arg(long = "type", default_value = "com.example.reference")]
+    type_: String,
+    /// The CloudEvents subject.
+    #[arg(long)]
+    subject: Option<String>,
+    /// The partition key (also the message key): events with the same key stay in order.
+    #[arg(long)]
+    key: Option<String>,
+    /// The correlation id.
+    #[arg(long)]
+    correlation_id: Option<String>,
+    /// A librdkafka producer property, `name=value` (repeatable).
+    #[arg(long = "property", value_parser = parse_property)]
+    properties: Vec<(String, String)>,
+}
+
+fn parse_property(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{text:?} is not name=value"))
+}
+
+/// Runs the parsed command; its exit code. Errors print as `error: ...` and exit 2.
+pub fn run(cli: Cli) -> ExitCode {
+    // The simulator prints its own report; there, only errors and the handler's own logs show.
+    let default_filter = match cli.command {
+        Command::Dev(_) | Command::Demo { .. } => "error,keyhole::guest=debug",
+        _ => "warn,keyhole=info",
+    };
+    telemetry::init(cli.log_format, default_filter);
+    let result = match cli.command {
+        Command::Check { file, json } => check::check(&file, json),
+        Command::Run { config } => run::run(&config),
+        Command::Publish(args) => publish::publish(*args),
+        Command::Request(args) => publish::request(*args),
+        Command::MockCluster { topics } => run::mock_cluster(&topics),
+        Command::Deploy(args) => deploy::deploy(&args),
+        Command::Rollback(args) => deploy::rollback(&args),
+        Command::Dev(args) => dev::dev(&args),
+        Command::Demo { handler, fixtures } => dev::demo(&handler, &fixtures),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! Validation of what bindings are built from: the data sources (base URL, identity, limits) and
+//! the handlers (names, topics, data source, purpose, limits, retries, failure policies).
+
+use super::validate::Problems;
+use super::{BindingSettings, Config, FailurePolicies, FailurePolicy, IdentityConfig};
+use crate::model::names::{self, NAME_RULE, is_dotted_name, is_name, is_topic};
+use crate::model::purpose::is_purpose;
+use crate::resolve::{DataSourceSettings, Identity};
+use crate::sandbox::{Limits, SandboxConfig};
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+impl Config {
+    /// One entry per configured source (None where it is invalid), so indices line up.
+    pub(super) fn validate_data_sources(
+        &self,
+        base: &Path,
+        problems: &mut Problems,
+    ) -> Vec<Option<DataSourceSettings>> {
+        let mut seen = HashSet::new();
+        self.data_sources
+            .iter()
+            .enumerate()
+            .map(|(i, source)| {
+                let at = |key: &str| format!("data_source[{i}].{key}");
+                let before = problems.len();
+                if !is_dotted_name(&source.name) {
+                    problems.add(at("name"), "must be 1-64 characters of a-z, 0-9, '-', '_' or '.'");
+                } else if !seen.insert(source.name.as_str()) {
+                    problems
+                        .add(at("name"), format!("another data source is already named {:?}", source.name));
+                }
+                let base_url = match parse_base_url(&source.base_url) {
+                    Ok(url) => Some(url),
+                    Err(e) => {
+                        problems.add(at("base_url"), e);
+                        None
+                    }
+                };
+                if source.timeout_ms == 0 {
+                    problems.add(at("timeout_ms"), "must be greater than 0");
+                }
+                if source.max_response_bytes == 0 {
+                    problems.add(at("max_response_bytes"), "must be greater than 0");
+                }
+                if source.max_concurrent_requests == 0 {
+                    problems.add(at("max_concurrent_requests"), "must be greater than 0");
+                }
+                let identity =
+                    validate_identity(&source.identity, base, &|k| at(&format!("identity.{k}")), problems);
+                match (base_url, problems.len() == before) {
+                    (Some(base_url), true) => Some(DataSourceSettings {
+                        name: source.name.clone(),
+                        base_url,
+                        identity: identity.unwrap_or(Identity::None),
+                        timeout: Duration::from_millis(source.timeout_ms),
+                        max_response_bytes: source.max_response_bytes,
+                        max_concurrent_requests: source.max_concurrent_requests,
+                    }),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    pub(super) fn validate_handlers(
+        &self,
+        base: &Path,
+        sources: &[Option<DataSourceSettings>],
+        problems: &mut Problems,
+    ) -> Vec<BindingSettings> {
+        if self.handlers.is_empty() && self.admin.is_none() {
+            problems.add(
+                "handler",
+                "no [[handler]] is configured and no [admin] API to upload one; there is nothing to run",
+            );
+        }
+        let mut seen = HashSet::new();
+        let mut bindings = Vec::new();
+        for (i, h) in self.handlers.iter().enumerate() {
+            let at = |key: &str| format!("handler[{i}].{key}");
+            let before = problems.len();
+            if !is_name(&h.tenant) {
+                problems.add(at("tenant"), format!("{:?} must be {NAME_RULE}", h.tenant));
+            }
+            if !is_name(&h.name) {
+                problems.add(at("name"), format!("{:?} must be {NAME_RULE}", h.name));
+            } else if !seen.insert((h.tenant.as_str(), h.name.as_str())) {
+                problems.add(
+                    at("name"),
+                    format!("tenant {:?} already has a handler named {:?}", h.tenant, h.name),
+                );
+            }
+            let component = base.join(&h.component);
+            if !component.is_file() {
+                problems.add(at("component"), format!("{} is not a file", component.display()));
+            }
+            if h.topics.is_empty() {
+                problems.add(at("topics"), "must name at least one topic");
+            }
+            for (t, topic) in h.topics.iter().enumerate() {
+                if !is_topic(topic) {
+                    problems.add(
+                        at(&format!("topics[{t}]")),
+                        format!("{topic:?} is not a valid topic name (1-249 characters of a-z, A-Z, 0-9, '.', '_', '-')"),
+                    );
+                }
+            }
+            for (key, topic) in h.reply_topic.iter().map(|t| ("reply_topic".to_string(), t)).chain(
+                h.reply_topics_allowed
+                    .iter()
+                    .enumerate()
+                    .map(|(t, topic)| (format!("reply_topics_allowed[{t}]"), topic)),
+            ) {
+                if !is_topic(topic) {
+                    problems.add(at(&key), format!("{topic:?} is not a valid topic name"));
+                } else if h.topics.contains(topic) {
+                    problems.add(
+                        at(&key),
+                        format!("{topic:?} is also consumed by this handler: its replies would loop"),
+                    );
+                }
+            }
+            let source = self.data_sources.iter().position(|s| s.name == h.data_source);
+            match source {
+                None => {
+                    let known: Vec<&str> = self.data_sources.iter().map(|s| s.name.as_str()).collect();
+                    problems.add(
+                        at("data_source"),
+                        format!(
+                            "no data source named {:?} (configured: {})",
+                            h.data_source,
+                            known.join(", ")
+                        ),
+                    );
+                }
+                // The source's own problems are reported under data_source[..].
+                Some(index) if sources.get(index).is_some_and(Option::is_none) => {}
+                Some(_) => {}
+            }
+            if h.purpose.trim().is_empty() {
+                problems.add(
+                    at("purpose"),
+                    "must declare the purpose of processing; it is sent to the data owner",
+                );
+            } else if !is_purpose(&h.purpose) {
+                problems.add(
+                    at("purpose"),
+                    "must be at most 512 printable ASCII characters (it travels in an HTTP header)",
+                );
+            }
+            if h.max_in_flight == 0 || h.max_in_flight > 100_000 {
+                problems.add(at("max_in_flight"), "must be between 1 and 100000");
+            }
+            validate_limits(&h.limits, &self.sandbox, &|k| at(&format!("limits.{k}")), problems);
+            if h.retry.initial_backoff_ms == 0 || h.retry.max_backoff_ms < h.retry.initial_backoff_ms {
+                problems.add(at("retry"), "needs 0 < initial_backoff_ms <= max_backoff_ms");
+            }
+            if h.retry.max_attempts == 0 {
+                problems.add(at("retry.max_attempts"), "must be at least 1");
+            }
+            if h.retry.max_elapsed_ms == 0 {
+                problems.add(at("retry.max_elapsed_ms"), "must be greater than 0");
+            }
+            if h.on_failure.envelope == FailurePolicy::Retry {
+                problems.add(
+                    at("on_failure.envelope"),
+                    "must be \"dead-letter\" or \"stop\": the same bytes are refused again on every retry",
+                );
+            }
+            let group_id = names::group_id(&self.kafka.group_id, &h.tenant, &h.name);
+            let dead_letter_topic = h
+                .on_failure
+                .dead_letter_topic
+                .clone()
+                .unwrap_or_else(|| names::default_dead_letter_topic(&group_id));
+            if !is_topic(&dead_letter_topic) {
+                problems.add(
+                    at("on_failure.dead_letter_topic"),
+                    format!("{dead_letter_topic:?} is not a valid topic name"),
+                );
+            } else if h.topics.contains(&dead_letter_topic) {
+                problems.add(
+                    at("on_failure.dead_letter_topic"),
+                    format!(
+                        "{dead_letter_topic:?} is also consumed by this handler: dead letters would loop"
+                    ),
+                );
+            }
+            if let (true, Some(data_source)) = (problems.len() == before, source) {
+                bindings.push(BindingSettings {
+                    name: names::binding_name(&h.tenant, &h.name),
+                    tenant: h.tenant.clone(),
+                    handler: h.name.clone(),
+                    component,
+                    topics: h.topics.clone(),
+                    group_id,
+                    data_source,
+                    purpose: h.purpose.clone(),
+                    max_in_flight: h.max_in_flight,
+                    reply_topic: h.reply_topic.clone(),
+                    reply_topics_allowed: h.reply_topics_allowed.clone(),
+                    limits: h.limits.clone(),
+                    retry: h.retry.clone(),
+                    on_failure: FailurePolicies {
+                        dead_letter_topic,
+                        envelope: h.on_failure.envelope,
+                        resolve: h.on_failure.resolve,
+                        handler: h.on_failure.handler,
+                        reply: h.on_failure.reply,
+                    },
+                    delivery: h.delivery,
+                    guest_output: h.guest_output,
+                    key_path: format!("handler[{i}]"),
+                });
+            }
+        }
+        bindings
+    }
+}
+
+fn validate_identity(
+    identity: &IdentityConfig,
+    base: &Path,
+    at: &dyn Fn(&str) -> String,
+    problems: &mut Problems,
+) -> Option<Identity> {
+    match (&identity.bearer_token, &identity.client_certificate, &identity.client_key) {
+        (None, None, None) => Some(Identity::None),
+        (Some(token), None, None) => match token.resolve() {
+            Ok(token) if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) => {
+                problems.add(at("bearer_token"), "is empty or has characters a header cannot carry");
+                None
+            }
+            Ok(token) => Some(Identity::Bearer(token)),
+            Err(e) => {
+                problems.add(at("bearer_token"), e);
+                None
+            }
+        },
+        (None, Some(certificate), Some(key)) => {
+            let certificate = base.join(certificate);
+            let certificate_pem = std::fs::read(&certificate)
+                .map_err(|e| {
+                    problems
+                        .add(at("client_certificate"), format!("cannot read {}: {e}", certificate.display()))
+                })
+                .ok();
+            let key_pem = key.resolve().map_err(|e| problems.add(at("client_key"), e)).ok();
+            Some(Identity::ClientCertificate {
+                certificate_pem: certificate_pem?,
+                key_pem: key_pem?.into_bytes(),
+            })
+        }
+        (None, Some(_), None) | (None, None, Some(_)) => {
+            problems.add(at("client_certificate"), "mTLS needs both client_certificate and client_key");
+            None
+        }
+        (Some(_), _, _) => {
+            problems.add(
+                at("bearer_token"),
+                "choose one identity: a bearer token, or a client certificate and key",
+            );
+            None
+        }
+    }
+}
+
+fn validate_limits(
+    limits: &Limits,
+    sandbox: &SandboxConfig,
+    at: &dyn Fn(&str) -> String,
+    problems: &mut Problems,
+) {
+    if limits.deadline_ms == 0 {
+        problems.add(at("deadline_ms"), "must be greater than 0");
+    }
+    if limits.max_memory_bytes == 0 || limits.max_memory_bytes > sandbox.max_memory_bytes_ceiling {
+        problems.add(
+            at("max_memory_bytes"),
+            format!(
+                "must be between 1 and sandbox.max_memory_bytes_ceiling ({})",
+                sandbox.max_memory_bytes_ceiling
+            ),
+        );
+    }
+    for (key, value) in [
+        ("max_instances", u64::from(limits.max_instances)),
+        ("max_tables", u64::from(limits.max_tables)),
+        ("max_table_elements", u64::from(limits.max_table_elements)),
+        ("max_reply_bytes", limits.max_reply_bytes),
+    ] {
+        if value == 0 {
+            problems.add(at(key), "must be greater than 0");
+        }
+    }
+}
+
+/// Parses a data source's base URL: http(s), no credentials, query or fragment; the path is
+/// made to end with '/' so that references resolve under it, never beside it.
+pub(super) fn parse_base_url(text: &str) -> Result<url::Url, String> {
+    let mut url = url::Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("must be an http or https URL, not {}:", url.scheme()));
+    }
+    if url.host().is_none() {
+        return Err("must name a host".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry credentials; use identity.bearer_token or a client certificate".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not have a query or fragment".into());
+    }
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    Ok(url)
+}

@@ -1,0 +1,208 @@
+//! The configuration after validation: what the rest of keyhole runs on, with secrets resolved,
+//! paths made absolute and defaults filled in; and the errors a configuration that fails it gives.
+
+use super::{Delivery, FailurePolicy, GuestOutput, RetryConfig, Stage};
+use crate::resolve::DataSourceSettings;
+use crate::sandbox::{Limits, SandboxConfig};
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A configuration that passed validation, with secrets resolved and paths made absolute.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// librdkafka settings common to every binding's consumer.
+    pub kafka: KafkaSettings,
+    /// Engine-wide sandbox settings.
+    pub sandbox: SandboxConfig,
+    /// The audit file, if any.
+    pub audit_path: Option<PathBuf>,
+    /// Where access receipts go.
+    pub receipts: ReceiptSink,
+    /// How long draining may take.
+    pub drain_timeout: Duration,
+    /// Bound on the final offset commit at shutdown.
+    pub commit_timeout: Duration,
+    /// The data sources.
+    pub data_sources: Vec<DataSourceSettings>,
+    /// The bindings.
+    pub bindings: Vec<BindingSettings>,
+    /// The admin API, when configured.
+    pub admin: Option<AdminSettings>,
+}
+
+/// Kafka settings after validation.
+#[derive(Clone)]
+pub struct KafkaSettings {
+    /// `bootstrap.servers`.
+    pub bootstrap_servers: String,
+    /// Prefix of consumer group ids.
+    pub group_id: String,
+    /// This instance's name (see [`KafkaConfig::instance_id`](super::KafkaConfig::instance_id)).
+    pub instance_id: String,
+    /// Pass-through librdkafka properties, secrets resolved.
+    pub properties: BTreeMap<String, String>,
+    /// Names of the properties that hold secrets, so they are never printed.
+    pub secret_keys: HashSet<String>,
+}
+
+impl fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(k, v)| (k.as_str(), if self.secret_keys.contains(k) { "<redacted>" } else { v.as_str() }))
+            .collect();
+        f.debug_struct("KafkaSettings")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("group_id", &self.group_id)
+            .field("instance_id", &self.instance_id)
+            .field("properties", &shown)
+            .finish()
+    }
+}
+
+/// One binding after validation.
+#[derive(Clone, Debug)]
+pub struct BindingSettings {
+    /// `<tenant>/<handler>`, for logs.
+    pub name: String,
+    /// The tenant.
+    pub tenant: String,
+    /// The handler's name.
+    pub handler: String,
+    /// The component file.
+    pub component: PathBuf,
+    /// Topics consumed.
+    pub topics: Vec<String>,
+    /// The consumer group: `<kafka.group_id>.<tenant>.<handler>`.
+    pub group_id: String,
+    /// Index into [`Settings::data_sources`].
+    pub data_source: usize,
+    /// The declared purpose.
+    pub purpose: String,
+    /// Maximum events in flight.
+    pub max_in_flight: usize,
+    /// The default reply topic.
+    pub reply_topic: Option<String>,
+    /// Topics a request may ask its reply to go to.
+    pub reply_topics_allowed: Vec<String>,
+    /// Sandbox limits.
+    pub limits: Limits,
+    /// Retry policy.
+    pub retry: RetryConfig,
+    /// Failure policies and the dead-letter topic.
+    pub on_failure: FailurePolicies,
+    /// The delivery guarantee.
+    pub delivery: Delivery,
+    /// Whether the handler's own text reaches keyhole's logs and records.
+    pub guest_output: GuestOutput,
+    /// Where this binding was configured (`handler[i]`), to name it in errors found later.
+    pub key_path: String,
+}
+
+/// The failure policies of one binding, after validation.
+#[derive(Clone, Debug)]
+pub struct FailurePolicies {
+    /// The dead-letter topic.
+    pub dead_letter_topic: String,
+    /// Policy per stage.
+    pub envelope: FailurePolicy,
+    /// Policy per stage.
+    pub resolve: FailurePolicy,
+    /// Policy per stage.
+    pub handler: FailurePolicy,
+    /// Policy per stage.
+    pub reply: FailurePolicy,
+}
+
+impl FailurePolicies {
+    /// The policy for a stage.
+    pub fn at(&self, stage: Stage) -> FailurePolicy {
+        match stage {
+            Stage::Envelope => self.envelope,
+            Stage::Resolve => self.resolve,
+            Stage::Handler => self.handler,
+            Stage::Reply => self.reply,
+        }
+    }
+}
+
+/// The admin API's settings after validation.
+#[derive(Clone)]
+pub struct AdminSettings {
+    /// The listening address.
+    pub listen: std::net::SocketAddr,
+    /// SHA-256 of the operator's token; the token itself is not kept.
+    pub operator_token_sha256: Option<[u8; 32]>,
+    /// The registry's directory.
+    pub state_dir: PathBuf,
+    /// Largest request body.
+    pub max_upload_bytes: u64,
+}
+
+impl fmt::Debug for AdminSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminSettings")
+            .field("listen", &self.listen)
+            .field("operator_token", &self.operator_token_sha256.map(|_| "<redacted>"))
+            .field("state_dir", &self.state_dir)
+            .field("max_upload_bytes", &self.max_upload_bytes)
+            .finish()
+    }
+}
+
+/// Where access receipts go, after validation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReceiptSink {
+    /// Appended, one JSON line each, to this file.
+    File(PathBuf),
+    /// Published to this topic, keyed by the event's subject (else its id), by the binding's
+    /// producer (so in an exactly-once binding's transaction).
+    Kafka {
+        /// The topic.
+        topic: String,
+    },
+    /// Not written. Only `keyhole dev` and `keyhole demo` use it (their fixtures are made-up
+    /// data); a configuration file cannot ask for it.
+    Discard,
+}
+
+/// One problem found in the configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Where, e.g. `handler[1].data_source`.
+    pub path: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+/// Why a configuration cannot be used: every problem at once.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for keyhole.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// The file parsed but is not usable.
+    #[error("{path}: {} problem(s):\n{}", problems.len(), problems.iter().map(|p| format!("  {}: {}", p.path, p.message)).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Every problem found.
+        problems: Vec<Problem>,
+    },
+}

@@ -1,0 +1,119 @@
+//! Unit tests of the configuration: parsing, validation and the problems it reports.
+
+use super::bindings::parse_base_url;
+use super::*;
+use crate::resolve::Identity;
+use std::path::Path;
+
+fn parse(text: &str) -> Config {
+    toml::from_str(text).unwrap()
+}
+
+const MINIMAL: &str = r#"
+    [kafka]
+    bootstrap_servers = "127.0.0.1:9092"
+    group_id = "keyhole"
+
+    [[data_source]]
+    name = "crm"
+    base_url = "http://127.0.0.1:8080/api"
+    identity = { bearer_token = { value = "t0ken" } }
+
+    [[handler]]
+    name = "echo"
+    tenant = "acme"
+    component = "Cargo.toml"
+    topics = ["refs"]
+    data_source = "crm"
+    purpose = "testing"
+"#;
+
+#[test]
+fn a_minimal_config_validates_and_derives_the_group() {
+    let settings = parse(MINIMAL).validate(Path::new(".")).unwrap();
+    assert_eq!(settings.bindings[0].group_id, "keyhole.acme.echo");
+    assert_eq!(settings.data_sources[0].base_url.as_str(), "http://127.0.0.1:8080/api/");
+    assert!(matches!(settings.data_sources[0].identity, Identity::Bearer(ref t) if t == "t0ken"));
+}
+
+#[test]
+fn every_problem_is_reported_with_its_key_path() {
+    let text = MINIMAL
+        .replace(r#"data_source = "crm""#, r#"data_source = "nope""#)
+        .replace(r#"purpose = "testing""#, "purpose = \"\"\n        max_in_flight = 0")
+        .replace(
+            r#"group_id = "keyhole""#,
+            "group_id = \"keyhole\"\n        properties = { \"enable.auto.offset.store\" = \"true\" }",
+        );
+    let problems = parse(&text).validate(Path::new(".")).unwrap_err();
+    let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "kafka.properties.\"enable.auto.offset.store\"",
+            "handler[0].data_source",
+            "handler[0].purpose",
+            "handler[0].max_in_flight"
+        ]
+    );
+    assert!(problems[0].message.contains("never handled"), "{}", problems[0].message);
+}
+
+#[test]
+fn a_missing_secret_is_found_at_validation() {
+    let text = MINIMAL.replace(r#"{ value = "t0ken" }"#, r#"{ env = "KEYHOLE_TEST_SURELY_UNSET" }"#);
+    let problems = parse(&text).validate(Path::new(".")).unwrap_err();
+    assert_eq!(problems[0].path, "data_source[0].identity.bearer_token");
+    assert!(problems[0].message.contains("KEYHOLE_TEST_SURELY_UNSET"));
+}
+
+#[test]
+fn unknown_keys_are_refused() {
+    let error = toml::from_str::<Config>(&MINIMAL.replace("purpose =", "purpos = \"x\"\n        purpose ="))
+        .unwrap_err();
+    assert!(error.to_string().contains("purpos"), "{error}");
+}
+
+#[test]
+fn base_urls_must_be_plain_http() {
+    assert!(parse_base_url("ftp://x/").is_err());
+    assert!(parse_base_url("https://user:pw@x/").is_err());
+    assert!(parse_base_url("https://x/api?token=1").is_err());
+    assert_eq!(parse_base_url("https://x/api").unwrap().path(), "/api/");
+}
+
+#[test]
+fn receipts_default_to_a_file_beside_the_configuration() {
+    let settings = parse(MINIMAL).validate(Path::new(".")).unwrap();
+    assert_eq!(settings.receipts, ReceiptSink::File(Path::new(".").join("keyhole-receipts.jsonl")));
+}
+
+#[test]
+fn a_kafka_receipt_sink_needs_a_topic_no_handler_consumes() {
+    let with = |receipts: &str| {
+        let text = MINIMAL.replace("[[data_source]]", &format!("{receipts}\n        [[data_source]]"));
+        parse(&text).validate(Path::new("."))
+    };
+    let ok = with("[receipts]\n        sink = \"kafka\"\n        topic = \"receipts\"").unwrap();
+    assert_eq!(ok.receipts, ReceiptSink::Kafka { topic: "receipts".into() });
+    for (receipts, path) in [
+        ("[receipts]\n        sink = \"kafka\"", "receipts.topic"),
+        ("[receipts]\n        sink = \"kafka\"\n        topic = \"refs\"", "receipts.topic"),
+        ("[receipts]\n        sink = \"kafka\"\n        topic = \"a b\"", "receipts.topic"),
+        (
+            "[receipts]\n        sink = \"kafka\"\n        topic = \"r\"\n        path = \"x\"",
+            "receipts.path",
+        ),
+        ("[receipts]\n        topic = \"r\"", "receipts.topic"),
+        ("[audit]\n        path = \"same\"\n        [receipts]\n        path = \"same\"", "receipts.path"),
+    ] {
+        let problems = with(receipts).unwrap_err();
+        assert_eq!(problems.iter().map(|p| p.path.as_str()).collect::<Vec<_>>(), [path], "{receipts}");
+    }
+}
+
+#[test]
+fn secrets_are_not_debug_printed() {
+    let settings = parse(MINIMAL).validate(Path::new(".")).unwrap();
+    assert!(!format!("{settings:?}").contains("t0ken"));
+}

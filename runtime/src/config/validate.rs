@@ -1,0 +1,225 @@
+//! Reading and validating the configuration as a whole: every problem is collected with its key
+//! path, secrets are resolved; the Kafka, receipts, shutdown and admin sections are checked here,
+//! data sources and handlers in [`super::bindings`].
+
+use super::{
+    AdminConfig, AdminSettings, Config, ConfigError, DEFAULT_RECEIPTS_PATH, KafkaSettings, Problem,
+    ReceiptSink, ReceiptSinkKind, Secret, Settings,
+};
+use crate::model::names::{is_dotted_name, is_topic};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+/// librdkafka properties keyhole sets itself or that would break at-least-once delivery, with
+/// the reason given to the operator.
+const REFUSED_PROPERTIES: &[(&str, &str)] = &[
+    (
+        "enable.auto.offset.store",
+        "keyhole stores an offset only once that event and every earlier one of its partition are \
+         finished; automatic storing would commit events that were never handled",
+    ),
+    (
+        "enable.auto.commit",
+        "keyhole relies on librdkafka committing the offsets it stored; turning auto-commit off \
+         would never commit them, and on would change nothing",
+    ),
+    ("group.id", "set kafka.group_id instead (each binding gets its own group under it)"),
+    ("bootstrap.servers", "set kafka.bootstrap_servers instead"),
+    ("enable.partition.eof", "keyhole consumes without end; partition EOF events are not handled"),
+];
+
+impl Config {
+    /// Reads and validates a configuration file. Relative paths in it are relative to the file.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let config: Config = toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.validate(base).map_err(|problems| ConfigError::Invalid { path: path.to_path_buf(), problems })
+    }
+
+    /// Checks everything and resolves secrets; returns every problem found, not just the first.
+    /// Relative component and certificate paths are resolved against `base`.
+    pub fn validate(&self, base: &Path) -> Result<Settings, Vec<Problem>> {
+        let mut problems = Problems::default();
+        let kafka = self.validate_kafka(&mut problems);
+        let sources = self.validate_data_sources(base, &mut problems);
+        let bindings = self.validate_handlers(base, &sources, &mut problems);
+        if self.shutdown.drain_timeout_ms == 0 {
+            problems.add("shutdown.drain_timeout_ms", "must be greater than 0");
+        }
+        if self.shutdown.commit_timeout_ms == 0 {
+            problems.add("shutdown.commit_timeout_ms", "must be greater than 0");
+        }
+        if self.sandbox.max_concurrent_instances == 0 {
+            problems.add("sandbox.max_concurrent_instances", "must be greater than 0");
+        }
+        let admin = self.admin.as_ref().and_then(|admin| validate_admin(admin, base, &mut problems));
+        let audit_path = self.audit.path.as_ref().map(|p| base.join(p));
+        let receipts = self.validate_receipts(base, audit_path.as_deref(), &mut problems);
+        problems.into_result(|| Settings {
+            admin,
+            kafka,
+            sandbox: self.sandbox.clone(),
+            audit_path,
+            receipts,
+            drain_timeout: Duration::from_millis(self.shutdown.drain_timeout_ms),
+            commit_timeout: Duration::from_millis(self.shutdown.commit_timeout_ms),
+            data_sources: sources.into_iter().flatten().collect(),
+            bindings,
+        })
+    }
+
+    fn validate_kafka(&self, problems: &mut Problems) -> KafkaSettings {
+        let k = &self.kafka;
+        if k.bootstrap_servers.trim().is_empty() {
+            problems.add("kafka.bootstrap_servers", "must list at least one host:port");
+        }
+        if k.group_id.trim().is_empty() {
+            problems.add("kafka.group_id", "must not be empty");
+        }
+        let mut properties = BTreeMap::new();
+        let names = k
+            .properties
+            .keys()
+            .map(|n| ("properties", n))
+            .chain(k.secret_properties.keys().map(|n| ("secret_properties", n)));
+        for (table, name) in names {
+            if let Some((_, reason)) = REFUSED_PROPERTIES.iter().find(|(refused, _)| refused == name) {
+                problems.add(format!("kafka.{table}.\"{name}\""), format!("not allowed: {reason}"));
+            }
+        }
+        for (name, value) in &k.properties {
+            properties.insert(name.clone(), value.clone());
+        }
+        for (name, secret) in &k.secret_properties {
+            if k.properties.contains_key(name) {
+                problems.add(
+                    format!("kafka.secret_properties.\"{name}\""),
+                    "also set in kafka.properties; set it once",
+                );
+            }
+            match secret.resolve() {
+                Ok(value) => {
+                    properties.insert(name.clone(), value);
+                }
+                Err(e) => problems.add(format!("kafka.secret_properties.\"{name}\""), e),
+            }
+        }
+        let instance_id = k.instance_id.clone().unwrap_or_else(host_name);
+        if !is_dotted_name(&instance_id.to_ascii_lowercase()) {
+            problems.add(
+                "kafka.instance_id",
+                format!("{instance_id:?} must be 1-64 characters of letters, digits, '-', '_' or '.'"),
+            );
+        }
+        KafkaSettings {
+            bootstrap_servers: k.bootstrap_servers.clone(),
+            group_id: k.group_id.clone(),
+            instance_id,
+            properties,
+            secret_keys: k.secret_properties.keys().cloned().collect(),
+        }
+    }
+
+    fn validate_receipts(
+        &self,
+        base: &Path,
+        audit_path: Option<&Path>,
+        problems: &mut Problems,
+    ) -> ReceiptSink {
+        let r = &self.receipts;
+        match r.sink {
+            ReceiptSinkKind::File => {
+                if r.topic.is_some() {
+                    problems.add("receipts.topic", "is only used with sink = \"kafka\"");
+                }
+                let path = base.join(r.path.as_deref().unwrap_or(Path::new(DEFAULT_RECEIPTS_PATH)));
+                if audit_path == Some(path.as_path()) {
+                    problems.add(
+                        "receipts.path",
+                        "is also audit.path: receipts (one per request) and audit records (one per event) need files of their own",
+                    );
+                }
+                ReceiptSink::File(path)
+            }
+            ReceiptSinkKind::Kafka => {
+                if r.path.is_some() {
+                    problems.add("receipts.path", "is only used with sink = \"file\"");
+                }
+                let topic = r.topic.clone().unwrap_or_default();
+                if r.topic.is_none() {
+                    problems.add("receipts.topic", "is required with sink = \"kafka\"");
+                } else if !is_topic(&topic) {
+                    problems.add("receipts.topic", format!("{topic:?} is not a valid topic name"));
+                } else if self.handlers.iter().any(|h| h.topics.contains(&topic)) {
+                    problems.add(
+                        "receipts.topic",
+                        format!("{topic:?} is consumed by a handler: receipts are not reference events"),
+                    );
+                }
+                ReceiptSink::Kafka { topic }
+            }
+        }
+    }
+}
+
+fn validate_admin(admin: &AdminConfig, base: &Path, problems: &mut Problems) -> Option<AdminSettings> {
+    use sha2::Digest as _;
+    let listen = admin
+        .listen
+        .parse()
+        .map_err(|_| problems.add("admin.listen", format!("{:?} is not an ip:port address", admin.listen)))
+        .ok();
+    let operator_token = match admin.operator_token.as_ref().map(Secret::resolve) {
+        None => None,
+        Some(Ok(token)) if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) => {
+            problems.add("admin.operator_token", "must be at least 16 printable ASCII characters, no spaces");
+            None
+        }
+        Some(Ok(token)) => Some(sha2::Sha256::digest(token.as_bytes()).into()),
+        Some(Err(e)) => {
+            problems.add("admin.operator_token", e);
+            None
+        }
+    };
+    if admin.max_upload_bytes == 0 {
+        problems.add("admin.max_upload_bytes", "must be greater than 0");
+    }
+    Some(AdminSettings {
+        listen: listen?,
+        operator_token_sha256: operator_token,
+        state_dir: base.join(&admin.state_dir),
+        max_upload_bytes: admin.max_upload_bytes,
+    })
+}
+
+/// The host's name: `HOSTNAME` (set by shells and container runtimes), else /etc/hostname.
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "keyhole".to_string())
+}
+
+/// Collects problems; validation goes on after the first.
+#[derive(Default)]
+pub(super) struct Problems(Vec<Problem>);
+
+impl Problems {
+    pub(super) fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem { path: path.into(), message: message.into() });
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn into_result<T>(self, ok: impl FnOnce() -> T) -> Result<T, Vec<Problem>> {
+        if self.0.is_empty() { Ok(ok()) } else { Err(self.0) }
+    }
+}

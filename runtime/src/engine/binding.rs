@@ -1,0 +1,99 @@
+//! A running binding: what each of its events needs, shared by their tasks.
+
+use super::pause::PauseGate;
+use crate::config::BindingSettings;
+use crate::records::audit::{Asker, Audit};
+use crate::records::receipt::Receipts;
+use crate::resolve::{Backoff, Resolver};
+use crate::sandbox::Handler;
+use crate::telemetry::{self, BindingLabels};
+use rdkafka::producer::FutureProducer;
+use std::sync::{Arc, RwLock};
+
+/// Everything a binding's events need, shared by their tasks.
+pub struct Binding {
+    /// The binding's configuration.
+    pub settings: BindingSettings,
+    /// The active version of the handler component; replaced in place when another version is
+    /// activated. Each event takes the version current when it starts and keeps it to the end.
+    pub handler: HandlerSlot,
+    /// The data source's resolver (shared with other bindings of the same source).
+    pub resolver: Arc<Resolver>,
+    /// The data source's base URL, that references resolve against.
+    pub base_url: url::Url,
+    /// Backoff between retries.
+    pub backoff: Backoff,
+    /// Closed while the data source cannot answer (down, or refusing keyhole's credentials).
+    pub gate: PauseGate,
+    /// Where outcomes go.
+    pub audit: Arc<Audit>,
+    /// Where access receipts go, one per request to the data owner.
+    pub receipts: Arc<Receipts>,
+    /// Publishes replies and dead letters: shared by the bindings that are not exactly-once;
+    /// a binding's own transactional producer when it is.
+    pub producer: Arc<FutureProducer>,
+    /// The binding's metric labels, built once.
+    pub labels: BindingLabels,
+}
+
+impl Binding {
+    /// Who asks, for records: the binding with the version `handler`.
+    pub fn asker(&self, handler: &Handler) -> Asker {
+        Asker {
+            tenant: self.settings.tenant.clone(),
+            handler: self.settings.handler.clone(),
+            purpose: self.settings.purpose.clone(),
+            version: handler.version().to_string(),
+        }
+    }
+
+    /// The labels of the binding's metrics.
+    pub fn labels(&self) -> BindingLabels {
+        self.labels.clone()
+    }
+
+    /// Shows every failure counter of the binding at 0 before its first increment, so that an
+    /// alert on them reads 0, not "no data", and the first increment is not lost to `rate()`.
+    pub fn register_counters(&self) {
+        let labels = &self.labels;
+        for stage in crate::config::Stage::ALL {
+            metrics::counter!(telemetry::DEAD_LETTERS, labels.with("stage", stage.as_str())).absolute(0);
+        }
+        for kind in crate::cloudevents::EnvelopeError::KINDS {
+            metrics::counter!(telemetry::EVENTS_REFUSED, labels.with("kind", *kind)).absolute(0);
+        }
+        for kind in crate::sandbox::GuestError::KINDS {
+            metrics::counter!(telemetry::HANDLER_ERRORS, labels.with("kind", *kind)).absolute(0);
+        }
+        for cause in RETRY_CAUSES.iter().chain(crate::sandbox::GuestError::KINDS) {
+            metrics::counter!(telemetry::EVENT_RETRIES, labels.with("cause", *cause)).absolute(0);
+        }
+        metrics::counter!(telemetry::RECEIPT_ERRORS, labels.labels()).absolute(0);
+        metrics::counter!(telemetry::AUDIT_ERRORS, labels.labels()).absolute(0);
+    }
+}
+
+/// The causes of a retry besides the handler's own errors: the data owner's transient failures
+/// and refusals of keyhole's credentials.
+const RETRY_CAUSES: &[&str] = &["transient", "unauthorized"];
+
+/// A binding's active handler version, swappable while events run (hot swap).
+pub struct HandlerSlot(RwLock<Arc<Handler>>);
+
+impl HandlerSlot {
+    /// A slot holding `handler`.
+    pub fn new(handler: Handler) -> Self {
+        HandlerSlot(RwLock::new(Arc::new(handler)))
+    }
+
+    /// The version new events start on.
+    pub fn current(&self) -> Arc<Handler> {
+        self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// Makes `handler` the version new events start on; events already started finish on
+    /// theirs, which lives as long as they hold it.
+    pub fn replace(&self, handler: Handler) {
+        *self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(handler);
+    }
+}

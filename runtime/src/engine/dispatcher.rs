@@ -1,0 +1,179 @@
+//! Runs a binding's events with per-key ordering, settles failures by the binding's policy, and
+//! acknowledges events as they finish.
+//!
+//! Each event holds a permit of its binding's in-flight limit from the moment it is read until
+//! it is finished, so a full binding stops reading and memory stays bounded.
+
+use super::binding::Binding;
+use super::event::{self, decide};
+use super::ordering::KeyOrder;
+use super::outputs::{self, Interrupted};
+use crate::cloudevents::{ReferenceEvent, Refusal};
+use crate::kafka::{self, BindingConsumer, OffsetTracker, Received, Ticket};
+use crate::records::audit::{Disposal, Origin};
+use crate::telemetry::{self, InFlight, TraceContext};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+/// One event read from Kafka and waiting for its turn.
+pub struct Work {
+    /// Its place in the partition's offset tracking.
+    pub ticket: Ticket,
+    /// Its topic, partition and offset.
+    pub origin: Origin,
+    /// The record as received: its key orders events, and a dead letter is this copy.
+    pub received: Received,
+    /// The parsed envelope, or why it was refused.
+    pub event: Result<ReferenceEvent, Refusal>,
+    /// Its share of the binding's in-flight limit, released when the event is finished.
+    pub permit: OwnedSemaphorePermit,
+    /// Counts the event in the in-flight gauge until it is finished, abandoned or dropped.
+    pub in_flight: InFlight,
+}
+
+/// Events of one key within one partition run one at a time.
+type Key = (String, i32, Vec<u8>);
+
+/// Runs one binding's events.
+pub struct Dispatcher {
+    binding: Arc<Binding>,
+    consumer: Arc<BindingConsumer>,
+    tracker: Arc<OffsetTracker>,
+    /// Events waiting behind a busy key.
+    order: Mutex<KeyOrder<Key, Work>>,
+    /// The binding's own token: cancelled at shutdown, or when a failure policy stops the
+    /// binding. Interrupts retries: an event waiting for an unavailable owner is left to be read
+    /// again rather than holding up the drain.
+    cancel: CancellationToken,
+    /// Whether a finished event's offset is stored here (at-least-once). At-most-once committed
+    /// before handling; exactly-once commits in the batch's transaction.
+    store_offsets: bool,
+    /// Set when a failure policy stopped the binding.
+    stopped: AtomicBool,
+    /// Events left unfinished (to be read again) since the counter was last taken.
+    abandoned: AtomicUsize,
+}
+
+impl Dispatcher {
+    /// A dispatcher for one binding's consumer. `cancel` is the binding's own token.
+    pub fn new(
+        binding: Arc<Binding>,
+        consumer: Arc<BindingConsumer>,
+        tracker: Arc<OffsetTracker>,
+        cancel: CancellationToken,
+        store_offsets: bool,
+    ) -> Arc<Self> {
+        Arc::new(Dispatcher {
+            binding,
+            consumer,
+            tracker,
+            order: Mutex::new(KeyOrder::default()),
+            cancel,
+            store_offsets,
+            stopped: AtomicBool::new(false),
+            abandoned: AtomicUsize::new(0),
+        })
+    }
+
+    /// Whether a failure policy stopped the binding.
+    pub fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
+    /// How many events were left unfinished since the last call, and resets the count.
+    pub fn take_abandoned(&self) -> usize {
+        self.abandoned.swap(0, Ordering::SeqCst)
+    }
+
+    fn order(&self) -> std::sync::MutexGuard<'_, KeyOrder<Key, Work>> {
+        self.order.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Starts the event now, or queues it behind the events of its key.
+    pub fn submit(self: &Arc<Self>, work: Work) {
+        let key =
+            work.received.key.clone().map(|key| (work.origin.topic.clone(), work.origin.partition, key));
+        let Some(work) = self.order().submit(key.as_ref(), work) else { return };
+        let this = self.clone();
+        tokio::spawn(async move { this.run_chain(work, key).await });
+    }
+
+    /// Runs `work`, then every event that queued behind its key meanwhile.
+    async fn run_chain(self: Arc<Self>, mut work: Work, key: Option<Key>) {
+        loop {
+            self.run(work).await;
+            let Some(key) = &key else { return };
+            match self.order().finished(key) {
+                Some(next) => work = next,
+                None => return,
+            }
+        }
+    }
+
+    /// Runs one event in its span, which carries its trace context when it has one.
+    async fn run(&self, work: Work) {
+        let trace = work.event.as_ref().ok().and_then(|event| TraceContext::continue_from(&event.extensions));
+        let event_id = match &work.event {
+            Ok(event) => Some(event.id.as_str()),
+            Err(refusal) => refusal.id.as_deref(),
+        };
+        let span = telemetry::event_span(&self.binding.settings.name, event_id, trace.as_ref());
+        self.settle(work, trace.as_ref()).instrument(span).await
+    }
+
+    async fn settle(&self, work: Work, trace: Option<&TraceContext>) {
+        // The guard lives to the end of this function, however it returns.
+        let Work { ticket, origin, event, permit, received, in_flight: _in_flight } = work;
+        // Its partition was revoked and drained meanwhile, or the binding stopped: the event is
+        // read again. (Events read before a revocation or a shutdown are still handled: the
+        // drain finishes them, so a clean stop or rebalance redelivers nothing.)
+        if !self.tracker.is_current(&ticket) || self.stopped() {
+            return self.abandon(ticket);
+        }
+        let binding = &self.binding;
+        let Some(mut outcome) =
+            decide(binding, event, origin, received.key.as_deref(), trace, &self.cancel).await
+        else {
+            return self.abandon(ticket);
+        };
+        if let Some(stage) = outcome.decision.failed_stage() {
+            // `retry` was applied while deciding; what failed here is stopped or dead lettered.
+            if event::stops(binding, stage) {
+                tracing::error!(binding = %binding.settings.name, event_id = outcome.event_id.as_deref(),
+                    %stage, "Event failed; stopping the binding (on_failure.{stage} = \"stop\"). It is read again after a restart.");
+                outcome.disposal = Some(Disposal::BindingStopped);
+                // Best effort: the event is not acknowledged, so it comes again either way.
+                if binding.audit.write(&outcome).is_ok() {
+                    binding.audit.announce(outcome).await;
+                }
+                self.stopped.store(true, Ordering::SeqCst);
+                self.cancel.cancel();
+                return self.abandon(ticket);
+            }
+            match outputs::dead_letter(binding, &received, &outcome, &self.cancel).await {
+                Ok(disposal) => outcome.disposal = Some(disposal),
+                Err(Interrupted) => return self.abandon(ticket),
+            }
+        }
+        // Recorded before the offset is stored: a committed decision is always on record.
+        if outputs::record(binding, outcome, &self.cancel).await.is_err() {
+            return self.abandon(ticket);
+        }
+        let consumer = self.consumer.as_ref();
+        let store = self.store_offsets;
+        self.tracker.finish(ticket, |partition, offset| {
+            if store {
+                kafka::store(consumer, partition, offset);
+            }
+        });
+        drop(permit);
+    }
+
+    fn abandon(&self, ticket: Ticket) {
+        self.abandoned.fetch_add(1, Ordering::SeqCst);
+        self.tracker.abandon(ticket);
+    }
+}

@@ -1,0 +1,234 @@
+//! One event through resolve → handler → reply, attempted again on transient failures: the
+//! owner is asked again on every attempt (consent is checked each time), each answer gets its
+//! receipt before it is acted on, and the event keeps the handler version it started on.
+
+use super::binding::Binding;
+use super::decide::{self, Failure, Next, RetryBudget, Unresolved};
+use super::outputs::{self, Interrupted};
+use crate::cloudevents::{ReferenceEvent, Refusal};
+use crate::config::{FailurePolicy, Stage};
+use crate::records::audit::{Decision, Origin, Outcome};
+use crate::resolve::{Released, Requester};
+use crate::sandbox::{self, Handler};
+use crate::telemetry::{self, TraceContext};
+use std::time::{Duration, Instant, SystemTime};
+use tokio_util::sync::CancellationToken;
+
+/// Decides one event. `None` when shutdown or revocation interrupted it before a decision.
+/// `trace` is the event's trace context continued by keyhole, if it carried one; its reply
+/// carries it on.
+pub async fn decide(
+    binding: &Binding,
+    event: Result<ReferenceEvent, Refusal>,
+    origin: Origin,
+    key: Option<&[u8]>,
+    trace: Option<&TraceContext>,
+    cancel: &CancellationToken,
+) -> Option<Outcome> {
+    // The version this event runs on from its first attempt to its last, whatever is activated
+    // meanwhile.
+    let handler = binding.handler.current();
+    let mut outcome = Outcome {
+        time: SystemTime::now(),
+        asker: binding.asker(&handler),
+        origin,
+        event_id: None,
+        dataref_path: None,
+        attempts: 1,
+        decision: Decision::Refused { kind: "", reason: String::new() },
+        disposal: None,
+    };
+    let event = match event {
+        Ok(event) => event,
+        Err(Refusal { id, error }) => {
+            outcome.event_id = id;
+            outcome.decision = refused(binding, error.kind(), error.to_string());
+            return Some(outcome);
+        }
+    };
+    outcome.event_id = Some(event.id.clone());
+    outcome.dataref_path = Some(event.dataref.path().to_string());
+    let url = match event.dataref.resolve_against(&binding.base_url) {
+        Ok(url) => url,
+        Err(error) => {
+            outcome.decision = refused(binding, error.kind(), error.to_string());
+            return Some(outcome);
+        }
+    };
+    let mut budget = RetryBudget::new(&binding.settings.retry);
+    let run = Run { handler: &handler, event: &event, url: &url, key, trace };
+    // An event that met an outage probes on through the closed gate; the others wait at it.
+    let mut probing = false;
+    // The owner's answer count before this event's latest attempt: a failure while it grew is
+    // this reference's own.
+    let mut answered_before = binding.resolver.answered();
+    loop {
+        let started = Instant::now();
+        let failure = match attempt(binding, &run, outcome.attempts, probing, answered_before, cancel).await {
+            Ok(Ok(decision)) => {
+                outcome.decision = decision;
+                break;
+            }
+            Ok(Err(failure)) => failure,
+            Err(Interrupted) => return None,
+        };
+        answered_before = binding.resolver.answered();
+        probing = failure.pause.is_some();
+        let delay = binding.backoff.delay(outcome.attempts, failure.retry_after);
+        budget.spend(&failure, started.elapsed() + delay);
+        match decide::after_failure(&failure, binding.settings.on_failure.at(failure.stage), &budget) {
+            Next::GiveUp => {
+                let reason = decide::final_reason(&failure, &budget);
+                outcome.decision = Decision::Failed { stage: failure.stage, kind: failure.kind, reason };
+                break;
+            }
+            Next::Retry => {}
+        }
+        if failure.pause.is_none() {
+            tracing::warn!(
+                binding = %binding.settings.name, event_id = %event.id, attempt = outcome.attempts,
+                stage = %failure.stage, kind = failure.kind, reason = %failure.reason, "Attempt failed; retrying."
+            );
+        }
+        metrics::counter!(telemetry::EVENT_RETRIES, binding.labels.with("cause", failure.kind)).increment(1);
+        outputs::sleep_or_cancel(delay, cancel).await.ok()?;
+        outcome.attempts += 1;
+    }
+    outcome.time = SystemTime::now();
+    Some(outcome)
+}
+
+/// What every attempt of one event works on.
+struct Run<'a> {
+    /// The handler version the event started on.
+    handler: &'a Handler,
+    event: &'a ReferenceEvent,
+    /// The reference resolved against the data source's base URL.
+    url: &'a url::Url,
+    /// The record's key, which the reply keeps.
+    key: Option<&'a [u8]>,
+    trace: Option<&'a TraceContext>,
+}
+
+/// One attempt (`number`, from 1): ask the owner, record its answer in a receipt, run the
+/// handler, publish its reply.
+async fn attempt(
+    binding: &Binding,
+    run: &Run<'_>,
+    number: u32,
+    probing: bool,
+    answered_before: u64,
+    cancel: &CancellationToken,
+) -> Result<Result<Decision, Failure>, Interrupted> {
+    let Run { handler, event, url, key, trace } = *run;
+    if !probing && !binding.gate.admit(cancel).await {
+        return Err(Interrupted);
+    }
+    let who = Requester {
+        tenant: &binding.settings.tenant,
+        handler: &binding.settings.handler,
+        purpose: &binding.settings.purpose,
+        event_id: &event.id,
+    };
+    let resolved = binding.resolver.fetch(url, &who).await;
+    outputs::record_receipt(binding, handler, event, &resolved, number, cancel).await?;
+    let released = match resolved {
+        Ok(released) => {
+            binding.gate.open();
+            released
+        }
+        Err(error) => {
+            // Answered by someone else meanwhile, or this very answer was a decision.
+            let answered_meanwhile = binding.resolver.answered() > answered_before;
+            return Ok(match decide::unresolved(error, answered_meanwhile) {
+                Unresolved::Decided(decided) => {
+                    binding.gate.open();
+                    Ok(match decided {
+                        crate::resolve::ResolveError::ConsentDenied { status } => {
+                            Decision::ConsentDenied { status }
+                        }
+                        crate::resolve::ResolveError::Gone { status } => Decision::Gone { status },
+                        other => Decision::Failed {
+                            stage: Stage::Resolve,
+                            kind: other.kind(),
+                            reason: other.to_string(),
+                        },
+                    })
+                }
+                Unresolved::Failed(failure) => {
+                    match &failure.pause {
+                        Some(reason) => binding.gate.close(reason.clone()),
+                        // The owner answers others: it is up.
+                        None => binding.gate.open(),
+                    }
+                    Err(failure)
+                }
+            });
+        }
+    };
+    let data_bytes = released.body.len() as u64;
+    let started = Instant::now();
+    let handled = handler.handle(&guest_event(event, released)).await;
+    metrics::histogram!(telemetry::HANDLER_DURATION, binding.labels.labels())
+        .record(started.elapsed().as_secs_f64());
+    let reply = match handled {
+        Ok(reply) => reply,
+        Err(error) => {
+            metrics::counter!(telemetry::HANDLER_ERRORS, binding.labels.with("kind", error.kind()))
+                .increment(1);
+            return Ok(Err(Failure::of_event(
+                Stage::Handler,
+                error.kind(),
+                error.to_string(),
+                error.is_retryable(),
+            )));
+        }
+    };
+    let destination = match outputs::reply_destination(&binding.settings, event, reply.is_some()) {
+        Ok(destination) => destination,
+        Err(reason) => {
+            return Ok(Err(Failure::of_event(Stage::Reply, "reply_topic_not_allowed", reason, false)));
+        }
+    };
+    let published = match (&reply, destination) {
+        (Some(reply), Some(topic)) => {
+            let id =
+                outputs::publish_reply(binding, handler, topic, event, key, trace, reply, cancel).await?;
+            Some((topic.to_string(), id))
+        }
+        _ => None,
+    };
+    Ok(Ok(Decision::Delivered { reply, data_bytes, published }))
+}
+
+fn refused(binding: &Binding, kind: &'static str, reason: String) -> Decision {
+    metrics::counter!(telemetry::EVENTS_REFUSED, binding.labels.with("kind", kind)).increment(1);
+    Decision::Refused { kind, reason }
+}
+
+/// What the handler sees: the context attributes, the non-personal extensions and the released
+/// bytes. Never the topic, partition, offset, key or reference.
+fn guest_event(event: &ReferenceEvent, released: Released) -> sandbox::Event {
+    sandbox::Event {
+        id: event.id.clone(),
+        source: event.source.clone(),
+        type_: event.type_.clone(),
+        subject: event.subject.clone(),
+        time: event.time.clone(),
+        datacontenttype: released.content_type,
+        extensions: event
+            .extensions
+            .iter()
+            .map(|(name, value)| sandbox::Extension { name: name.clone(), value: value.clone() })
+            .collect(),
+        data: released.body.to_vec(),
+    }
+}
+
+/// Whether the binding's policy for `stage` is to stop.
+pub fn stops(binding: &Binding, stage: Stage) -> bool {
+    binding.settings.on_failure.at(stage) == FailurePolicy::Stop
+}
+
+/// How long one send to Kafka may wait for the broker's confirmation.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);

@@ -1,0 +1,206 @@
+//! What an event leaves behind — its access receipts, its reply, its dead letter, its audit
+//! record — each written until confirmed: nothing unconfirmed is acknowledged. Only shutdown or
+//! revocation interrupts a write (the event is then read again).
+
+use super::binding::Binding;
+use super::event::SEND_TIMEOUT;
+use crate::cloudevents::ReferenceEvent;
+use crate::config::BindingSettings;
+use crate::kafka::{self, Received};
+use crate::records::audit::{Disposal, Outcome};
+use crate::records::receipt::{self, Receipt};
+use crate::resolve::{Released, ResolveError};
+use crate::sandbox::{Handler, Reply};
+use crate::telemetry::{self, TraceContext};
+use std::future::Future;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Why an event stopped before it was decided or recorded: it will be read again.
+#[derive(Debug)]
+pub struct Interrupted;
+
+/// Sleeps for `delay` unless cancelled first.
+pub async fn sleep_or_cancel(delay: Duration, cancel: &CancellationToken) -> Result<(), Interrupted> {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => Ok(()),
+        () = cancel.cancelled() => Err(Interrupted),
+    }
+}
+
+/// Writes or sends until it is confirmed, with backoff: what is not confirmed is not
+/// acknowledged, and a broker or disk that went away is waited for.
+async fn until_confirmed<T, E, F, Fut>(
+    binding: &Binding,
+    event_id: &str,
+    what: &str,
+    cancel: &CancellationToken,
+    mut send: F,
+) -> Result<T, Interrupted>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut attempt = 0;
+    loop {
+        match tokio::select! { biased; sent = send() => Some(sent), () = cancel.cancelled() => None } {
+            Some(Ok(sent)) => return Ok(sent),
+            Some(Err(error)) => {
+                attempt += 1;
+                tracing::warn!(binding = %binding.settings.name, event_id, %error, attempt, "{what} not confirmed; retrying.");
+                sleep_or_cancel(binding.backoff.delay(attempt, None), cancel).await?;
+            }
+            None => return Err(Interrupted),
+        }
+    }
+}
+
+/// Writes the receipt of one resolution attempt, and counts its outcome: an answer whose
+/// receipt is not on record is not acted on.
+pub async fn record_receipt(
+    binding: &Binding,
+    handler: &Handler,
+    event: &ReferenceEvent,
+    resolved: &Result<Released, ResolveError>,
+    number: u32,
+    cancel: &CancellationToken,
+) -> Result<(), Interrupted> {
+    let (decision, status) = match resolved {
+        Ok(_) => ("released", None),
+        Err(error) => (error.kind(), error.status()),
+    };
+    let labels = &binding.labels;
+    let data_source = binding.resolver.name();
+    let mut outcome_labels = labels.with("data_source", data_source.to_string());
+    outcome_labels.push(metrics::Label::new("outcome", decision));
+    metrics::counter!(telemetry::RESOLUTIONS, outcome_labels).increment(1);
+    let receipt = Receipt {
+        time: receipt::now(),
+        event_id: &event.id,
+        tenant: &binding.settings.tenant,
+        handler: &binding.settings.handler,
+        handler_version: handler.version(),
+        data_source,
+        purpose: &binding.settings.purpose,
+        subject: event.subject.as_deref(),
+        dataref: event.dataref.path(),
+        decision,
+        status,
+        attempt: number,
+    };
+    until_confirmed(binding, &event.id, "Receipt", cancel, || async {
+        let written = binding.receipts.write(&receipt, &binding.producer, SEND_TIMEOUT).await;
+        if written.is_err() {
+            metrics::counter!(telemetry::RECEIPT_ERRORS, labels.labels()).increment(1);
+        }
+        written
+    })
+    .await?;
+    metrics::counter!(telemetry::RECEIPTS, labels.with("decision", decision)).increment(1);
+    Ok(())
+}
+
+/// Publishes the handler's reply to `topic`, correlated to the request; its CloudEvents id.
+#[allow(clippy::too_many_arguments)]
+pub async fn publish_reply(
+    binding: &Binding,
+    handler: &Handler,
+    topic: &str,
+    event: &ReferenceEvent,
+    key: Option<&[u8]>,
+    trace: Option<&TraceContext>,
+    reply: &Reply,
+    cancel: &CancellationToken,
+) -> Result<String, Interrupted> {
+    let request = kafka::reply::Request { who: handler.identity(), event, key, trace };
+    let id = until_confirmed(binding, &event.id, "Reply", cancel, || {
+        kafka::reply::publish(&binding.producer, topic, &request, reply, SEND_TIMEOUT)
+    })
+    .await?;
+    metrics::counter!(telemetry::REPLIES, binding.labels.labels()).increment(1);
+    Ok(id)
+}
+
+/// Publishes a failed event to the binding's dead-letter topic, as it was received.
+pub async fn dead_letter(
+    binding: &Binding,
+    received: &Received,
+    outcome: &Outcome,
+    cancel: &CancellationToken,
+) -> Result<Disposal, Interrupted> {
+    let (Some(stage), Some((class, message))) = (outcome.decision.failed_stage(), outcome.decision.failure())
+    else {
+        return Err(Interrupted);
+    };
+    let failure = kafka::dead_letter::Failure {
+        origin: &outcome.origin,
+        group: &binding.settings.group_id,
+        tenant: &binding.settings.tenant,
+        handler: &binding.settings.handler,
+        handler_version: &outcome.asker.version,
+        stage,
+        class,
+        message,
+        attempts: outcome.attempts,
+        event_id: outcome.event_id.as_deref(),
+    };
+    let topic = &binding.settings.on_failure.dead_letter_topic;
+    let event_id = outcome.event_id.as_deref().unwrap_or("-");
+    let (partition, offset) = until_confirmed(binding, event_id, "Dead letter", cancel, || {
+        kafka::dead_letter::publish(&binding.producer, topic, received, &failure, SEND_TIMEOUT)
+    })
+    .await?;
+    metrics::counter!(telemetry::DEAD_LETTERS, binding.labels.with("stage", stage.as_str())).increment(1);
+    Ok(Disposal::DeadLettered { topic: topic.clone(), partition, offset })
+}
+
+/// Writes the event's audit record until it is written, then announces it (log, metric, tap).
+/// Its offset may be stored only after this returns `Ok`: a committed decision is always on
+/// record.
+pub async fn record(
+    binding: &Binding,
+    outcome: Outcome,
+    cancel: &CancellationToken,
+) -> Result<(), Interrupted> {
+    let event_id = outcome.event_id.clone().unwrap_or_else(|| "-".into());
+    let audit = &binding.audit;
+    until_confirmed(binding, &event_id, "Audit record", cancel, || {
+        // A local append: it does not wait on anything but the disk.
+        let written = audit.write(&outcome);
+        if written.is_err() {
+            metrics::counter!(telemetry::AUDIT_ERRORS, binding.labels.labels()).increment(1);
+        }
+        std::future::ready(written)
+    })
+    .await?;
+    audit.announce(outcome).await;
+    Ok(())
+}
+
+/// Where a reply goes: the topic the request names, if this handler may use it, else the
+/// handler's reply topic. `Ok(None)` when there is nothing to publish or nowhere to publish it.
+pub fn reply_destination<'a>(
+    settings: &'a BindingSettings,
+    request: &'a ReferenceEvent,
+    has_reply: bool,
+) -> Result<Option<&'a str>, String> {
+    if !has_reply {
+        return Ok(None);
+    }
+    match &request.replyto {
+        Some(asked)
+            if settings.reply_topic.as_ref() == Some(asked)
+                || settings.reply_topics_allowed.contains(asked) =>
+        {
+            Ok(Some(asked))
+        }
+        Some(_) => Err("the request's replyto names a topic this handler may not publish to".into()),
+        None => {
+            if settings.reply_topic.is_none() {
+                tracing::warn!(binding = %settings.name, event_id = %request.id, "The handler replied but no reply_topic is configured; reply dropped.");
+            }
+            Ok(settings.reply_topic.as_deref())
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! Pausing a binding whose data source cannot answer: its outage is not the events' fault.
+//!
+//! While paused, no new event asks the owner; the events that met the outage keep probing with
+//! backoff, and one waiting event is let through every [`PROBE_INTERVAL`] (half-open, as a
+//! circuit breaker would), so that a reference that merely fails on its own (a poison reference)
+//! cannot hold the binding paused while the owner answers everyone else. The first answer that
+//! is not a failure resumes the binding.
+
+use super::health::Health;
+use crate::telemetry::{self, BindingLabels};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// How often a paused binding lets one waiting event through to probe the owner.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why a binding paused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PauseReason {
+    /// The owner refused keyhole's own credentials (401): the operator's to fix.
+    CredentialsRefused,
+    /// The owner is unavailable: connection refused or reset, timeout, 408, 429, 5xx.
+    Unavailable(String),
+}
+
+impl std::fmt::Display for PauseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PauseReason::CredentialsRefused => {
+                f.write_str("the data owner refuses keyhole's credentials (401)")
+            }
+            PauseReason::Unavailable(why) => write!(f, "the data owner is unavailable: {why}"),
+        }
+    }
+}
+
+/// A binding's pause gate: open while the owner answers.
+pub struct PauseGate {
+    paused: watch::Sender<Option<PauseReason>>,
+    /// When the next waiting event may go through as a probe.
+    next_probe: Mutex<Instant>,
+    /// The binding's name, in [`Health`].
+    name: String,
+    labels: BindingLabels,
+    health: Arc<Health>,
+}
+
+impl PauseGate {
+    /// An open gate for binding `name`, reporting to `health` and the paused gauge.
+    pub fn new(name: &str, labels: BindingLabels, health: Arc<Health>) -> Self {
+        metrics::gauge!(telemetry::BINDING_PAUSED, labels.labels()).set(0.0);
+        PauseGate {
+            paused: watch::Sender::new(None),
+            next_probe: Mutex::new(Instant::now()),
+            name: name.to_string(),
+            labels,
+            health,
+        }
+    }
+
+    /// Pauses the binding (or updates why); logs only when it was running.
+    pub fn close(&self, reason: PauseReason) {
+        let was_open = self.paused.send_replace(Some(reason.clone())).is_none();
+        self.health.pause(&self.name, reason.to_string());
+        if was_open {
+            metrics::gauge!(telemetry::BINDING_PAUSED, self.labels.labels()).set(1.0);
+            *self.next_probe.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now() + PROBE_INTERVAL;
+            tracing::error!(binding = %self.name, reason = %reason,
+                "Binding paused: no new event asks the owner; events under way keep probing.");
+        }
+    }
+
+    /// Resumes the binding.
+    pub fn open(&self) {
+        if self.paused.send_replace(None).is_some() {
+            self.health.resume(&self.name);
+            metrics::gauge!(telemetry::BINDING_PAUSED, self.labels.labels()).set(0.0);
+            tracing::info!(binding = %self.name, "Binding resumed: the data owner answers again.");
+        }
+    }
+
+    /// Why the binding is paused, if it is.
+    pub fn paused(&self) -> Option<PauseReason> {
+        self.paused.borrow().clone()
+    }
+
+    /// Waits until the event may ask the owner: the gate is open, or this event is the next
+    /// probe. `false` if cancelled first.
+    pub async fn admit(&self, cancel: &CancellationToken) -> bool {
+        let mut paused = self.paused.subscribe();
+        loop {
+            if paused.borrow_and_update().is_none() {
+                return true;
+            }
+            let next_probe = *self.next_probe.lock().unwrap_or_else(|p| p.into_inner());
+            tokio::select! {
+                // An open gate wins over shutdown: events already read are finished in the drain.
+                biased;
+                changed = paused.changed() => if changed.is_err() { return false },
+                () = tokio::time::sleep_until(next_probe) => {
+                    if self.take_probe() {
+                        return true;
+                    }
+                }
+                () = cancel.cancelled() => return false,
+            }
+        }
+    }
+
+    /// Claims the probe slot if it is due; only one waiting event gets each.
+    fn take_probe(&self) -> bool {
+        let mut next = self.next_probe.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if now < *next {
+            return false;
+        }
+        *next = now + PROBE_INTERVAL;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate() -> PauseGate {
+        let health = Arc::new(Health::default());
+        health.set("t/h", super::super::health::BindingState::Running);
+        PauseGate::new("t/h", BindingLabels::new("t/h", "t"), health)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paused_gate_lets_one_waiting_event_through_per_probe_interval() {
+        let gate = Arc::new(gate());
+        let cancel = CancellationToken::new();
+        gate.close(PauseReason::Unavailable("HTTP 503".into()));
+        assert_eq!(gate.health.get("t/h").map(|s| s.label()), Some("paused"));
+        let waiting: Vec<_> = (0..3)
+            .map(|_| {
+                let (gate, cancel) = (gate.clone(), cancel.clone());
+                tokio::spawn(async move { gate.admit(&cancel).await })
+            })
+            .collect();
+        tokio::time::sleep(PROBE_INTERVAL / 2).await;
+        assert_eq!(waiting.iter().filter(|w| w.is_finished()).count(), 0, "nothing before the first probe");
+        tokio::time::sleep(PROBE_INTERVAL).await;
+        assert_eq!(waiting.iter().filter(|w| w.is_finished()).count(), 1, "one probe per interval");
+        tokio::time::sleep(PROBE_INTERVAL).await;
+        assert_eq!(waiting.iter().filter(|w| w.is_finished()).count(), 2);
+        gate.open();
+        for w in waiting {
+            assert!(w.await.unwrap());
+        }
+        assert_eq!(gate.health.get("t/h").map(|s| s.label()), Some("running"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_gate_admits_at_once_and_cancellation_ends_the_wait() {
+        let gate = gate();
+        let cancel = CancellationToken::new();
+        assert!(gate.admit(&cancel).await);
+        gate.close(PauseReason::CredentialsRefused);
+        cancel.cancel();
+        assert!(!gate.admit(&cancel).await);
+    }
+}

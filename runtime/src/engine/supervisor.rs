@@ -1,0 +1,209 @@
+//! Handlers uploaded through the admin API: the supervisor runs each handler's active version
+//! and follows the registry as it changes.
+//!
+//! Activating another version of a running handler swaps it in place: the binding keeps its
+//! consumer, its partitions and its in-flight events, which finish on the version they started
+//! on (see [`crate::engine::HandlerSlot`]); nothing is read twice. A changed spec (topics, data
+//! source, limits) restarts the binding: it drains, commits, and starts again from the committed
+//! offsets, as a rebalance would.
+
+use super::{Binding, BindingError, BindingState, Engine};
+use crate::config::{BindingSettings, UploadedBinding};
+use crate::model::names;
+use crate::registry::{Deployment, HandlerSpec, Registry};
+use crate::sandbox::{ComponentReport, Handler, LoadError};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+type Key = (String, String);
+
+/// A running uploaded handler.
+struct Deployed {
+    binding: Arc<Binding>,
+    /// The spec it was started with: a different one needs a restart.
+    spec: HandlerSpec,
+    /// The version new events start on.
+    version: String,
+    /// Stops this binding alone.
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), BindingError>>,
+}
+
+/// Runs the registry's active handlers.
+pub struct Supervisor {
+    engine: Arc<Engine>,
+    registry: Arc<Registry>,
+    /// The pipeline's token: every binding stops with it.
+    cancel: CancellationToken,
+    /// Held while the running set is changed, so that changes apply one at a time, in order.
+    running: tokio::sync::Mutex<HashMap<Key, Deployed>>,
+}
+
+impl Supervisor {
+    /// A supervisor of `registry`'s handlers; every binding it starts stops with `cancel`.
+    pub fn new(engine: Arc<Engine>, registry: Arc<Registry>, cancel: CancellationToken) -> Self {
+        Supervisor { engine, registry, cancel, running: tokio::sync::Mutex::new(HashMap::new()) }
+    }
+
+    /// Validates a component exactly as `keyhole check` does, on a blocking thread (compiling
+    /// takes a while).
+    pub async fn check(&self, wasm: Arc<Vec<u8>>) -> Result<ComponentReport, LoadError> {
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || engine.sandbox.check(&wasm).map_err(|(_, error)| error))
+            .await
+            .unwrap_or_else(|e| Err(LoadError::Invalid(format!("validation did not finish: {e}"))))
+    }
+
+    /// What an uploaded handler's binding is doing.
+    pub fn state(&self, tenant: &str, handler: &str) -> BindingState {
+        self.engine.health.get(&names::binding_name(tenant, handler)).unwrap_or(BindingState::Inactive)
+    }
+
+    /// Ready when the broker answers and no binding that should run has stopped or failed.
+    pub async fn ready(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        if let Err(error) = self.engine.broker_reachable(std::time::Duration::from_secs(2)).await {
+            problems.push(format!("the Kafka cluster is not reachable: {error}"));
+        }
+        for (binding, state) in self.engine.health.unhealthy() {
+            let why = state.reason().unwrap_or_default();
+            problems.push(format!("binding {binding} is {}: {why}", state.label()));
+        }
+        if problems.is_empty() { Ok(()) } else { Err(problems) }
+    }
+
+    /// Makes the running handlers what the registry says: starts newly active ones, swaps in
+    /// newly activated versions, restarts those whose spec changed, and stops those deleted,
+    /// deactivated or no longer granted. Returns, per binding, what could not be applied.
+    pub async fn reconcile(&self) -> Result<(), Vec<(String, String)>> {
+        let mut running = self.running.lock().await;
+        let mut desired: HashMap<Key, Deployment> = HashMap::new();
+        let mut not_granted: HashMap<Key, String> = HashMap::new();
+        for deployment in self.registry.deployments() {
+            let key = (deployment.tenant.clone(), deployment.handler.clone());
+            match &deployment.not_granted {
+                Some(why) => {
+                    not_granted.insert(key, why.clone());
+                }
+                None => {
+                    desired.insert(key, deployment);
+                }
+            }
+        }
+        let keys: Vec<Key> = running.keys().cloned().collect();
+        for key in keys {
+            let keep = desired.get(&key).is_some_and(|d| running.get(&key).is_some_and(|r| r.spec == d.spec));
+            if keep {
+                continue;
+            }
+            if let Some(deployed) = running.remove(&key) {
+                let name = deployed.binding.settings.name.clone();
+                tracing::info!(binding = %name, "Stopping an uploaded handler's binding.");
+                deployed.cancel.cancel();
+                let _ = deployed.task.await;
+                // Restarted below, or inactive (deleted, deactivated); not_granted is set below.
+                match desired.contains_key(&key) {
+                    true => self.engine.health.remove(&name),
+                    false => self.engine.health.set(&name, BindingState::Inactive),
+                }
+            }
+        }
+        for ((tenant, handler), why) in not_granted {
+            self.engine.health.set(&names::binding_name(&tenant, &handler), BindingState::NotGranted(why));
+        }
+        let mut problems = Vec::new();
+        for (key, deployment) in desired {
+            let name = names::binding_name(&key.0, &key.1);
+            let outcome = match running.get_mut(&key) {
+                Some(deployed) if deployed.version == deployment.version => continue,
+                // A live binding: swap the version in place.
+                Some(deployed) if !deployed.task.is_finished() => self.swap(deployed, &deployment).await,
+                // Not running, or stopped by its failure policy: a new version starts it afresh.
+                _ => match self.start(&deployment).await {
+                    Ok(deployed) => {
+                        running.insert(key, deployed);
+                        Ok(())
+                    }
+                    Err(error) => Err(error),
+                },
+            };
+            if let Err(error) = outcome {
+                self.engine.health.set(&name, BindingState::Failed(error.clone()));
+                problems.push((name, error));
+            }
+        }
+        if problems.is_empty() { Ok(()) } else { Err(problems) }
+    }
+
+    /// Stops every uploaded handler's binding (at shutdown, after the pipeline's token was
+    /// cancelled) and waits for their drains.
+    pub async fn stop_all(&self) {
+        let mut running = self.running.lock().await;
+        for (_, deployed) in running.drain() {
+            deployed.cancel.cancel();
+            let _ = deployed.task.await;
+        }
+    }
+
+    async fn swap(&self, deployed: &mut Deployed, deployment: &Deployment) -> Result<(), String> {
+        let handler = self.load(&deployed.binding.settings, deployment).await?;
+        deployed.binding.handler.replace(handler);
+        tracing::info!(binding = %deployed.binding.settings.name, from = %deployed.version, to = %deployment.version,
+            "Version activated; in-flight events finish on the one they started on.");
+        deployed.version = deployment.version.clone();
+        Ok(())
+    }
+
+    async fn start(&self, deployment: &Deployment) -> Result<Deployed, String> {
+        let settings = self.binding_settings(deployment)?;
+        let handler = self.load(&settings, deployment).await?;
+        let started =
+            self.engine.bind(&settings, handler).map_err(|(key, message)| format!("{key}: {message}"))?;
+        let binding = started.0.clone();
+        let cancel = self.cancel.child_token();
+        let engine = self.engine.clone();
+        let task_cancel = cancel.clone();
+        // Marked running before the task is scheduled, so that a status read right after an
+        // activation sees it.
+        self.engine.health.set(&settings.name, BindingState::Running);
+        let task = tokio::spawn(async move { engine.consume(started, task_cancel).await });
+        tracing::info!(binding = %settings.name, version = %deployment.version, "Uploaded handler started.");
+        Ok(Deployed {
+            binding,
+            spec: deployment.spec.clone(),
+            version: deployment.version.clone(),
+            cancel,
+            task,
+        })
+    }
+
+    /// Reads and compiles the deployment's component on a blocking thread.
+    async fn load(&self, settings: &BindingSettings, deployment: &Deployment) -> Result<Handler, String> {
+        let engine = self.engine.clone();
+        let settings = settings.clone();
+        let path = deployment.component.clone();
+        tokio::task::spawn_blocking(move || {
+            let wasm = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            engine.load(&settings, &wasm).map_err(|e| format!("component refused: {e}"))
+        })
+        .await
+        .map_err(|e| format!("loading did not finish: {e}"))?
+    }
+
+    /// The binding an uploaded handler runs as (see [`crate::config::UploadedBinding`]).
+    fn binding_settings(&self, d: &Deployment) -> Result<BindingSettings, String> {
+        self.engine.settings.uploaded_binding(UploadedBinding {
+            tenant: &d.tenant,
+            handler: &d.handler,
+            component: d.component.clone(),
+            topics: d.spec.topics.clone(),
+            data_source: &d.spec.data_source,
+            purpose: d.spec.purpose.clone(),
+            max_in_flight: d.spec.max_in_flight.unwrap_or(d.limits.max_in_flight),
+            reply_topic: d.spec.reply_topic.clone(),
+            deadline_ms: d.spec.deadline_ms.unwrap_or(d.limits.max_deadline_ms),
+            max_memory_bytes: d.spec.max_memory_bytes.unwrap_or(d.limits.max_memory_bytes),
+        })
+    }
+}

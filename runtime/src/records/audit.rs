@@ -1,0 +1,310 @@
+//! What was decided for each event: the data owner's proof of who asked for which reference,
+//! why, and what happened.
+//!
+//! Every finished event yields one [`Outcome`]. It is logged, appended to the audit file when one
+//! is configured, and handed to an optional tap (tests, the demo). An audit record never holds
+//! resolved data, a reply's bytes, a token or a reference's query string: only the reference's
+//! path, sizes, statuses and error kinds.
+
+use super::json_lines::JsonLines;
+use crate::config::Stage;
+use crate::sandbox::Reply;
+use serde::Serialize;
+use std::path::Path;
+use std::time::SystemTime;
+use tokio::sync::mpsc;
+
+/// Where an event came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Origin {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The offset.
+    pub offset: i64,
+}
+
+/// Who asked: the binding that consumed the event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Asker {
+    /// The tenant.
+    pub tenant: String,
+    /// The handler.
+    pub handler: String,
+    /// The declared purpose, as sent to the data owner.
+    pub purpose: String,
+    /// The handler's version: `sha256:<hex>` of its component.
+    pub version: String,
+}
+
+/// What was decided for one event.
+#[derive(Clone, Debug)]
+pub enum Decision {
+    /// The owner released the data and the handler handled it.
+    Delivered {
+        /// The handler's answer, if any. Held in memory for the reply path and the demo; never
+        /// written to the audit file (it is derived from personal data).
+        reply: Option<Reply>,
+        /// Bytes the owner released.
+        data_bytes: u64,
+        /// Where the reply was published, and its CloudEvents id (its `causationid` is the
+        /// request's id).
+        published: Option<(String, String)>,
+    },
+    /// The owner refused: consent missing or withdrawn (403), or legally unavailable (451).
+    ConsentDenied {
+        /// The owner's status.
+        status: u16,
+    },
+    /// The owner has no such data: unknown (404) or deleted/erased (410).
+    Gone {
+        /// The owner's status.
+        status: u16,
+    },
+    /// keyhole refused the event before asking anyone: a malformed envelope or a hostile
+    /// reference.
+    Refused {
+        /// A stable label, e.g. `forbidden_dataref`.
+        kind: &'static str,
+        /// Why, without any payload, header value or query string.
+        reason: String,
+    },
+    /// Resolving, handling or replying failed for good (or past the retry limits).
+    Failed {
+        /// Where it failed.
+        stage: Stage,
+        /// A stable label, e.g. `trapped`, `too_large`.
+        kind: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Decision {
+    /// A stable label: `delivered`, `consent_denied`, `gone`, `refused`, `failed`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Decision::Delivered { .. } => "delivered",
+            Decision::ConsentDenied { .. } => "consent_denied",
+            Decision::Gone { .. } => "gone",
+            Decision::Refused { .. } => "refused",
+            Decision::Failed { .. } => "failed",
+        }
+    }
+
+    /// The stage whose failure policy applies, for a refused or failed event.
+    pub fn failed_stage(&self) -> Option<Stage> {
+        match self {
+            Decision::Refused { .. } => Some(Stage::Envelope),
+            Decision::Failed { stage, .. } => Some(*stage),
+            _ => None,
+        }
+    }
+
+    /// The failure's stable label and reason, for a refused or failed event.
+    pub fn failure(&self) -> Option<(&'static str, &str)> {
+        match self {
+            Decision::Refused { kind, reason } | Decision::Failed { kind, reason, .. } => {
+                Some((kind, reason))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What was done with an event that failed for good.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Disposal {
+    /// Published to the dead-letter topic, at this place.
+    DeadLettered {
+        /// The dead-letter topic.
+        topic: String,
+        /// Its partition.
+        partition: i32,
+        /// Its offset.
+        offset: i64,
+    },
+    /// The binding stopped without acknowledging the event; it is read again after a restart.
+    BindingStopped,
+}
+
+/// One finished event.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// When it was decided.
+    pub time: SystemTime,
+    /// Who asked.
+    pub asker: Asker,
+    /// Where the event came from.
+    pub origin: Origin,
+    /// The CloudEvents id, when the envelope had one.
+    pub event_id: Option<String>,
+    /// The reference's path (never its query), when it passed validation.
+    pub dataref_path: Option<String>,
+    /// Attempts made (1 when nothing was retried).
+    pub attempts: u32,
+    /// What was decided.
+    pub decision: Decision,
+    /// What was done with it, when it failed for good.
+    pub disposal: Option<Disposal>,
+}
+
+/// The audit file's line format. Built from an [`Outcome`], leaving out everything personal.
+#[derive(Serialize)]
+struct Record<'a> {
+    time: String,
+    tenant: &'a str,
+    handler: &'a str,
+    handler_version: &'a str,
+    purpose: &'a str,
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+    event_id: Option<&'a str>,
+    dataref: Option<&'a str>,
+    decision: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stage: Option<Stage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply_topic: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dead_letter_topic: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dead_letter_partition: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dead_letter_offset: Option<i64>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    binding_stopped: bool,
+    attempts: u32,
+}
+
+impl<'a> Record<'a> {
+    fn from(outcome: &'a Outcome) -> Self {
+        let (mut status, mut stage, mut kind, mut reason, mut data_bytes, mut reply_bytes) =
+            (None, None, None, None, None, None);
+        let (mut reply_topic, mut reply_id) = (None, None);
+        match &outcome.decision {
+            Decision::Delivered { reply, data_bytes: n, published } => {
+                data_bytes = Some(*n);
+                reply_bytes = reply.as_ref().map(|r| r.data.len() as u64);
+                (reply_topic, reply_id) = published.as_ref().map(|(t, i)| (t.as_str(), i.as_str())).unzip();
+            }
+            Decision::ConsentDenied { status: s } | Decision::Gone { status: s } => status = Some(*s),
+            Decision::Refused { kind: k, reason: r } => (kind, reason) = (Some(*k), Some(r.as_str())),
+            Decision::Failed { stage: s, kind: k, reason: r } => {
+                (stage, kind, reason) = (Some(*s), Some(*k), Some(r.as_str()))
+            }
+        }
+        let (mut dead_letter_topic, mut dead_letter_partition, mut dead_letter_offset) = (None, None, None);
+        if let Some(Disposal::DeadLettered { topic, partition, offset }) = &outcome.disposal {
+            (dead_letter_topic, dead_letter_partition, dead_letter_offset) =
+                (Some(topic.as_str()), Some(*partition), Some(*offset));
+        }
+        Record {
+            time: humantime::format_rfc3339_millis(outcome.time).to_string(),
+            tenant: &outcome.asker.tenant,
+            handler: &outcome.asker.handler,
+            handler_version: &outcome.asker.version,
+            purpose: &outcome.asker.purpose,
+            topic: &outcome.origin.topic,
+            partition: outcome.origin.partition,
+            offset: outcome.origin.offset,
+            event_id: outcome.event_id.as_deref(),
+            dataref: outcome.dataref_path.as_deref(),
+            decision: outcome.decision.label(),
+            status,
+            stage,
+            kind,
+            reason,
+            data_bytes,
+            reply_bytes,
+            reply_topic,
+            reply_id,
+            dead_letter_topic,
+            dead_letter_partition,
+            dead_letter_offset,
+            binding_stopped: outcome.disposal == Some(Disposal::BindingStopped),
+            attempts: outcome.attempts,
+        }
+    }
+}
+
+/// Records outcomes: to the log, to the audit file, and to a tap.
+pub struct Audit {
+    /// The audit file, appended one line per outcome. Written before the event's offset is
+    /// stored, so a decision whose offset was committed is never missing from it.
+    file: Option<JsonLines>,
+    /// A bounded channel for in-process observers; a full tap slows the pipeline rather than
+    /// losing outcomes.
+    tap: Option<mpsc::Sender<Outcome>>,
+}
+
+impl Audit {
+    /// An audit that appends to `path` (created if missing) and/or feeds `tap`.
+    pub fn new(path: Option<&Path>, tap: Option<mpsc::Sender<Outcome>>) -> std::io::Result<Self> {
+        let file = match path {
+            Some(path) => Some(JsonLines::open(path)?),
+            None => None,
+        };
+        Ok(Audit { file, tap })
+    }
+
+    /// Writes one outcome's line to the audit file, if one is configured. The caller retries a
+    /// failed write before acknowledging the event: a committed decision is never missing from
+    /// the file.
+    pub fn write(&self, outcome: &Outcome) -> Result<(), AuditError> {
+        let Some(file) = &self.file else { return Ok(()) };
+        file.append(&Record::from(outcome))?;
+        Ok(())
+    }
+
+    /// Announces a recorded outcome: the log line, the finished counter and the tap.
+    pub async fn announce(&self, outcome: Outcome) {
+        let record = Record::from(&outcome);
+        tracing::info!(
+            tenant = record.tenant,
+            handler = record.handler,
+            version = record.handler_version,
+            topic = record.topic,
+            partition = record.partition,
+            offset = record.offset,
+            event_id = record.event_id,
+            decision = record.decision,
+            status = record.status,
+            stage = record.stage.map(Stage::as_str),
+            kind = record.kind,
+            reason = record.reason,
+            dead_letter_topic = record.dead_letter_topic,
+            binding_stopped = record.binding_stopped,
+            attempts = record.attempts,
+            "Event finished."
+        );
+        let binding = crate::model::names::binding_name(&outcome.asker.tenant, &outcome.asker.handler);
+        let labels = crate::telemetry::BindingLabels::new(&binding, &outcome.asker.tenant);
+        metrics::counter!(
+            crate::telemetry::EVENTS_FINISHED,
+            labels.with("decision", outcome.decision.label())
+        )
+        .increment(1);
+        if let Some(tap) = &self.tap {
+            // A closed tap means nobody is watching any more; the outcome is recorded above.
+            let _ = tap.send(outcome).await;
+        }
+    }
+}
+
+/// An audit record could not be written.
+pub type AuditError = super::json_lines::AppendError;

@@ -1,0 +1,172 @@
+//! The Kafka-protocol broker the tests run against (tansu, started by scripts/test.sh), and
+//! helpers to create topics, publish reference events and read committed offsets.
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::time::Duration;
+
+/// The broker's address, from scripts/test.sh.
+pub fn bootstrap() -> String {
+    std::env::var("KEYHOLE_TEST_BROKER").expect(
+        "KEYHOLE_TEST_BROKER is not set: run the tests with scripts/test.sh, which starts the tansu broker",
+    )
+}
+
+/// A name no other test uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}-{}", std::process::id(), rand::random::<u32>())
+}
+
+/// Creates a topic with `partitions` partitions and returns its name.
+pub async fn create_topic(partitions: i32) -> String {
+    let name = unique("refs");
+    create_named_topic(&name, partitions).await;
+    name
+}
+
+/// Creates a topic of the given name.
+pub async fn create_named_topic(name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", bootstrap()).create().unwrap();
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let results = admin.create_topics([&topic], &AdminOptions::new()).await.unwrap();
+    for result in results {
+        result.unwrap_or_else(|(topic, e)| panic!("create {topic}: {e}"));
+    }
+}
+
+/// An idempotent producer, as a data owner would run.
+pub fn producer() -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "1")
+        .create()
+        .unwrap()
+}
+
+/// The binary-mode headers of a reference event.
+pub fn reference(id: &str, dataref: &str) -> Vec<(String, Vec<u8>)> {
+    vec![
+        ("ce_specversion".into(), b"1.0".to_vec()),
+        ("ce_id".into(), id.as_bytes().to_vec()),
+        ("ce_source".into(), b"https://crm.example.com/customers".to_vec()),
+        ("ce_type".into(), b"com.example.customer.updated".to_vec()),
+        ("ce_time".into(), b"2026-11-23T10:00:00Z".to_vec()),
+        ("ce_dataref".into(), dataref.as_bytes().to_vec()),
+    ]
+}
+
+/// Reference-event headers with another `ce_type` (the leaky guest chooses its ending by it).
+pub fn with_type(mut headers: Vec<(String, Vec<u8>)>, type_: &str) -> Vec<(String, Vec<u8>)> {
+    for (name, value) in &mut headers {
+        if name == "ce_type" {
+            *value = type_.as_bytes().to_vec();
+        }
+    }
+    headers
+}
+
+/// Publishes a record to partition `partition` (or by key when None) and waits for the ack.
+pub async fn publish(
+    producer: &FutureProducer,
+    topic: &str,
+    partition: Option<i32>,
+    key: Option<&str>,
+    headers: &[(String, Vec<u8>)],
+    value: Option<&[u8]>,
+) {
+    let mut owned = OwnedHeaders::new();
+    for (name, value) in headers {
+        owned = owned.insert(Header { key: name, value: Some(value) });
+    }
+    let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).headers(owned);
+    if let Some(key) = key {
+        record = record.key(key);
+    }
+    if let Some(value) = value {
+        record = record.payload(value);
+    }
+    if let Some(partition) = partition {
+        record = record.partition(partition);
+    }
+    producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+}
+
+/// The offsets `group` has committed for each partition of `topic` (-1 when none).
+pub fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap()).set("group.id", group).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    committed
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => o,
+            _ => -1,
+        })
+        .collect()
+}
+
+/// Reads the first `n` records of partition 0 of `topic` (fails after 30 s).
+pub async fn read(topic: &str, n: usize) -> Vec<rdkafka::message::OwnedMessage> {
+    use rdkafka::consumer::StreamConsumer;
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", unique("reader"))
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut got = Vec::new();
+    while got.len() < n {
+        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} records on {topic}", got.len()))
+            .unwrap();
+        got.push(message.detach());
+    }
+    got
+}
+
+/// A header's value as text.
+pub fn header(message: &rdkafka::message::OwnedMessage, name: &str) -> Option<String> {
+    use rdkafka::Message;
+    use rdkafka::message::Headers;
+    let headers = message.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Publishes a reference event (`bg-<n>`, to `dataref`) on `partition` every 20 ms until
+/// aborted: traffic the owner answers, which shows keyhole that the owner is up while one
+/// reference keeps failing (a poison reference is then counted against its limits, not taken
+/// for an outage).
+pub fn healthy_traffic(topic: &str, partition: i32, dataref: &str) -> tokio::task::JoinHandle<()> {
+    let (producer, topic, dataref) = (producer(), topic.to_string(), dataref.to_string());
+    tokio::spawn(async move {
+        for i in 0.. {
+            let headers = reference(&format!("bg-{i}"), &dataref);
+            publish(&producer, &topic, Some(partition), Some("bg"), &headers, None).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+}
+
+/// Whether an outcome is of [`healthy_traffic`].
+pub fn is_background(outcome: &keyhole::records::audit::Outcome) -> bool {
+    outcome.event_id.as_deref().is_some_and(|id| id.starts_with("bg-"))
+}

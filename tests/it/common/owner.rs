@@ -1,0 +1,161 @@
+//! A data owner on loopback: a real HTTP server with a consent table the test changes while
+//! keyhole runs, and a record of every request it got.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What the owner answers for a path.
+#[derive(Clone, Debug)]
+pub enum Answer {
+    /// 200 with this content type and body.
+    Release(&'static str, Vec<u8>),
+    /// This status, empty body.
+    Status(u16),
+}
+
+/// One request the owner received.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub path: String,
+    pub event_id: Option<String>,
+    pub tenant: Option<String>,
+    pub handler: Option<String>,
+    pub purpose: Option<String>,
+    pub status: u16,
+}
+
+#[derive(Default)]
+struct Table {
+    answers: Mutex<HashMap<String, Answer>>,
+    seen: Mutex<Vec<Seen>>,
+    token: Mutex<String>,
+    delay_ms: Mutex<u64>,
+    /// When set, every request is answered with this status (the owner is down).
+    down: Mutex<Option<u16>>,
+    in_flight: Mutex<(usize, usize)>,
+}
+
+/// A running data owner. Dropping it stops the server.
+pub struct Owner {
+    pub addr: SocketAddr,
+    table: Arc<Table>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+pub const TOKEN: &str = "keyhole-test-token";
+
+impl Owner {
+    /// Starts on a free loopback port.
+    pub async fn start() -> Owner {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener)
+    }
+
+    /// Starts on a given address (to come back after being down).
+    pub async fn start_on(addr: SocketAddr) -> Owner {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        Self::serve(listener)
+    }
+
+    fn serve(listener: tokio::net::TcpListener) -> Owner {
+        let table = Arc::new(Table::default());
+        *table.token.lock().unwrap() = TOKEN.to_string();
+        let app =
+            axum::Router::new().route("/api/{*path}", axum::routing::get(answer)).with_state(table.clone());
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.ok();
+        });
+        Owner { addr, table, server }
+    }
+
+    /// The base URL to configure: `http://127.0.0.1:PORT/api/`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/api/", self.addr)
+    }
+
+    /// Sets the answer for a path (relative to `/api/`).
+    pub fn set(&self, path: &str, answer: Answer) {
+        self.table.answers.lock().unwrap().insert(path.to_string(), answer);
+    }
+
+    /// Changes the token the owner accepts (the old one then gets 401).
+    pub fn set_token(&self, token: &str) {
+        *self.table.token.lock().unwrap() = token.to_string();
+    }
+
+    /// Delays every answer.
+    pub fn set_delay(&self, delay: Duration) {
+        *self.table.delay_ms.lock().unwrap() = delay.as_millis() as u64;
+    }
+
+    /// Answers every request with `status` (an outage) until [`Owner::recover`].
+    pub fn go_down(&self, status: u16) {
+        *self.table.down.lock().unwrap() = Some(status);
+    }
+
+    /// Answers from the consent table again.
+    pub fn recover(&self) {
+        *self.table.down.lock().unwrap() = None;
+    }
+
+    /// Every request so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.table.seen.lock().unwrap().clone()
+    }
+
+    /// The most requests it was answering at once.
+    pub fn max_concurrent(&self) -> usize {
+        self.table.in_flight.lock().unwrap().1
+    }
+}
+
+async fn answer(State(table): State<Arc<Table>>, Path(path): Path<String>, headers: HeaderMap) -> Response {
+    {
+        let mut n = table.in_flight.lock().unwrap();
+        n.0 += 1;
+        n.1 = n.1.max(n.0);
+    }
+    let delay = *table.delay_ms.lock().unwrap();
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let authorised = text("authorization") == Some(format!("Bearer {}", table.token.lock().unwrap()));
+    let down = *table.down.lock().unwrap();
+    let answer = if let Some(status) = down {
+        Answer::Status(status)
+    } else if authorised {
+        table.answers.lock().unwrap().get(&path).cloned().unwrap_or(Answer::Status(404))
+    } else {
+        Answer::Status(401)
+    };
+    let status = match &answer {
+        Answer::Release(..) => 200,
+        Answer::Status(s) => *s,
+    };
+    table.seen.lock().unwrap().push(Seen {
+        path,
+        event_id: text("keyhole-event-id"),
+        tenant: text("keyhole-tenant"),
+        handler: text("keyhole-handler"),
+        purpose: text("keyhole-purpose"),
+        status,
+    });
+    table.in_flight.lock().unwrap().0 -= 1;
+    match answer {
+        Answer::Release(content_type, body) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
+        Answer::Status(s) => StatusCode::from_u16(s).unwrap().into_response(),
+    }
+}

@@ -1,0 +1,140 @@
+//! The example configuration in the repository loads, and every key it uses is documented.
+// Setting an environment variable is `unsafe` since Rust 2024; this binary's other tests do not
+// read it.
+#![allow(unsafe_code)]
+// A test fails loudly on anything unexpected; unwrap is how it says so.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use crate::common;
+
+use keyhole::config::{Config, ConfigError, ReceiptSink};
+
+#[test]
+fn the_example_config_loads() {
+    let example = common::repo_root().join("keyhole.example.toml");
+    // SAFETY: no other thread of this test binary reads or writes this variable.
+    unsafe { std::env::set_var("KEYHOLE_CRM_TOKEN", "example-token") };
+    unsafe { std::env::set_var("KEYHOLE_OPERATOR_TOKEN", "example-operator-token") };
+    let settings = Config::load(&example).unwrap_or_else(|e| panic!("{e}"));
+    let binding = &settings.bindings[0];
+    assert_eq!(binding.group_id, "keyhole.acme.age-band");
+    assert_eq!(binding.topics, ["customer-references"]);
+    assert_eq!(settings.data_sources[binding.data_source].base_url.as_str(), "http://127.0.0.1:8080/api/");
+    assert!(settings.audit_path.unwrap().ends_with("keyhole-audit.jsonl"));
+    assert!(
+        matches!(&settings.receipts, ReceiptSink::File(path) if path.ends_with("keyhole-receipts.jsonl")),
+        "{:?}",
+        settings.receipts
+    );
+}
+
+#[test]
+fn every_key_of_the_example_is_documented() {
+    let root = common::repo_root();
+    let example = std::fs::read_to_string(root.join("keyhole.example.toml")).unwrap();
+    let docs = std::fs::read_to_string(root.join("docs/configuration.md")).unwrap();
+    let mut keys = Vec::new();
+    for line in example.lines().map(str::trim) {
+        let line = line.trim_start_matches("# ");
+        if let Some((key, _)) = line.split_once(" = ")
+            && !key.contains(' ')
+            && !key.starts_with('"')
+        {
+            keys.push(key.to_string());
+        }
+    }
+    assert!(keys.len() > 20, "{keys:?}");
+    for key in keys {
+        assert!(docs.contains(&format!("`{key}`")), "docs/configuration.md does not document `{key}`");
+    }
+}
+
+#[test]
+fn a_broken_config_reports_every_problem_with_its_path() {
+    let dir = std::env::temp_dir().join(common::broker::unique("keyhole-config"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.toml");
+    std::fs::write(
+        &path,
+        r#"
+        [kafka]
+        bootstrap_servers = ""
+        group_id = "g"
+        properties = { "enable.auto.commit" = "false" }
+
+        [[data_source]]
+        name = "crm"
+        base_url = "ftp://crm.example.com/"
+
+        [[handler]]
+        name = "Bad Name"
+        tenant = "acme"
+        component = "missing.wasm"
+        topics = []
+        data_source = "crm"
+        purpose = "p"
+        "#,
+    )
+    .unwrap();
+    let error = Config::load(&path).unwrap_err();
+    let ConfigError::Invalid { problems, .. } = &error else { panic!("{error}") };
+    let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+    for expected in [
+        "kafka.bootstrap_servers",
+        "kafka.properties.\"enable.auto.commit\"",
+        "data_source[0].base_url",
+        "handler[0].name",
+        "handler[0].component",
+        "handler[0].topics",
+    ] {
+        assert!(paths.contains(&expected), "{expected} missing from {paths:?}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn tenant_and_handler_names_with_dots_are_refused() {
+    let dir = std::env::temp_dir().join(format!("keyhole-config-names-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let component = common::guest_path("echo");
+    let handler = |tenant: &str, name: &str| {
+        format!(
+            r#"
+            [[handler]]
+            name = "{name}"
+            tenant = "{tenant}"
+            component = "{component}"
+            topics = ["refs"]
+            data_source = "crm"
+            purpose = "p"
+            "#,
+            component = component.display()
+        )
+    };
+    let path = dir.join("keyhole.toml");
+    let header = r#"
+        [kafka]
+        bootstrap_servers = "127.0.0.1:9092"
+        group_id = "g"
+
+        [[data_source]]
+        name = "crm"
+        base_url = "http://127.0.0.1:8080/"
+    "#;
+    // `dot` + `x.y` and `dot.x` + `y` would both consume as `g.dot.x.y`.
+    let body = [handler("dot", "x.y"), handler("dot.x", "y"), handler("..", "z"), handler("w", ".")].concat();
+    std::fs::write(&path, format!("{header}{body}")).unwrap();
+    let error = Config::load(&path).unwrap_err();
+    let ConfigError::Invalid { problems, .. } = &error else { panic!("{error}") };
+    let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["handler[0].name", "handler[1].tenant", "handler[2].tenant", "handler[3].name"],
+        "{error}"
+    );
+    assert!(problems.iter().all(|p| p.message.contains("'.'")), "{error}");
+    std::fs::write(&path, format!("{header}{}", handler("dot", "x-y"))).unwrap();
+    let settings = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(settings.bindings[0].group_id, "g.dot.x-y");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -1,0 +1,191 @@
+//! Exactly-once delivery: replies, dead letters and consumed offsets in one Kafka transaction.
+//!
+//! tansu does not implement transaction commit (EndTxn), so these tests run on librdkafka's mock
+//! cluster. The mock has two limits that bound what they can show: it acknowledges
+//! `TxnOffsetCommit` without storing the offsets, and its `read_committed` does not filter
+//! aborted records. So the tests show that keyhole drives the transactional protocol to the end
+//! (every batch committed, an abortable failure aborted, rewound and handled again, a SIGKILL
+//! losing nothing), but not that a reader sees each reply exactly once: on the mock, aborted
+//! replies stay visible and a restart reads from the beginning. docs/delivery.md says the same.
+// A test fails loudly on anything unexpected; unwrap is how it says so.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use crate::common;
+
+use common::owner::{Answer, Owner};
+use common::running::Running;
+use keyhole::config::Config;
+use keyhole::records::audit::Decision;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::FutureProducer;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// An exactly-once echo binding on `topic` of the cluster at `bootstrap`, replying to `replies`.
+fn config(bootstrap: &str, group: &str, topic: &str, owner: &Owner, replies: &str) -> String {
+    let identity = r#"{ bearer_token = { env = "KEYHOLE_TEST_OWNER_TOKEN" } }"#;
+    let extra = format!("delivery = \"exactly-once\"\n        reply_topic = \"{replies}\"");
+    common::echo_config(group, topic, &owner.base_url(), identity, &extra).replace(
+        &format!("bootstrap_servers = \"{}\"", common::broker::bootstrap()),
+        &format!("bootstrap_servers = \"{bootstrap}\""),
+    )
+}
+
+async fn publish_events(bootstrap: &str, topic: &str, owner: &Owner, n: usize) {
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
+    for i in 0..n {
+        let id = format!("ev-{i}");
+        owner.set(&format!("r/{id}"), Answer::Release("text/plain", id.clone().into_bytes()));
+        let headers = common::broker::reference(&id, &format!("r/{id}"));
+        let key = format!("key-{}", i % 10);
+        common::broker::publish(&producer, topic, None, Some(&key), &headers, Some(&[])).await;
+    }
+}
+
+/// Replies per request id (their `ce_causationid`) on `topic`, read until `quiet` passes with
+/// nothing new.
+async fn replies_per_request(bootstrap: &str, topic: &str, quiet: Duration) -> HashMap<String, usize> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", common::broker::unique("reader"))
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut counts = HashMap::new();
+    while let Ok(message) = tokio::time::timeout(quiet, consumer.recv()).await {
+        let message = message.unwrap();
+        use rdkafka::message::Headers;
+        let cause = message.headers().and_then(|h| {
+            h.iter()
+                .find(|h| h.key == "ce_causationid")
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        });
+        *counts.entry(cause.unwrap()).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_transaction_is_rewound_and_its_batch_handled_again() {
+    const EVENTS: usize = 40;
+    let cluster = MockCluster::new(1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    let group = common::broker::unique("keyhole");
+    cluster.create_topic("refs", 1, 1).unwrap();
+    cluster.create_topic("replies", 1, 1).unwrap();
+    cluster.create_topic(&format!("{group}.acme.echo.dlq"), 1, 1).unwrap();
+    let owner = Owner::start().await;
+    publish_events(&bootstrap, "refs", &owner, EVENTS).await;
+    // The first transaction's offsets are refused with an error that requires an abort.
+    cluster.request_errors(
+        RDKafkaApiKey::TxnOffsetCommit,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED],
+    );
+    let toml = config(&bootstrap, &group, "refs", &owner, "replies").replace(
+        r#"{ env = "KEYHOLE_TEST_OWNER_TOKEN" }"#,
+        &format!(r#"{{ value = "{}" }}"#, common::owner::TOKEN),
+    );
+    // The temporary directory as the base: receipts land there, not in the working tree.
+    let settings = toml::from_str::<Config>(&toml).unwrap().validate(&std::env::temp_dir()).unwrap();
+
+    let mut keyhole = Running::start(settings);
+    let mut handled: HashMap<String, usize> = HashMap::new();
+    // Joining the group takes a few seconds on the mock; then outcomes follow each other fast.
+    let first = tokio::time::timeout(Duration::from_secs(30), keyhole.outcomes.recv()).await;
+    if let Ok(None) = first {
+        panic!("the pipeline stopped: {:?}", keyhole.task.await);
+    }
+    let first = first.expect("nothing decided within 30 s").unwrap();
+    *handled.entry(first.event_id.unwrap()).or_default() += 1;
+    while let Ok(Some(outcome)) = tokio::time::timeout(Duration::from_secs(3), keyhole.outcomes.recv()).await
+    {
+        assert!(matches!(outcome.decision, Decision::Delivered { .. }), "{outcome:?}");
+        *handled.entry(outcome.event_id.unwrap()).or_default() += 1;
+    }
+    assert_eq!(handled.len(), EVENTS, "every event handled");
+    let again = handled.values().filter(|n| **n == 2).count();
+    assert!(again > 0, "the aborted batch was not handled again: {handled:?}");
+    assert!(handled.values().all(|n| *n <= 2), "{handled:?}");
+    // Consent was asked again for the batch handled again.
+    assert_eq!(owner.seen().len(), EVENTS + again);
+    // Every handling published its reply in its transaction (the mock shows aborted ones too).
+    let replies = replies_per_request(&bootstrap, "replies", Duration::from_secs(2)).await;
+    assert_eq!(replies, handled);
+    keyhole.stop().await;
+}
+
+fn audited(audit: &Path) -> usize {
+    std::fs::read_to_string(audit).unwrap_or_default().lines().count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_exactly_once_on_the_mock_cluster() {
+    const EVENTS: usize = 300;
+    let group = common::broker::unique("keyhole");
+    // The broker must outlive the keyhole it serves: the mock cluster in a process of its own.
+    let mut mock = Command::new(env!("CARGO_BIN_EXE_keyhole"))
+        .args(["mock-cluster", "--topic", "refs:2", "--topic", "replies:1"])
+        .args(["--topic", &format!("{group}.acme.echo.dlq:1")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut bootstrap = String::new();
+    std::io::BufReader::new(mock.stdout.take().unwrap()).read_line(&mut bootstrap).unwrap();
+    let bootstrap = bootstrap.trim().to_string();
+    let owner = Owner::start().await;
+    owner.set_delay(Duration::from_millis(50));
+    publish_events(&bootstrap, "refs", &owner, EVENTS).await;
+    let dir = std::env::temp_dir().join(common::broker::unique("keyhole-exactly-once"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config_path = dir.join("keyhole.toml");
+    let toml = config(&bootstrap, &group, "refs", &owner, "replies") + "\n[audit]\npath = \"audit.jsonl\"\n";
+    std::fs::write(&config_path, toml).unwrap();
+    let audit = dir.join("audit.jsonl");
+
+    let mut first = common::run_keyhole(&config_path);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while audited(&audit) < EVENTS / 4 {
+        assert!(Instant::now() < deadline, "keyhole handled only {} events", audited(&audit));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Command::new("kill").args(["-KILL", &first.id().to_string()]).status().unwrap();
+    first.wait().unwrap();
+    let before = audited(&audit);
+    assert!(before < EVENTS, "killed too late to test anything");
+
+    let mut second = common::run_keyhole(&config_path);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut replies = HashMap::new();
+    while replies.len() < EVENTS && Instant::now() < deadline {
+        replies = replies_per_request(&bootstrap, "replies", Duration::from_secs(1)).await;
+    }
+    Command::new("kill").args(["-TERM", &second.id().to_string()]).status().unwrap();
+    assert_eq!(second.wait().unwrap().code(), Some(0));
+    drop(mock.stdin.take());
+    mock.wait().unwrap();
+
+    let missing: Vec<String> =
+        (0..EVENTS).map(|i| format!("ev-{i}")).filter(|id| !replies.contains_key(id)).collect();
+    assert!(missing.is_empty(), "no reply after SIGKILL and restart: {missing:?}");
+    let released = owner.seen().len();
+    let twice = replies.values().filter(|n| **n > 1).count();
+    // On a broker with transactions, a read_committed reader would see one reply per event: the
+    // replies of the transaction the kill interrupted are aborted, and the restart resumes from
+    // the offsets the committed transactions stored. The mock shows neither (see the module
+    // comment), so this counts what happened rather than asserting one reply per event.
+    eprintln!(
+        "exactly-once on the mock, SIGKILL: {before} handled before the kill, {released} releases by the owner, \
+         {twice} events with more than one reply record (aborted or re-read, as the mock cannot filter or resume)"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

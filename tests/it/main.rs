@@ -1,0 +1,26 @@
+//! keyhole's integration tests, in one binary so that the suite links wasmtime and librdkafka
+//! once. Each module covers one area; the helpers they share live in [`common`].
+//!
+//! Tests that need a broker read its address from `KEYHOLE_TEST_BROKER` (set by
+//! `scripts/test.sh`, which starts tansu); each test uses its own topics and consumer groups.
+// A test fails loudly on anything unexpected; unwrap is how it says so.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+mod admin;
+mod architecture;
+mod canary;
+mod check_cli;
+mod config;
+mod dev;
+mod exactly_once;
+mod failures;
+mod hot_swap;
+mod observability;
+mod outage;
+mod pipeline;
+mod request;
+mod resolve;
+mod sandbox;
+mod shutdown;
