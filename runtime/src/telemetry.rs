@@ -11,7 +11,9 @@
 
 use metrics::{Label, SharedString};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::collections::HashMap;
 use std::sync::OnceLock;
+use std::sync::RwLock;
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
@@ -189,18 +191,82 @@ impl metrics::IntoLabels for BindingLabels {
     }
 }
 
+/// A binding's metric handles. Recording through a handle is an atomic add; the `metrics`
+/// macros would look the series up in the registry, with freshly allocated labels, on every
+/// call. Handles with one more label from a closed set (a kind, a stage, a decision) are made on
+/// first use and kept.
+pub struct BindingMetrics {
+    labels: BindingLabels,
+    /// The binding's data source, a label of [`RESOLUTIONS`].
+    data_source: SharedString,
+    /// Counters by name and extra label.
+    counters: RwLock<HashMap<CounterKey, metrics::Counter>>,
+    /// [`EVENTS_CONSUMED`].
+    pub consumed: metrics::Counter,
+    /// [`EVENTS_IN_FLIGHT`].
+    in_flight: metrics::Gauge,
+    /// [`HANDLER_DURATION`].
+    pub handler_duration: metrics::Histogram,
+    /// [`REPLIES`].
+    pub replies: metrics::Counter,
+    /// [`BINDING_PAUSED`].
+    pub paused: metrics::Gauge,
+}
+
+/// A counter's name and its label besides `binding` and `tenant`, if any.
+type CounterKey = (&'static str, Option<(&'static str, &'static str)>);
+
+impl BindingMetrics {
+    /// The handles of binding `labels`, whose data source is `data_source`.
+    pub fn new(labels: BindingLabels, data_source: &str) -> Self {
+        BindingMetrics {
+            consumed: metrics::counter!(EVENTS_CONSUMED, labels.labels()),
+            in_flight: metrics::gauge!(EVENTS_IN_FLIGHT, labels.labels()),
+            handler_duration: metrics::histogram!(HANDLER_DURATION, labels.labels()),
+            replies: metrics::counter!(REPLIES, labels.labels()),
+            paused: metrics::gauge!(BINDING_PAUSED, labels.labels()),
+            data_source: data_source.to_string().into(),
+            counters: RwLock::default(),
+            labels,
+        }
+    }
+
+    /// The binding's labels.
+    pub fn labels(&self) -> &BindingLabels {
+        &self.labels
+    }
+
+    /// Counter `name` of the binding, with `label` (`key`, `value` from a closed set) if given.
+    pub fn counter(
+        &self,
+        name: &'static str,
+        label: Option<(&'static str, &'static str)>,
+    ) -> metrics::Counter {
+        let key = (name, label);
+        if let Some(counter) = self.counters.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return counter.clone();
+        }
+        let mut labels = self.labels.labels();
+        if let Some((key, value)) = label {
+            labels.push(Label::new(key, value));
+        }
+        if name == RESOLUTIONS {
+            labels.insert(2, Label::new("data_source", self.data_source.clone()));
+        }
+        let counter = metrics::counter!(name, labels);
+        self.counters.write().unwrap_or_else(|p| p.into_inner()).entry(key).or_insert(counter).clone()
+    }
+
+    /// Counts one more event in flight until the returned guard is dropped.
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.increment(1.0);
+        InFlight(self.in_flight.clone())
+    }
+}
+
 /// One event counted in [`EVENTS_IN_FLIGHT`] for as long as this lives: however an event ends
 /// (finished, abandoned, dropped before handling), the gauge comes down with it.
 pub struct InFlight(metrics::Gauge);
-
-impl InFlight {
-    /// Counts one more event of the binding in flight.
-    pub fn start(labels: &BindingLabels) -> Self {
-        let gauge = metrics::gauge!(EVENTS_IN_FLIGHT, labels.clone());
-        gauge.increment(1.0);
-        InFlight(gauge)
-    }
-}
 
 impl Drop for InFlight {
     fn drop(&mut self) {

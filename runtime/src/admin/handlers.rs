@@ -128,11 +128,17 @@ pub async fn upload(
 ) -> Result<Response, Problem> {
     // The body is read only once the caller is known and the handler exists, and no further
     // than the caller's limit: nobody can make keyhole buffer what it would refuse.
-    auth::tenant(&api, &headers, &tenant)?;
-    let registry = &api.registry;
-    registry.handler(&tenant, &handler)?;
-    check_component_type(&headers)?;
-    let limit = registry.upload_limit(&tenant)?.min(api.max_upload_bytes);
+    let accepted = auth::tenant(&api, &headers, &tenant)
+        .and_then(|_| Ok(api.registry.handler(&tenant, &handler)?))
+        .and_then(|_| check_component_type(&headers))
+        .and_then(|()| Ok(api.registry.upload_limit(&tenant)?.min(api.max_upload_bytes)));
+    let limit = match accepted {
+        Ok(limit) => limit,
+        Err(problem) => {
+            discard(body).await;
+            return Err(problem);
+        }
+    };
     let too_large = |size: String| {
         Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -143,6 +149,7 @@ pub async fn upload(
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if let Some(declared) = declared.filter(|&n| n > limit) {
+        discard(body).await;
         return Err(too_large(format!("the component is {declared} bytes")));
     }
     let wasm = axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX))
@@ -171,6 +178,28 @@ pub async fn upload(
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     let location = format!("/v1/tenants/{tenant}/handlers/{handler}/versions/{}", info.version);
     Ok((status, [(header::LOCATION, location)], Json(info)).into_response())
+}
+
+/// How much of a refused upload's body is read and thrown away before the refusal is sent. A
+/// client still sending its body when the answer comes and the connection closes sees a reset
+/// instead of the answer; reading a little (nginx's "lingering close") lets ordinary uploads get
+/// their 401 or 403. Bounded in size and time, and never buffered.
+const DISCARD_BYTES: usize = 4 << 20;
+const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+async fn discard(body: Body) {
+    use futures_util::StreamExt as _;
+    let mut stream = body.into_data_stream();
+    let mut read = 0;
+    let _ = tokio::time::timeout(DISCARD_TIME, async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            read += chunk.len();
+            if read >= DISCARD_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// An upload is a component: `application/wasm`, or `application/octet-stream` for clients that

@@ -6,7 +6,7 @@ use crate::records::audit::{Asker, Audit};
 use crate::records::receipt::Receipts;
 use crate::resolve::{Backoff, Resolver};
 use crate::sandbox::Handler;
-use crate::telemetry::{self, BindingLabels};
+use crate::telemetry::{self, BindingLabels, BindingMetrics};
 use rdkafka::producer::FutureProducer;
 use std::sync::{Arc, RwLock};
 
@@ -32,8 +32,8 @@ pub struct Binding {
     /// Publishes replies and dead letters: shared by the bindings that are not exactly-once;
     /// a binding's own transactional producer when it is.
     pub producer: Arc<FutureProducer>,
-    /// The binding's metric labels, built once.
-    pub labels: BindingLabels,
+    /// The binding's metric handles, made once.
+    pub metrics: BindingMetrics,
 }
 
 impl Binding {
@@ -49,27 +49,27 @@ impl Binding {
 
     /// The labels of the binding's metrics.
     pub fn labels(&self) -> BindingLabels {
-        self.labels.clone()
+        self.metrics.labels().clone()
     }
 
     /// Shows every failure counter of the binding at 0 before its first increment, so that an
     /// alert on them reads 0, not "no data", and the first increment is not lost to `rate()`.
     pub fn register_counters(&self) {
-        let labels = &self.labels;
+        let m = &self.metrics;
         for stage in crate::config::Stage::ALL {
-            metrics::counter!(telemetry::DEAD_LETTERS, labels.with("stage", stage.as_str())).absolute(0);
+            m.counter(telemetry::DEAD_LETTERS, Some(("stage", stage.as_str()))).absolute(0);
         }
         for kind in crate::cloudevents::EnvelopeError::KINDS {
-            metrics::counter!(telemetry::EVENTS_REFUSED, labels.with("kind", *kind)).absolute(0);
+            m.counter(telemetry::EVENTS_REFUSED, Some(("kind", kind))).absolute(0);
         }
         for kind in crate::sandbox::GuestError::KINDS {
-            metrics::counter!(telemetry::HANDLER_ERRORS, labels.with("kind", *kind)).absolute(0);
+            m.counter(telemetry::HANDLER_ERRORS, Some(("kind", kind))).absolute(0);
         }
         for cause in RETRY_CAUSES.iter().chain(crate::sandbox::GuestError::KINDS) {
-            metrics::counter!(telemetry::EVENT_RETRIES, labels.with("cause", *cause)).absolute(0);
+            m.counter(telemetry::EVENT_RETRIES, Some(("cause", cause))).absolute(0);
         }
-        metrics::counter!(telemetry::RECEIPT_ERRORS, labels.labels()).absolute(0);
-        metrics::counter!(telemetry::AUDIT_ERRORS, labels.labels()).absolute(0);
+        m.counter(telemetry::RECEIPT_ERRORS, None).absolute(0);
+        m.counter(telemetry::AUDIT_ERRORS, None).absolute(0);
     }
 }
 

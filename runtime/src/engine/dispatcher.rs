@@ -147,7 +147,7 @@ impl Dispatcher {
                 outcome.disposal = Some(Disposal::BindingStopped);
                 // Best effort: the event is not acknowledged, so it comes again either way.
                 if binding.audit.write(&outcome).is_ok() {
-                    binding.audit.announce(outcome).await;
+                    binding.audit.announce(outcome, &binding.metrics).await;
                 }
                 self.stopped.store(true, Ordering::SeqCst);
                 self.cancel.cancel();

@@ -90,7 +90,7 @@ pub async fn decide(
                 stage = %failure.stage, kind = failure.kind, reason = %failure.reason, "Attempt failed; retrying."
             );
         }
-        metrics::counter!(telemetry::EVENT_RETRIES, binding.labels.with("cause", failure.kind)).increment(1);
+        binding.metrics.counter(telemetry::EVENT_RETRIES, Some(("cause", failure.kind))).increment(1);
         outputs::sleep_or_cancel(delay, cancel).await.ok()?;
         outcome.attempts += 1;
     }
@@ -169,13 +169,11 @@ async fn attempt(
     let data_bytes = released.body.len() as u64;
     let started = Instant::now();
     let handled = handler.handle(&guest_event(event, released)).await;
-    metrics::histogram!(telemetry::HANDLER_DURATION, binding.labels.labels())
-        .record(started.elapsed().as_secs_f64());
+    binding.metrics.handler_duration.record(started.elapsed().as_secs_f64());
     let reply = match handled {
         Ok(reply) => reply,
         Err(error) => {
-            metrics::counter!(telemetry::HANDLER_ERRORS, binding.labels.with("kind", error.kind()))
-                .increment(1);
+            binding.metrics.counter(telemetry::HANDLER_ERRORS, Some(("kind", error.kind()))).increment(1);
             return Ok(Err(Failure::of_event(
                 Stage::Handler,
                 error.kind(),
@@ -202,7 +200,7 @@ async fn attempt(
 }
 
 fn refused(binding: &Binding, kind: &'static str, reason: String) -> Decision {
-    metrics::counter!(telemetry::EVENTS_REFUSED, binding.labels.with("kind", kind)).increment(1);
+    binding.metrics.counter(telemetry::EVENTS_REFUSED, Some(("kind", kind))).increment(1);
     Decision::Refused { kind, reason }
 }
 

@@ -35,7 +35,7 @@ use crate::records::audit::{Audit, Outcome};
 use crate::records::receipt::Receipts;
 use crate::resolve::{Backoff, Resolver};
 use crate::sandbox::{Handler, HandlerIdentity, LoadError, Sandbox};
-use crate::telemetry::BindingLabels;
+use crate::telemetry::{BindingLabels, BindingMetrics};
 use pause::PauseGate;
 use rdkafka::producer::FutureProducer;
 use std::sync::Arc;
@@ -162,15 +162,15 @@ impl Engine {
             Delivery::AtLeastOnce | Delivery::AtMostOnce => self.producer.clone(),
         };
         let labels = BindingLabels::new(&settings.name, &settings.tenant);
+        let metrics =
+            BindingMetrics::new(labels.clone(), &self.settings.data_sources[settings.data_source].name);
         let tracker = Arc::new(OffsetTracker::default());
         let consumer = kafka::consumer(
             &self.settings.kafka,
-            &settings.group_id,
-            &settings.topics,
+            settings,
             tracker.clone(),
             self.settings.drain_timeout,
-            settings.delivery,
-            labels.clone(),
+            labels,
         )
         .map_err(|e| ("topics", format!("cannot create the Kafka consumer: {e}")))?;
         let binding = Arc::new(Binding {
@@ -183,11 +183,11 @@ impl Engine {
                 max: Duration::from_millis(settings.retry.max_backoff_ms),
                 ..Backoff::default()
             },
-            gate: PauseGate::new(&settings.name, labels.clone(), self.health.clone()),
+            gate: PauseGate::new(&settings.name, metrics.paused.clone(), self.health.clone()),
             audit: self.audit.clone(),
             receipts: self.receipts.clone(),
             producer,
-            labels,
+            metrics,
         });
         binding.register_counters();
         Ok((binding, Arc::new(consumer), tracker))

@@ -70,11 +70,9 @@ pub async fn record_receipt(
         Ok(_) => ("released", None),
         Err(error) => (error.kind(), error.status()),
     };
-    let labels = &binding.labels;
+    let metrics = &binding.metrics;
     let data_source = binding.resolver.name();
-    let mut outcome_labels = labels.with("data_source", data_source.to_string());
-    outcome_labels.push(metrics::Label::new("outcome", decision));
-    metrics::counter!(telemetry::RESOLUTIONS, outcome_labels).increment(1);
+    metrics.counter(telemetry::RESOLUTIONS, Some(("outcome", decision))).increment(1);
     let receipt = Receipt {
         time: receipt::now(),
         event_id: &event.id,
@@ -92,12 +90,12 @@ pub async fn record_receipt(
     until_confirmed(binding, &event.id, "Receipt", cancel, || async {
         let written = binding.receipts.write(&receipt, &binding.producer, SEND_TIMEOUT).await;
         if written.is_err() {
-            metrics::counter!(telemetry::RECEIPT_ERRORS, labels.labels()).increment(1);
+            metrics.counter(telemetry::RECEIPT_ERRORS, None).increment(1);
         }
         written
     })
     .await?;
-    metrics::counter!(telemetry::RECEIPTS, labels.with("decision", decision)).increment(1);
+    metrics.counter(telemetry::RECEIPTS, Some(("decision", decision))).increment(1);
     Ok(())
 }
 
@@ -118,7 +116,7 @@ pub async fn publish_reply(
         kafka::reply::publish(&binding.producer, topic, &request, reply, SEND_TIMEOUT)
     })
     .await?;
-    metrics::counter!(telemetry::REPLIES, binding.labels.labels()).increment(1);
+    binding.metrics.replies.increment(1);
     Ok(id)
 }
 
@@ -151,7 +149,7 @@ pub async fn dead_letter(
         kafka::dead_letter::publish(&binding.producer, topic, received, &failure, SEND_TIMEOUT)
     })
     .await?;
-    metrics::counter!(telemetry::DEAD_LETTERS, binding.labels.with("stage", stage.as_str())).increment(1);
+    binding.metrics.counter(telemetry::DEAD_LETTERS, Some(("stage", stage.as_str()))).increment(1);
     Ok(Disposal::DeadLettered { topic: topic.clone(), partition, offset })
 }
 
@@ -169,12 +167,12 @@ pub async fn record(
         // A local append: it does not wait on anything but the disk.
         let written = audit.write(&outcome);
         if written.is_err() {
-            metrics::counter!(telemetry::AUDIT_ERRORS, binding.labels.labels()).increment(1);
+            binding.metrics.counter(telemetry::AUDIT_ERRORS, None).increment(1);
         }
         std::future::ready(written)
     })
     .await?;
-    audit.announce(outcome).await;
+    audit.announce(outcome, &binding.metrics).await;
     Ok(())
 }
 

@@ -7,7 +7,6 @@
 //! is not a failure resumes the binding.
 
 use super::health::Health;
-use crate::telemetry::{self, BindingLabels};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -45,19 +44,20 @@ pub struct PauseGate {
     next_probe: Mutex<Instant>,
     /// The binding's name, in [`Health`].
     name: String,
-    labels: BindingLabels,
+    /// The binding's paused gauge.
+    gauge: metrics::Gauge,
     health: Arc<Health>,
 }
 
 impl PauseGate {
-    /// An open gate for binding `name`, reporting to `health` and the paused gauge.
-    pub fn new(name: &str, labels: BindingLabels, health: Arc<Health>) -> Self {
-        metrics::gauge!(telemetry::BINDING_PAUSED, labels.labels()).set(0.0);
+    /// An open gate for binding `name`, reporting to `health` and the paused `gauge`.
+    pub fn new(name: &str, gauge: metrics::Gauge, health: Arc<Health>) -> Self {
+        gauge.set(0.0);
         PauseGate {
             paused: watch::Sender::new(None),
             next_probe: Mutex::new(Instant::now()),
             name: name.to_string(),
-            labels,
+            gauge,
             health,
         }
     }
@@ -67,7 +67,7 @@ impl PauseGate {
         let was_open = self.paused.send_replace(Some(reason.clone())).is_none();
         self.health.pause(&self.name, reason.to_string());
         if was_open {
-            metrics::gauge!(telemetry::BINDING_PAUSED, self.labels.labels()).set(1.0);
+            self.gauge.set(1.0);
             *self.next_probe.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now() + PROBE_INTERVAL;
             tracing::error!(binding = %self.name, reason = %reason,
                 "Binding paused: no new event asks the owner; events under way keep probing.");
@@ -78,7 +78,7 @@ impl PauseGate {
     pub fn open(&self) {
         if self.paused.send_replace(None).is_some() {
             self.health.resume(&self.name);
-            metrics::gauge!(telemetry::BINDING_PAUSED, self.labels.labels()).set(0.0);
+            self.gauge.set(0.0);
             tracing::info!(binding = %self.name, "Binding resumed: the data owner answers again.");
         }
     }
@@ -130,7 +130,7 @@ mod tests {
     fn gate() -> PauseGate {
         let health = Arc::new(Health::default());
         health.set("t/h", super::super::health::BindingState::Running);
-        PauseGate::new("t/h", BindingLabels::new("t/h", "t"), health)
+        PauseGate::new("t/h", metrics::gauge!("test_paused"), health)
     }
 
     #[tokio::test(start_paused = true)]

@@ -5,7 +5,7 @@ use super::dispatcher::Work;
 use crate::cloudevents;
 use crate::kafka::{self, BindingConsumer, OffsetTracker};
 use crate::records::audit::Origin;
-use crate::telemetry::{self, BindingLabels, InFlight};
+use crate::telemetry::BindingMetrics;
 use rdkafka::Message;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 pub struct Reader<'a> {
     /// The binding's name, for logs.
     pub name: &'a str,
-    /// The binding's metric labels.
-    pub labels: BindingLabels,
+    /// The binding's metric handles.
+    pub metrics: &'a BindingMetrics,
     /// The binding's consumer.
     pub consumer: &'a Arc<BindingConsumer>,
     /// Its partitions' offsets.
@@ -37,7 +37,7 @@ impl Reader<'_> {
             };
             let message = match message {
                 Ok(message) => {
-                    metrics::counter!(telemetry::EVENTS_CONSUMED, self.labels.labels()).increment(1);
+                    self.metrics.consumed.increment(1);
                     message
                 }
                 Err(error) => {
@@ -62,7 +62,7 @@ impl Reader<'_> {
                     offset = origin.offset, event_id = refusal.id.as_deref(), reason = %refusal.error, "Event refused.");
             }
             let received = kafka::Received::copy(&record, message.timestamp().to_millis());
-            let in_flight = InFlight::start(&self.labels);
+            let in_flight = self.metrics.in_flight();
             return Some(Work { ticket, origin, received, event, permit, in_flight });
         }
     }

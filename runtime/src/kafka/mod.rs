@@ -16,7 +16,7 @@ pub use dead_letter::Received;
 pub use offsets::{OffsetTracker, Partition, Ticket};
 pub use record::{owned_headers, raw_record};
 
-use crate::config::{Delivery, KafkaSettings};
+use crate::config::{BindingSettings, Delivery, KafkaSettings};
 use crate::telemetry::{self, BindingLabels};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
@@ -35,17 +35,23 @@ pub type BindingConsumer = StreamConsumer<BindingContext>;
 /// nothing.
 const STATISTICS_INTERVAL_MS: &str = "5000";
 
-/// Creates a binding's consumer in group `group_id` and subscribes it to `topics`. `labels`
-/// label its consumer lag gauge.
+/// The most a consumer holds prefetched, in KiB (librdkafka's default is 64 MiB).
+const PREFETCH_KBYTES: &str = "8192";
+
+/// The most one fetch brings back (librdkafka's default is 50 MiB); at least `message.max.bytes`.
+const FETCH_MAX_BYTES: &str = "4194304";
+
+/// Creates `binding`'s consumer in its group and subscribes it to its topics. `labels` label its
+/// consumer lag gauge.
 pub fn consumer(
     kafka: &KafkaSettings,
-    group_id: &str,
-    topics: &[String],
+    binding: &BindingSettings,
     tracker: Arc<OffsetTracker>,
     drain_timeout: Duration,
-    delivery: Delivery,
     labels: BindingLabels,
 ) -> KafkaResult<BindingConsumer> {
+    let BindingSettings { group_id, topics, delivery, max_in_flight, .. } = binding;
+    let delivery = *delivery;
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &kafka.bootstrap_servers)
@@ -54,7 +60,14 @@ pub fn consumer(
         // A new group starts at the beginning: a reference published before keyhole started is
         // still a request someone expects to be handled. Operators may override this one.
         .set("auto.offset.reset", "earliest")
-        .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
+        .set("statistics.interval.ms", STATISTICS_INTERVAL_MS)
+        // Prefetch bounded by what the binding can have in flight, not by librdkafka's defaults
+        // (100,000 messages per partition, up to 64 MiB): memory then depends on the
+        // configuration, not on how far behind the group is. A few in-flight limits' worth per
+        // partition keeps the binding fed between fetches.
+        .set("queued.min.messages", (max_in_flight.saturating_mul(4)).max(1000).to_string())
+        .set("queued.max.messages.kbytes", PREFETCH_KBYTES)
+        .set("fetch.max.bytes", FETCH_MAX_BYTES);
     for (name, value) in &kafka.properties {
         config.set(name, value);
     }

@@ -272,9 +272,11 @@ impl Audit {
     }
 
     /// Announces a recorded outcome: the log line, the finished counter and the tap.
-    pub async fn announce(&self, outcome: Outcome) {
+    pub async fn announce(&self, outcome: Outcome, metrics: &crate::telemetry::BindingMetrics) {
         let record = Record::from(&outcome);
-        tracing::info!(
+        // Per event: debug, not info. The audit file is the per-event record; a log line per
+        // event costs more than the event's own handling at thousands of events a second.
+        tracing::debug!(
             tenant = record.tenant,
             handler = record.handler,
             version = record.handler_version,
@@ -292,13 +294,9 @@ impl Audit {
             attempts = record.attempts,
             "Event finished."
         );
-        let binding = crate::model::names::binding_name(&outcome.asker.tenant, &outcome.asker.handler);
-        let labels = crate::telemetry::BindingLabels::new(&binding, &outcome.asker.tenant);
-        metrics::counter!(
-            crate::telemetry::EVENTS_FINISHED,
-            labels.with("decision", outcome.decision.label())
-        )
-        .increment(1);
+        metrics
+            .counter(crate::telemetry::EVENTS_FINISHED, Some(("decision", outcome.decision.label())))
+            .increment(1);
         if let Some(tap) = &self.tap {
             // A closed tap means nobody is watching any more; the outcome is recorded above.
             let _ = tap.send(outcome).await;

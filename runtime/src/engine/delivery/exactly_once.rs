@@ -3,19 +3,16 @@
 //! in that transaction. A batch that cannot be finished is aborted and read again, with consent
 //! asked again.
 
-use super::BindingError;
+use super::{BindingError, bounds, read_batch};
 use crate::engine::binding::Binding;
 use crate::engine::dispatcher::Dispatcher;
 use crate::engine::reader::Reader;
-use crate::kafka::{self, Partition};
+use crate::kafka;
 use rdkafka::consumer::Consumer as _;
 use rdkafka::producer::FutureProducer;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
-
-/// How long a batch waits for more records once it has one.
-const BATCH_LINGER: Duration = Duration::from_millis(5);
 
 /// Reads and handles batches in transactions until cancelled.
 pub async fn read(
@@ -28,25 +25,11 @@ pub async fn read(
     let producer = binding.producer.clone();
     let failed = |message: String| BindingError::Failed(message);
     loop {
-        let mut batch = Vec::new();
-        while batch.len() < binding.settings.max_in_flight {
-            let Ok(permit) = permits.clone().try_acquire_owned() else { break };
-            let work = if batch.is_empty() {
-                reader.next(permit).await
-            } else {
-                // Take what is already there; do not wait to fill the batch.
-                tokio::time::timeout(BATCH_LINGER, reader.next(permit)).await.ok().flatten()
-            };
-            match work {
-                Some(work) => batch.push(work),
-                None => break,
-            }
-        }
+        let batch = read_batch(reader, permits, binding.settings.max_in_flight).await;
         if batch.is_empty() {
             return Ok(());
         }
-        let (first, positions) =
-            bounds(batch.iter().map(|w| ((w.origin.topic.clone(), w.origin.partition), w.origin.offset)));
+        let (first, positions) = bounds(&batch);
         blocking(&producer, kafka::producer::begin)
             .await
             .map_err(|e| failed(format!("cannot begin a transaction: {e}")))?;
@@ -107,26 +90,6 @@ pub async fn read(
     }
 }
 
-/// An offset of each partition of a batch.
-type Offsets = Vec<(Partition, i64)>;
-
-/// Per partition of a batch: its first offset (to rewind to) and the next offset to read (to
-/// commit).
-fn bounds(offsets: impl Iterator<Item = (Partition, i64)>) -> (Offsets, Offsets) {
-    let mut first: Offsets = Vec::new();
-    let mut next: Offsets = Vec::new();
-    for (partition, offset) in offsets {
-        match next.iter_mut().find(|(p, _)| *p == partition) {
-            Some((_, n)) => *n = (*n).max(offset + 1),
-            None => {
-                next.push((partition.clone(), offset + 1));
-                first.push((partition, offset));
-            }
-        }
-    }
-    (first, next)
-}
-
 /// A transactional producer call: it blocks until the broker answers, so it runs on a
 /// blocking thread.
 async fn blocking(
@@ -138,17 +101,4 @@ async fn blocking(
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::bounds;
-
-    #[test]
-    fn a_batch_rewinds_to_its_first_offsets_and_commits_past_its_last() {
-        let p = |n: i32| ("t".to_string(), n);
-        let (first, next) = bounds([(p(0), 5), (p(1), 9), (p(0), 7), (p(0), 6)].into_iter());
-        assert_eq!(first, [(p(0), 5), (p(1), 9)]);
-        assert_eq!(next, [(p(0), 8), (p(1), 10)]);
-    }
 }

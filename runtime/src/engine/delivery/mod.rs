@@ -13,10 +13,10 @@ pub mod at_most_once;
 pub mod exactly_once;
 
 use super::binding::Binding;
-use super::dispatcher::Dispatcher;
+use super::dispatcher::{Dispatcher, Work};
 use super::reader::Reader;
 use crate::config::Delivery;
-use crate::kafka::{BindingConsumer, OffsetTracker};
+use crate::kafka::{BindingConsumer, OffsetTracker, Partition};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -61,14 +61,14 @@ pub async fn run(
         Dispatcher::new(binding.clone(), consumer.clone(), tracker.clone(), cancel.clone(), store_offsets);
     let reader = Reader {
         name: &name,
-        labels: binding.labels(),
+        metrics: &binding.metrics,
         consumer: &consumer,
         tracker: &tracker,
         cancel: &cancel,
     };
     match delivery {
         Delivery::AtLeastOnce => at_least_once::read(&reader, &dispatcher, &permits).await,
-        Delivery::AtMostOnce => at_most_once::read(&reader, &dispatcher, &permits).await,
+        Delivery::AtMostOnce => at_most_once::read(&reader, &dispatcher, &permits, limit).await,
         Delivery::ExactlyOnce => exactly_once::read(&binding, &reader, &dispatcher, &permits).await?,
     }
     // Every permit back means every event finished (or was abandoned for redelivery).
@@ -101,6 +101,55 @@ async fn close(name: &str, consumer: Arc<BindingConsumer>, deadline: tokio::time
     }
 }
 
+/// How long a batch waits for more records once it has one.
+const BATCH_LINGER: Duration = Duration::from_millis(5);
+
+/// Reads a batch: up to `max` records (and free in-flight permits), as many as are ready once
+/// the first has come, waiting at most [`BATCH_LINGER`] for each further one. Empty once the
+/// binding is cancelled.
+async fn read_batch(reader: &Reader<'_>, permits: &Arc<Semaphore>, max: usize) -> Vec<Work> {
+    let mut batch = Vec::new();
+    while batch.len() < max {
+        let work = if batch.is_empty() {
+            next_work(reader, permits).await
+        } else {
+            let Ok(permit) = permits.clone().try_acquire_owned() else { break };
+            // Take what is already there; do not wait to fill the batch.
+            tokio::time::timeout(BATCH_LINGER, reader.next(permit)).await.ok().flatten()
+        };
+        match work {
+            Some(work) => batch.push(work),
+            None => break,
+        }
+    }
+    batch
+}
+
+/// An offset of each partition of a batch.
+type Offsets = Vec<(Partition, i64)>;
+
+/// Per partition of a batch: its first offset (to rewind to) and the next offset to read (to
+/// commit).
+fn bounds(batch: &[Work]) -> (Offsets, Offsets) {
+    partition_bounds(batch.iter().map(|w| ((w.origin.topic.clone(), w.origin.partition), w.origin.offset)))
+}
+
+/// [`bounds`] of `(partition, offset)` pairs.
+fn partition_bounds(offsets: impl IntoIterator<Item = (Partition, i64)>) -> (Offsets, Offsets) {
+    let mut first: Offsets = Vec::new();
+    let mut next: Offsets = Vec::new();
+    for (partition, offset) in offsets {
+        match next.iter_mut().find(|(p, _)| *p == partition) {
+            Some((_, n)) => *n = (*n).max(offset + 1),
+            None => {
+                next.push((partition.clone(), offset + 1));
+                first.push((partition, offset));
+            }
+        }
+    }
+    (first, next)
+}
+
 /// Reads while under the in-flight limit: a full binding stops fetching. `None` once cancelled.
 async fn next_work(reader: &Reader<'_>, permits: &Arc<Semaphore>) -> Option<super::dispatcher::Work> {
     let permit = tokio::select! {
@@ -109,4 +158,17 @@ async fn next_work(reader: &Reader<'_>, permits: &Arc<Semaphore>) -> Option<supe
         permit = permits.clone().acquire_owned() => permit.ok()?,
     };
     reader.next(permit).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::partition_bounds;
+
+    #[test]
+    fn a_batch_rewinds_to_its_first_offsets_and_commits_past_its_last() {
+        let p = |n: i32| ("t".to_string(), n);
+        let (first, next) = partition_bounds([(p(0), 5), (p(1), 9), (p(0), 7), (p(0), 6)]);
+        assert_eq!(first, [(p(0), 5), (p(1), 9)]);
+        assert_eq!(next, [(p(0), 8), (p(1), 10)]);
+    }
 }

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# keyhole's end-to-end benchmark (docs/performance.md): builds the release binary and the echo
+# handler, installs what the benchmark drives (tansu; nginx with the echo module and wrk from
+# Debian; confluent-kafka in a virtualenv; all cached), then runs scripts/bench.py.
+#
+#   scripts/bench.sh                      # instant owner (replies on and off), 5 ms owner
+#   scripts/bench.sh backlog-10k backlog-100k backlog-1m --runs 3
+#   scripts/bench.sh instant --runs 1 --keep
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+. "$root/scripts/lib.sh"
+
+if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null \
+    || [ ! -e /usr/lib/nginx/modules/ngx_http_echo_module.so ]; then
+    step "Installing nginx (with the echo module) and wrk from Debian"
+    sudo_if_needed() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+    sudo_if_needed apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive sudo_if_needed apt-get install -y -qq --no-install-recommends \
+        nginx-light libnginx-mod-http-echo wrk >/dev/null
+fi
+BENCH_VENV="$KEYHOLE_CACHE/bench-venv"
+if [ ! -x "$BENCH_VENV/bin/python" ] || ! "$BENCH_VENV/bin/python" -c 'import confluent_kafka' 2>/dev/null; then
+    step "Installing confluent-kafka into $BENCH_VENV"
+    python3 -m venv "$BENCH_VENV"
+    "$BENCH_VENV/bin/pip" install --quiet "confluent-kafka==2.16.*"
+fi
+ensure_tansu
+"$root/scripts/build-guests.sh"
+step "Building keyhole (release)"
+cd "$root"
+cargo build --release --locked -p keyhole
+target=$(cargo metadata --format-version 1 --no-deps | "$BENCH_VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+exec "$BENCH_VENV/bin/python" "$root/scripts/bench.py" --tansu "$TANSU_BIN" --keyhole "$target/release/keyhole" "$@"
