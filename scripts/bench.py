@@ -38,6 +38,8 @@ SCENARIOS = {
     "instant": dict(events=50_000, partitions=4, keys=1000, latency_ms=0, replies=True),
     "instant-no-replies": dict(events=50_000, partitions=4, keys=1000, latency_ms=0, replies=False),
     "latency-5ms": dict(events=30_000, partitions=1, keys=1000, latency_ms=5, replies=True, order=True),
+    "at-most-once": dict(events=50_000, partitions=4, keys=1000, latency_ms=0, replies=True,
+                         delivery="at-most-once"),
     "backlog-10k": dict(events=10_000, partitions=4, keys=1000, latency_ms=0, replies=True),
     "backlog-100k": dict(events=100_000, partitions=4, keys=1000, latency_ms=0, replies=True),
     "backlog-1m": dict(events=1_000_000, partitions=4, keys=1000, latency_ms=0, replies=True),
@@ -199,6 +201,7 @@ def peak_rss_mib(pid):
 
 def keyhole_config(workdir, broker, owner, scenario, echo):
     reply = 'reply_topic = "replies"' if scenario["replies"] else ""
+    delivery = f'delivery = "{scenario["delivery"]}"' if "delivery" in scenario else ""
     config = f"""
 [kafka]
 bootstrap_servers = "{broker.bootstrap}"
@@ -230,6 +233,7 @@ data_source = "owner"
 purpose = "benchmark"
 max_in_flight = {MAX_IN_FLIGHT}
 {reply}
+{delivery}
 """
     path = os.path.join(workdir, "keyhole.toml")
     with open(path, "w") as f:
@@ -259,7 +263,8 @@ class AuditProgress:
 
 def run_keyhole(keyhole, workdir, config, events):
     log = open(os.path.join(workdir, "keyhole.log"), "w")
-    env = dict(os.environ, RUST_LOG="warn")
+    env = dict(os.environ)
+    env.pop("RUST_LOG", None)  # as an operator runs it: the default log level
     process = subprocess.Popen([keyhole, "run", "--config", config], cwd=workdir, stdout=log, stderr=log, env=env)
     progress = AuditProgress(os.path.join(workdir, "audit.jsonl"))
     marks = {}

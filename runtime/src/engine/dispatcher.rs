@@ -146,7 +146,7 @@ impl Dispatcher {
                     %stage, "Event failed; stopping the binding (on_failure.{stage} = \"stop\"). It is read again after a restart.");
                 outcome.disposal = Some(Disposal::BindingStopped);
                 // Best effort: the event is not acknowledged, so it comes again either way.
-                if binding.audit.write(&outcome).is_ok() {
+                if binding.audit.write(&outcome).await.is_ok() {
                     binding.audit.announce(outcome, &binding.metrics).await;
                 }
                 self.stopped.store(true, Ordering::SeqCst);

@@ -30,6 +30,11 @@ pub async fn sleep_or_cancel(delay: Duration, cancel: &CancellationToken) -> Res
 
 /// Writes or sends until it is confirmed, with backoff: what is not confirmed is not
 /// acknowledged, and a broker or disk that went away is waited for.
+///
+/// A send under way is not raced against shutdown or revocation: an event already being handled
+/// is finished in the drain (which `shutdown.drain_timeout_ms` bounds), so that what it wrote is
+/// acknowledged rather than written again after a restart. Only the waits between failed sends
+/// end at shutdown.
 async fn until_confirmed<T, E, F, Fut>(
     binding: &Binding,
     event_id: &str,
@@ -44,14 +49,13 @@ where
 {
     let mut attempt = 0;
     loop {
-        match tokio::select! { biased; sent = send() => Some(sent), () = cancel.cancelled() => None } {
-            Some(Ok(sent)) => return Ok(sent),
-            Some(Err(error)) => {
+        match send().await {
+            Ok(sent) => return Ok(sent),
+            Err(error) => {
                 attempt += 1;
                 tracing::warn!(binding = %binding.settings.name, event_id, %error, attempt, "{what} not confirmed; retrying.");
                 sleep_or_cancel(binding.backoff.delay(attempt, None), cancel).await?;
             }
-            None => return Err(Interrupted),
         }
     }
 }
@@ -156,22 +160,24 @@ pub async fn dead_letter(
 /// Writes the event's audit record until it is written, then announces it (log, metric, tap).
 /// Its offset may be stored only after this returns `Ok`: a committed decision is always on
 /// record.
+///
+/// A write under way is not raced against shutdown: it takes a moment, and a line written
+/// after its event was given up would record an event that is then read again. Only the waits
+/// between failed writes (a full disk) end at shutdown.
 pub async fn record(
     binding: &Binding,
     outcome: Outcome,
     cancel: &CancellationToken,
 ) -> Result<(), Interrupted> {
-    let event_id = outcome.event_id.clone().unwrap_or_else(|| "-".into());
     let audit = &binding.audit;
-    until_confirmed(binding, &event_id, "Audit record", cancel, || {
-        // A local append: it does not wait on anything but the disk.
-        let written = audit.write(&outcome);
-        if written.is_err() {
-            binding.metrics.counter(telemetry::AUDIT_ERRORS, None).increment(1);
-        }
-        std::future::ready(written)
-    })
-    .await?;
+    let mut attempt = 0;
+    while let Err(error) = audit.write(&outcome).await {
+        binding.metrics.counter(telemetry::AUDIT_ERRORS, None).increment(1);
+        attempt += 1;
+        tracing::warn!(binding = %binding.settings.name, event_id = outcome.event_id.as_deref(), %error, attempt,
+            "Audit record not written; retrying.");
+        sleep_or_cancel(binding.backoff.delay(attempt, None), cancel).await?;
+    }
     audit.announce(outcome, &binding.metrics).await;
     Ok(())
 }

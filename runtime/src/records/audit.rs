@@ -265,9 +265,9 @@ impl Audit {
     /// Writes one outcome's line to the audit file, if one is configured. The caller retries a
     /// failed write before acknowledging the event: a committed decision is never missing from
     /// the file.
-    pub fn write(&self, outcome: &Outcome) -> Result<(), AuditError> {
+    pub async fn write(&self, outcome: &Outcome) -> Result<(), AuditError> {
         let Some(file) = &self.file else { return Ok(()) };
-        file.append(&Record::from(outcome))?;
+        file.append(&Record::from(outcome)).await?;
         Ok(())
     }
 

@@ -120,7 +120,7 @@ impl Receipts {
         timeout: Duration,
     ) -> Result<(), ReceiptError> {
         match &self.0 {
-            Sink::File(file) => Ok(file.append(receipt)?),
+            Sink::File(file) => Ok(file.append(receipt).await?),
             Sink::Kafka(topic) => {
                 let value = serde_json::to_vec(receipt)?;
                 let headers = OwnedHeaders::new()
