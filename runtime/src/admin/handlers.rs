@@ -204,7 +204,7 @@ async fn discard(body: Body) {
 
 /// An upload is a component: `application/wasm`, or `application/octet-stream` for clients that
 /// send any file that way. No `Content-Type` is taken as octet-stream (RFC 9110 8.3). Anything
-/// else — `curl --data` sends a form — is refused before the body is read.
+/// else — `curl --data` sends a form — is refused without the body being kept or validated.
 fn check_component_type(headers: &HeaderMap) -> Result<(), Problem> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else { return Ok(()) };
     let essence = value.to_str().unwrap_or_default().split(';').next().unwrap_or_default().trim();

@@ -95,7 +95,8 @@ pub struct ReferenceEvent {
     pub correlationid: Option<String>,
     /// `replyto` extension if present (NOT in `extensions`).
     pub replyto: Option<String>,
-    /// The content mode the event arrived in; replies are written in the same mode.
+    /// The content mode the event arrived in (for logs and tests: replies are always written in
+    /// binary mode).
     pub mode: ContentMode,
 }
 

@@ -6,7 +6,7 @@ use crate::records::audit::{Asker, Audit};
 use crate::records::receipt::Receipts;
 use crate::resolve::{Backoff, Resolver};
 use crate::sandbox::Handler;
-use crate::telemetry::{self, BindingLabels, BindingMetrics};
+use crate::telemetry::{self, BindingMetrics};
 use rdkafka::producer::FutureProducer;
 use std::sync::{Arc, RwLock};
 
@@ -45,11 +45,6 @@ impl Binding {
             purpose: self.settings.purpose.clone(),
             version: handler.version().to_string(),
         }
-    }
-
-    /// The labels of the binding's metrics.
-    pub fn labels(&self) -> BindingLabels {
-        self.metrics.labels().clone()
     }
 
     /// Shows every failure counter of the binding at 0 before its first increment, so that an

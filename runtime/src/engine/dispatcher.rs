@@ -55,6 +55,10 @@ pub struct Dispatcher {
     stopped: AtomicBool,
     /// Events left unfinished (to be read again) since the counter was last taken.
     abandoned: AtomicUsize,
+    /// Cancelled when the drain's time is up: whatever still runs is dropped where it stands
+    /// (its event is not acknowledged, so it is read again), so that nothing is sent or stored
+    /// after the binding's final commit.
+    hard_stop: CancellationToken,
 }
 
 impl Dispatcher {
@@ -75,12 +79,18 @@ impl Dispatcher {
             store_offsets,
             stopped: AtomicBool::new(false),
             abandoned: AtomicUsize::new(0),
+            hard_stop: CancellationToken::new(),
         })
     }
 
     /// Whether a failure policy stopped the binding.
     pub fn stopped(&self) -> bool {
         self.stopped.load(Ordering::SeqCst)
+    }
+
+    /// Drops every event still running (after the drain's deadline).
+    pub fn stop_now(&self) {
+        self.hard_stop.cancel();
     }
 
     /// How many events were left unfinished since the last call, and resets the count.
@@ -97,8 +107,13 @@ impl Dispatcher {
         let key =
             work.received.key.clone().map(|key| (work.origin.topic.clone(), work.origin.partition, key));
         let Some(work) = self.order().submit(key.as_ref(), work) else { return };
-        let this = self.clone();
-        tokio::spawn(async move { this.run_chain(work, key).await });
+        let (this, hard_stop) = (self.clone(), self.hard_stop.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = this.run_chain(work, key) => {}
+                () = hard_stop.cancelled() => {}
+            }
+        });
     }
 
     /// Runs `work`, then every event that queued behind its key meanwhile.

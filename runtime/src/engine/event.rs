@@ -8,10 +8,10 @@ use super::outputs::{self, Interrupted};
 use crate::cloudevents::{ReferenceEvent, Refusal};
 use crate::config::{FailurePolicy, Stage};
 use crate::records::audit::{Decision, Origin, Outcome};
-use crate::resolve::{Released, Requester};
+use crate::resolve::{Released, Requester, ResolveError};
 use crate::sandbox::{self, Handler};
 use crate::telemetry::{self, TraceContext};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 /// Decides one event. `None` when shutdown or revocation interrupted it before a decision.
@@ -121,8 +121,16 @@ async fn attempt(
     cancel: &CancellationToken,
 ) -> Result<Result<Decision, Failure>, Interrupted> {
     let Run { handler, event, url, key, trace } = *run;
-    if !probing && !binding.gate.admit(cancel).await {
-        return Err(Interrupted);
+    let mut answered_before = answered_before;
+    if !probing {
+        if !binding.gate.admit(cancel).await {
+            return Err(Interrupted);
+        }
+        // A first attempt's window starts when it may ask, not when it was read: answers that
+        // reopened the gate while it waited say nothing about this reference.
+        if number == 1 {
+            answered_before = binding.resolver.answered();
+        }
     }
     let who = Requester {
         tenant: &binding.settings.tenant,
@@ -140,14 +148,15 @@ async fn attempt(
         Err(error) => {
             // Answered by someone else meanwhile, or this very answer was a decision.
             let answered_meanwhile = binding.resolver.answered() > answered_before;
+            // A status that is not a transient failure (400, an oversized body): the owner is up.
+            let owner_answered = matches!(error, ResolveError::Rejected { status } if status != 0)
+                || matches!(error, ResolveError::TooLarge { .. });
             return Ok(match decide::unresolved(error, answered_meanwhile) {
                 Unresolved::Decided(decided) => {
                     binding.gate.open();
                     Ok(match decided {
-                        crate::resolve::ResolveError::ConsentDenied { status } => {
-                            Decision::ConsentDenied { status }
-                        }
-                        crate::resolve::ResolveError::Gone { status } => Decision::Gone { status },
+                        ResolveError::ConsentDenied { status } => Decision::ConsentDenied { status },
+                        ResolveError::Gone { status } => Decision::Gone { status },
                         other => Decision::Failed {
                             stage: Stage::Resolve,
                             kind: other.kind(),
@@ -158,8 +167,10 @@ async fn attempt(
                 Unresolved::Failed(failure) => {
                     match &failure.pause {
                         Some(reason) => binding.gate.close(reason.clone()),
-                        // The owner answers others: it is up.
-                        None => binding.gate.open(),
+                        None if owner_answered => binding.gate.open(),
+                        // A poison reference's transient failure: leave the gate as it is; only
+                        // an answer reopens it.
+                        None => {}
                     }
                     Err(failure)
                 }
@@ -227,6 +238,3 @@ fn guest_event(event: &ReferenceEvent, released: Released) -> sandbox::Event {
 pub fn stops(binding: &Binding, stage: Stage) -> bool {
     binding.settings.on_failure.at(stage) == FailurePolicy::Stop
 }
-
-/// How long one send to Kafka may wait for the broker's confirmation.
-pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);

@@ -3,7 +3,6 @@
 //! revocation interrupts a write (the event is then read again).
 
 use super::binding::Binding;
-use super::event::SEND_TIMEOUT;
 use crate::cloudevents::ReferenceEvent;
 use crate::config::BindingSettings;
 use crate::kafka::{self, Received};
@@ -15,6 +14,10 @@ use crate::telemetry::{self, TraceContext};
 use std::future::Future;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// How long one send to Kafka may wait for room in the producer's queue (the confirmation
+/// itself is bounded by librdkafka's `delivery.timeout.ms`).
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why an event stopped before it was decided or recorded: it will be read again.
 #[derive(Debug)]

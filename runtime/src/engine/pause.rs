@@ -63,29 +63,36 @@ impl PauseGate {
     }
 
     /// Pauses the binding (or updates why); logs only when it was running.
+    ///
+    /// The gate, the binding's health and the gauge change together, under the gate's lock:
+    /// a close and an open racing each other (two answers of an owner going down or coming
+    /// back) must not leave the health saying "paused" with the gate open.
     pub fn close(&self, reason: PauseReason) {
-        let was_open = self.paused.send_replace(Some(reason.clone())).is_none();
-        self.health.pause(&self.name, reason.to_string());
-        if was_open {
-            self.gauge.set(1.0);
-            *self.next_probe.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now() + PROBE_INTERVAL;
-            tracing::error!(binding = %self.name, reason = %reason,
-                "Binding paused: no new event asks the owner; events under way keep probing.");
-        }
+        self.paused.send_if_modified(|paused| {
+            let was_open = paused.is_none();
+            self.health.pause(&self.name, reason.to_string());
+            if was_open {
+                self.gauge.set(1.0);
+                *self.next_probe.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now() + PROBE_INTERVAL;
+                tracing::error!(binding = %self.name, reason = %reason,
+                    "Binding paused: no new event asks the owner; events under way keep probing.");
+            }
+            *paused = Some(reason.clone());
+            was_open
+        });
     }
 
     /// Resumes the binding.
     pub fn open(&self) {
-        if self.paused.send_replace(None).is_some() {
+        self.paused.send_if_modified(|paused| {
+            if paused.take().is_none() {
+                return false;
+            }
             self.health.resume(&self.name);
             self.gauge.set(0.0);
             tracing::info!(binding = %self.name, "Binding resumed: the data owner answers again.");
-        }
-    }
-
-    /// Why the binding is paused, if it is.
-    pub fn paused(&self) -> Option<PauseReason> {
-        self.paused.borrow().clone()
+            true
+        });
     }
 
     /// Waits until the event may ask the owner: the gate is open, or this event is the next
@@ -156,6 +163,28 @@ mod tests {
             assert!(w.await.unwrap());
         }
         assert_eq!(gate.health.get("t/h").map(|s| s.label()), Some("running"));
+    }
+
+    #[test]
+    fn racing_closes_and_opens_never_leave_the_health_paused_with_the_gate_open() {
+        let gate = Arc::new(gate());
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let gate = gate.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..2000 {
+                        gate.close(PauseReason::Unavailable("HTTP 503".into()));
+                        gate.open();
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        gate.open();
+        assert_eq!(gate.health.get("t/h").map(|s| s.label()), Some("running"));
+        assert!(gate.paused.borrow().is_none());
     }
 
     #[tokio::test(start_paused = true)]

@@ -26,9 +26,48 @@ pub struct Reader<'a> {
     pub cancel: &'a CancellationToken,
 }
 
+/// A record read and not yet begun: it holds an in-flight permit but no offset ticket, so a
+/// rebalance's drain does not wait for it (see [`Reader::begin`]).
+pub struct Read {
+    /// The partition's assignment the record was read in.
+    generation: u64,
+    origin: Origin,
+    received: kafka::Received,
+    event: Result<cloudevents::ReferenceEvent, cloudevents::Refusal>,
+    permit: OwnedSemaphorePermit,
+    in_flight: crate::telemetry::InFlight,
+}
+
 impl Reader<'_> {
     /// The next record as work holding `permit`; `None` once the binding is cancelled.
     pub async fn next(&self, permit: OwnedSemaphorePermit) -> Option<Work> {
+        let mut permit = permit;
+        loop {
+            let read = self.read(permit).await?;
+            match self.begin(read) {
+                Ok(work) => return Some(work),
+                // Its partition was revoked meanwhile: its next owner reads it.
+                Err(returned) => permit = returned,
+            }
+        }
+    }
+
+    /// Begins a record's event: it gets its offset ticket. The record comes back (as its
+    /// permit) when its partition was revoked or reassigned since it was read: it is then read
+    /// again by the partition's owner, not handled here. Batches read records first and begin
+    /// them together, so that a rebalance during a batch never waits for records not yet
+    /// handed on.
+    pub fn begin(&self, read: Read) -> Result<Work, OwnedSemaphorePermit> {
+        let Read { generation, origin, received, event, permit, in_flight } = read;
+        match self.tracker.begin_at((origin.topic.clone(), origin.partition), origin.offset, generation) {
+            Some(ticket) => Ok(Work { ticket, origin, received, event, permit, in_flight }),
+            None => Err(permit),
+        }
+    }
+
+    /// The next record of an assigned partition, holding `permit`; `None` once the binding is
+    /// cancelled.
+    pub async fn read(&self, permit: OwnedSemaphorePermit) -> Option<Read> {
         loop {
             let message = tokio::select! {
                 biased;
@@ -51,8 +90,7 @@ impl Reader<'_> {
                 partition: message.partition(),
                 offset: message.offset(),
             };
-            let Some(ticket) = self.tracker.begin((origin.topic.clone(), origin.partition), origin.offset)
-            else {
+            let Some(generation) = self.tracker.generation(&(origin.topic.clone(), origin.partition)) else {
                 continue; // Its partition was revoked meanwhile: its next owner reads it.
             };
             let record = kafka::raw_record(&message);
@@ -63,7 +101,7 @@ impl Reader<'_> {
             }
             let received = kafka::Received::copy(&record, message.timestamp().to_millis());
             let in_flight = self.metrics.in_flight();
-            return Some(Work { ticket, origin, received, event, permit, in_flight });
+            return Some(Read { generation, origin, received, event, permit, in_flight });
         }
     }
 }

@@ -34,7 +34,7 @@ struct Deployed {
 pub struct Supervisor {
     engine: Arc<Engine>,
     registry: Arc<Registry>,
-    /// The pipeline's token: every binding stops with it.
+    /// keyhole's run token: every binding stops with it.
     cancel: CancellationToken,
     /// Held while the running set is changed, so that changes apply one at a time, in order.
     running: tokio::sync::Mutex<HashMap<Key, Deployed>>,
@@ -136,7 +136,7 @@ impl Supervisor {
         if problems.is_empty() { Ok(()) } else { Err(problems) }
     }
 
-    /// Stops every uploaded handler's binding (at shutdown, after the pipeline's token was
+    /// Stops every uploaded handler's binding (at shutdown, after keyhole's run token was
     /// cancelled) and waits for their drains.
     pub async fn stop_all(&self) {
         let mut running = self.running.lock().await;

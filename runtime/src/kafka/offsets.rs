@@ -92,11 +92,25 @@ impl OffsetTracker {
         }
     }
 
+    /// The partition's current assignment, if it is assigned and not revoked. Taken when a
+    /// record is read and checked by [`OffsetTracker::begin_at`] when its event begins: a
+    /// record read before a rebalance is not begun in the partition's next assignment.
+    pub fn generation(&self, partition: &Partition) -> Option<u64> {
+        self.lock().get(partition).filter(|s| !s.revoked).map(|s| s.generation)
+    }
+
     /// Records that an event was read. `None` when its partition is not (or no longer)
     /// assigned: the event must be dropped, not handled.
     pub fn begin(&self, partition: Partition, offset: i64) -> Option<Ticket> {
+        let generation = self.generation(&partition)?;
+        self.begin_at(partition, offset, generation)
+    }
+
+    /// [`OffsetTracker::begin`] for a record read in assignment `generation`: `None` when the
+    /// partition was revoked (or reassigned) since.
+    pub fn begin_at(&self, partition: Partition, offset: i64, generation: u64) -> Option<Ticket> {
         let mut map = self.lock();
-        let state = map.get_mut(&partition).filter(|s| !s.revoked)?;
+        let state = map.get_mut(&partition).filter(|s| !s.revoked && s.generation == generation)?;
         state.in_flight.insert(offset);
         state.next = Some(state.next.map_or(offset + 1, |n| n.max(offset + 1)));
         // The first event read shows where the group's committed position is: storing it again
@@ -236,6 +250,20 @@ mod tests {
         assert!(!tracker.is_current(&old));
         assert_eq!(tracker.finish(old, |_, _| {}), None);
         assert!(tracker.begin(p(), 5).is_some());
+    }
+
+    #[test]
+    fn a_record_read_before_a_rebalance_is_not_begun_in_the_next_assignment() {
+        let tracker = OffsetTracker::default();
+        tracker.assign([p()]);
+        let read_in = tracker.generation(&p()).unwrap();
+        let (left, _) = tracker.revoke_and_drain(&[p()], Instant::now());
+        assert_eq!(left, 0, "a record read but not begun holds nothing back");
+        assert!(tracker.begin_at(p(), 7, read_in).is_none(), "revoked");
+        tracker.assign([p()]);
+        assert!(tracker.begin_at(p(), 7, read_in).is_none(), "reassigned: read again, not begun");
+        let now = tracker.generation(&p()).unwrap();
+        assert!(tracker.begin_at(p(), 7, now).is_some());
     }
 
     #[test]

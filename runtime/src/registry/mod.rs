@@ -1,5 +1,5 @@
 //! The registry: tenants, what the operator granted each, their API tokens, and their handlers'
-//! uploaded versions. The admin API changes it; the pipeline runs each handler's active version.
+//! uploaded versions. The admin API changes it; the engine runs each handler's active version.
 //!
 //! It persists in a local directory (see [`store`]), so keyhole restarts with the same tenants,
 //! grants and active versions. Every change is checked and saved before it is applied in memory:
@@ -52,6 +52,17 @@ impl Registry {
     pub fn open(dir: &Path, catalog: Catalog) -> Result<Self, RegistryError> {
         let store = Store::open(dir)?;
         let state = store.load()?;
+        // Names stored before '.' was refused still load (refusing them would strand their
+        // tenants), but their joins may collide: say so, once, where the operator looks.
+        for (tenant, record) in &state.tenants {
+            for handler in std::iter::once(None).chain(record.handlers.keys().map(Some)) {
+                let bad = !is_name(tenant) || handler.is_some_and(|h| !is_name(h));
+                if bad {
+                    tracing::error!(tenant = %tenant, handler = handler.map(String::as_str),
+                        "A stored name breaks the name rule ({NAME_RULE}); its consumer group may be shared with another handler's. Delete it and create it again under a valid name.");
+                }
+            }
+        }
         Ok(Registry { store, state: Mutex::new(state), catalog })
     }
 

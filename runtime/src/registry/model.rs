@@ -159,8 +159,10 @@ pub struct HandlerView {
     pub rollback_to: Option<String>,
     /// Its stored versions, oldest first.
     pub versions: Vec<VersionInfo>,
-    /// Whether its binding runs: `running`, `inactive` (no version active), `not_granted` (its
-    /// spec exceeds the grant, changed since), `stopped` (a failure policy stopped it), `failed`.
+    /// Whether its binding runs: `running`, `paused` (its data owner is unavailable or refuses
+    /// keyhole's credentials; nothing is dead-lettered, the first answer resumes it), `inactive`
+    /// (no version active), `not_granted` (its spec exceeds the grant, changed since), `stopped`
+    /// (a failure policy stopped it), `failed` (it could not start), `finished` (shut down).
     pub state: String,
     /// Why, when it is not running.
     #[serde(default, skip_serializing_if = "Option::is_none")]

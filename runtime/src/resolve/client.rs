@@ -163,7 +163,9 @@ impl Resolver {
     pub async fn fetch(&self, url: &Url, who: &Requester<'_>) -> Result<Released, ResolveError> {
         let started = Instant::now();
         let outcome = self.fetch_once(url, who).await;
-        if !matches!(outcome, Err(ResolveError::Transient { .. })) {
+        // Only what the owner answered counts: not a failure to reach it, nor a request keyhole
+        // refused to send (status 0).
+        if !matches!(outcome, Err(ResolveError::Transient { .. } | ResolveError::Rejected { status: 0 })) {
             self.answered.fetch_add(1, Ordering::Relaxed);
         }
         let label = match &outcome {

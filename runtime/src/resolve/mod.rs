@@ -3,7 +3,9 @@
 //! An event on Kafka carries no personal data, only a reference to it. keyhole resolves that
 //! reference with an HTTP `GET` to the data owner's API *as the consuming service*, and the owner
 //! checks the end user's consent at that moment. The owner's answer decides what happens to the
-//! event (see [`ResolveError::disposition`]): released data goes to the handler; consent denied
+//! event (see [`ResolveError::disposition`], the owner table; the engine further tells an
+//! unavailable owner from a reference that fails on its own, see `engine::decide`): released
+//! data goes to the handler; consent denied
 //! or data gone is a decision to acknowledge and record; an owner that is unavailable is asked
 //! again later with [`Backoff`]; refused credentials pause the binding, because they are
 //! keyhole's problem, not the user's decision.

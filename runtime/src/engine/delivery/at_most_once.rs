@@ -20,7 +20,11 @@ pub async fn read(reader: &Reader<'_>, dispatcher: &Arc<Dispatcher>, permits: &A
         }
         let (_, next) = bounds(&batch);
         if !commit_before_handling(reader, next).await {
-            // Cancelled before the commit: none of the batch is handled here.
+            // Cancelled before the commit: none of the batch is handled here, and none holds
+            // its partition's offset (they are read again by whoever owns it next).
+            for work in batch {
+                reader.tracker.abandon(work.ticket);
+            }
             return;
         }
         for work in batch {

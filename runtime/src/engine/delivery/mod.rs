@@ -4,7 +4,7 @@
 //! - [`at_least_once`] (the default): an offset is stored once its event and every earlier one
 //!   of its partition are finished and recorded; librdkafka commits stored offsets in the
 //!   background, and the last ones at shutdown within `shutdown.commit_timeout_ms`.
-//! - [`at_most_once`]: each offset is committed before its event is handled.
+//! - [`at_most_once`]: a batch's offsets are committed before any of its events is handled.
 //! - [`exactly_once`]: a batch's replies, dead letters, receipts and offsets go in one Kafka
 //!   transaction.
 
@@ -76,6 +76,8 @@ pub async fn run(
     if tokio::time::timeout(limits.drain, permits.acquire_many(all)).await.is_err() {
         tracing::warn!(binding = %name, in_flight = tracker.in_flight(), "Drain timeout passed; unfinished events will be redelivered.");
     }
+    // Nothing may send or store after the final commit.
+    dispatcher.stop_now();
     let stopped = dispatcher.stopped();
     drop(dispatcher);
     let deadline = tokio::time::Instant::now() + limits.commit;
@@ -105,24 +107,34 @@ async fn close(name: &str, consumer: Arc<BindingConsumer>, deadline: tokio::time
 const BATCH_LINGER: Duration = Duration::from_millis(5);
 
 /// Reads a batch: up to `max` records (and free in-flight permits), as many as are ready once
-/// the first has come, waiting at most [`BATCH_LINGER`] for each further one. Empty once the
-/// binding is cancelled.
+/// the first has come, waiting at most [`BATCH_LINGER`] for each further one; then begins them
+/// all (see [`Reader::begin`]), dropping any whose partition a rebalance took meanwhile. Empty
+/// once the binding is cancelled.
 async fn read_batch(reader: &Reader<'_>, permits: &Arc<Semaphore>, max: usize) -> Vec<Work> {
-    let mut batch = Vec::new();
-    while batch.len() < max {
-        let work = if batch.is_empty() {
-            next_work(reader, permits).await
+    let mut read = Vec::new();
+    while read.len() < max {
+        let permit = if read.is_empty() {
+            tokio::select! {
+                biased;
+                () = reader.cancel.cancelled() => break,
+                permit = permits.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
+            }
         } else {
             let Ok(permit) = permits.clone().try_acquire_owned() else { break };
-            // Take what is already there; do not wait to fill the batch.
-            tokio::time::timeout(BATCH_LINGER, reader.next(permit)).await.ok().flatten()
+            permit
         };
-        match work {
-            Some(work) => batch.push(work),
+        let next = if read.is_empty() {
+            reader.read(permit).await
+        } else {
+            // Take what is already there; do not wait to fill the batch.
+            tokio::time::timeout(BATCH_LINGER, reader.read(permit)).await.ok().flatten()
+        };
+        match next {
+            Some(record) => read.push(record),
             None => break,
         }
     }
-    batch
+    read.into_iter().filter_map(|record| reader.begin(record).ok()).collect()
 }
 
 /// An offset of each partition of a batch.
