@@ -189,3 +189,57 @@ async fn kill_9_mid_stream_exactly_once_on_the_mock_cluster() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_the_broker_gone_ends_an_exactly_once_binding_within_its_bounds() {
+    const EVENTS: usize = 200;
+    let group = common::broker::unique("keyhole");
+    let mut mock = Command::new(env!("CARGO_BIN_EXE_keyhole"))
+        .args(["mock-cluster", "--topic", "refs:1", "--topic", "replies:1"])
+        .args(["--topic", &format!("{group}.acme.echo.dlq:1")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut bootstrap = String::new();
+    std::io::BufReader::new(mock.stdout.take().unwrap()).read_line(&mut bootstrap).unwrap();
+    let bootstrap = bootstrap.trim().to_string();
+    let owner = Owner::start().await;
+    // Slow enough that a batch is under way when the broker goes.
+    owner.set_delay(Duration::from_millis(300));
+    publish_events(&bootstrap, "refs", &owner, EVENTS).await;
+    let dir = std::env::temp_dir().join(common::broker::unique("keyhole-exactly-once-down"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config_path = dir.join("keyhole.toml");
+    let toml = config(&bootstrap, &group, "refs", &owner, "replies")
+        .replace("drain_timeout_ms = 10000", "drain_timeout_ms = 2000\ncommit_timeout_ms = 2000")
+        + "\n[audit]\npath = \"audit.jsonl\"\n";
+    std::fs::write(&config_path, toml).unwrap();
+    let audit = dir.join("audit.jsonl");
+    let mut keyhole = common::run_keyhole(&config_path);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while audited(&audit) < 10 {
+        assert!(Instant::now() < deadline, "keyhole handled only {} events", audited(&audit));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The broker goes away mid-batch; then the operator stops keyhole.
+    mock.kill().unwrap();
+    mock.wait().unwrap();
+    let stopping = Instant::now();
+    Command::new("kill").args(["-TERM", &keyhole.id().to_string()]).status().unwrap();
+    let bound = Duration::from_secs(2 + 2 + 5);
+    let exit = loop {
+        if let Some(exit) = keyhole.try_wait().unwrap() {
+            break exit;
+        }
+        if stopping.elapsed() > bound + Duration::from_secs(60) {
+            keyhole.kill().ok();
+            panic!("keyhole still ran {:?} after SIGTERM", stopping.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let log = std::fs::read_to_string(dir.join("keyhole.log")).unwrap_or_default();
+    assert!(stopping.elapsed() <= bound, "exited after {:?}:\n{log}", stopping.elapsed());
+    assert_eq!(exit.code(), Some(0), "{log}");
+    std::fs::remove_dir_all(&dir).ok();
+}

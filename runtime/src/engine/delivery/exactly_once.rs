@@ -3,7 +3,7 @@
 //! in that transaction. A batch that cannot be finished is aborted and read again, with consent
 //! asked again.
 
-use super::{BindingError, bounds, read_batch};
+use super::{BindingError, Limits, bounds, read_batch};
 use crate::engine::binding::Binding;
 use crate::engine::dispatcher::Dispatcher;
 use crate::engine::reader::Reader;
@@ -14,12 +14,15 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
-/// Reads and handles batches in transactions until cancelled.
+/// Reads and handles batches in transactions until cancelled. At shutdown a batch under way gets
+/// the drain's time (`limits.drain`) to finish, and its abort the commit's (`limits.commit`):
+/// a broker that went away cannot hold the process.
 pub async fn read(
     binding: &Arc<Binding>,
     reader: &Reader<'_>,
     dispatcher: &Arc<Dispatcher>,
     permits: &Arc<Semaphore>,
+    limits: Limits,
 ) -> Result<(), BindingError> {
     let name = reader.name;
     let producer = binding.producer.clone();
@@ -38,8 +41,21 @@ pub async fn read(
             dispatcher.submit(work);
         }
         let all = u32::try_from(binding.settings.max_in_flight).unwrap_or(u32::MAX);
-        drop(permits.acquire_many(all).await);
-        let committed = if dispatcher.take_abandoned() > 0 {
+        let cut_short = tokio::select! {
+            acquired = permits.acquire_many(all) => {
+                drop(acquired);
+                false
+            }
+            () = async {
+                reader.cancel.cancelled().await;
+                tokio::time::sleep(limits.drain).await;
+            } => true,
+        };
+        if cut_short {
+            // What still runs is dropped; the batch is aborted below and read again.
+            dispatcher.stop_now();
+        }
+        let committed = if cut_short || dispatcher.take_abandoned() > 0 {
             Err("interrupted".to_string())
         } else {
             let (producer, consumer, positions) =
@@ -63,12 +79,24 @@ pub async fn read(
             continue;
         };
         tracing::warn!(binding = %name, reason = %why, "Transaction aborted; its events are read again.");
-        blocking(&producer, kafka::producer::abort)
-            .await
-            .map_err(|e| failed(format!("cannot abort a transaction: {e}")))?;
+        let aborted = if reader.cancel.is_cancelled() {
+            // Shutting down: an abort the broker does not answer in time is left to the
+            // broker's transaction timeout, or to the fencing of the next start with the same
+            // transactional id. Nothing of the batch becomes visible either way.
+            match tokio::time::timeout(limits.commit, blocking(&producer, kafka::producer::abort)).await {
+                Ok(aborted) => aborted,
+                Err(_) => Err("the broker did not answer within shutdown.commit_timeout_ms".into()),
+            }
+        } else {
+            blocking(&producer, kafka::producer::abort).await
+        };
         if reader.cancel.is_cancelled() {
+            if let Err(error) = aborted {
+                tracing::warn!(binding = %name, %error, "Transaction not aborted at shutdown; its events are read again after a restart.");
+            }
             return Ok(());
         }
+        aborted.map_err(|e| failed(format!("cannot abort a transaction: {e}")))?;
         // Read the batch again: back to its first offsets, with fresh offset tracking.
         reader.tracker.assign(first.iter().map(|(partition, _)| partition.clone()));
         for ((topic, partition), offset) in first {

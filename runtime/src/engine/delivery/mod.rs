@@ -69,7 +69,7 @@ pub async fn run(
     match delivery {
         Delivery::AtLeastOnce => at_least_once::read(&reader, &dispatcher, &permits).await,
         Delivery::AtMostOnce => at_most_once::read(&reader, &dispatcher, &permits, limit).await,
-        Delivery::ExactlyOnce => exactly_once::read(&binding, &reader, &dispatcher, &permits).await?,
+        Delivery::ExactlyOnce => exactly_once::read(&binding, &reader, &dispatcher, &permits, limits).await?,
     }
     // Every permit back means every event finished (or was abandoned for redelivery).
     let all = u32::try_from(limit).unwrap_or(u32::MAX);
