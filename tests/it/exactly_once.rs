@@ -23,7 +23,7 @@ use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::io::BufRead;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -127,13 +127,12 @@ fn audited(audit: &Path) -> usize {
     std::fs::read_to_string(audit).unwrap_or_default().lines().count()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_mid_stream_exactly_once_on_the_mock_cluster() {
-    const EVENTS: usize = 300;
-    let group = common::broker::unique("keyhole");
-    // The broker must outlive the keyhole it serves: the mock cluster in a process of its own.
+/// librdkafka's mock cluster in a process of its own (the broker must outlive the keyhole it
+/// serves, or be killed under it), with `refs` of `partitions` partitions, `replies` and the
+/// binding's dead-letter topic; and its bootstrap servers.
+fn mock_cluster_process(group: &str, partitions: i32) -> (std::process::Child, String) {
     let mut mock = Command::new(env!("CARGO_BIN_EXE_keyhole"))
-        .args(["mock-cluster", "--topic", "refs:2", "--topic", "replies:1"])
+        .args(["mock-cluster", "--topic", &format!("refs:{partitions}"), "--topic", "replies:1"])
         .args(["--topic", &format!("{group}.acme.echo.dlq:1")])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -141,16 +140,39 @@ async fn kill_9_mid_stream_exactly_once_on_the_mock_cluster() {
         .unwrap();
     let mut bootstrap = String::new();
     std::io::BufReader::new(mock.stdout.take().unwrap()).read_line(&mut bootstrap).unwrap();
-    let bootstrap = bootstrap.trim().to_string();
-    let owner = Owner::start().await;
-    owner.set_delay(Duration::from_millis(50));
-    publish_events(&bootstrap, "refs", &owner, EVENTS).await;
+    (mock, bootstrap.trim().to_string())
+}
+
+/// A directory of the test's own with `keyhole.toml` (the echo binding on `refs`, replies to
+/// `replies`, an audit file; `replace` changes a line of it) and the audit file's path.
+fn exactly_once_dir(
+    bootstrap: &str,
+    group: &str,
+    owner: &Owner,
+    replace: Option<(&str, &str)>,
+) -> (PathBuf, PathBuf) {
     let dir = std::env::temp_dir().join(common::broker::unique("keyhole-exactly-once"));
     std::fs::create_dir_all(&dir).unwrap();
     let config_path = dir.join("keyhole.toml");
-    let toml = config(&bootstrap, &group, "refs", &owner, "replies") + "\n[audit]\npath = \"audit.jsonl\"\n";
+    let mut toml = config(bootstrap, group, "refs", owner, "replies");
+    if let Some((from, to)) = replace {
+        toml = toml.replace(from, to);
+    }
+    toml.push_str("\n[audit]\npath = \"audit.jsonl\"\n");
     std::fs::write(&config_path, toml).unwrap();
-    let audit = dir.join("audit.jsonl");
+    (config_path, dir.join("audit.jsonl"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_exactly_once_on_the_mock_cluster() {
+    const EVENTS: usize = 300;
+    let group = common::broker::unique("keyhole");
+    let (mut mock, bootstrap) = mock_cluster_process(&group, 2);
+    let owner = Owner::start().await;
+    owner.set_delay(Duration::from_millis(50));
+    publish_events(&bootstrap, "refs", &owner, EVENTS).await;
+    let (config_path, audit) = exactly_once_dir(&bootstrap, &group, &owner, None);
+    let dir = audit.parent().unwrap().to_path_buf();
 
     let mut first = common::run_keyhole(&config_path);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -194,28 +216,14 @@ async fn kill_9_mid_stream_exactly_once_on_the_mock_cluster() {
 async fn sigterm_with_the_broker_gone_ends_an_exactly_once_binding_within_its_bounds() {
     const EVENTS: usize = 200;
     let group = common::broker::unique("keyhole");
-    let mut mock = Command::new(env!("CARGO_BIN_EXE_keyhole"))
-        .args(["mock-cluster", "--topic", "refs:1", "--topic", "replies:1"])
-        .args(["--topic", &format!("{group}.acme.echo.dlq:1")])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut bootstrap = String::new();
-    std::io::BufReader::new(mock.stdout.take().unwrap()).read_line(&mut bootstrap).unwrap();
-    let bootstrap = bootstrap.trim().to_string();
+    let (mut mock, bootstrap) = mock_cluster_process(&group, 1);
     let owner = Owner::start().await;
     // Slow enough that a batch is under way when the broker goes.
     owner.set_delay(Duration::from_millis(300));
     publish_events(&bootstrap, "refs", &owner, EVENTS).await;
-    let dir = std::env::temp_dir().join(common::broker::unique("keyhole-exactly-once-down"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config_path = dir.join("keyhole.toml");
-    let toml = config(&bootstrap, &group, "refs", &owner, "replies")
-        .replace("drain_timeout_ms = 10000", "drain_timeout_ms = 2000\ncommit_timeout_ms = 2000")
-        + "\n[audit]\npath = \"audit.jsonl\"\n";
-    std::fs::write(&config_path, toml).unwrap();
-    let audit = dir.join("audit.jsonl");
+    let bounds = ("drain_timeout_ms = 10000", "drain_timeout_ms = 2000\ncommit_timeout_ms = 2000");
+    let (config_path, audit) = exactly_once_dir(&bootstrap, &group, &owner, Some(bounds));
+    let dir = audit.parent().unwrap().to_path_buf();
     let mut keyhole = common::run_keyhole(&config_path);
     let deadline = Instant::now() + Duration::from_secs(60);
     while audited(&audit) < 10 {
