@@ -3,15 +3,15 @@
 //! the admin API reaches the engine only through [`admin::Control`].
 
 use crate::admin::{self, BoxFuture, Control, HandlerState};
-use crate::config::{AdminSettings, Problem, Settings};
+use crate::config::{AdminSettings, Problem, RegistryStore, Settings};
 use crate::engine::{BindingError, Engine, Supervisor};
 use crate::records::audit::Outcome;
-use crate::registry::{Catalog, Registry};
+use crate::registry::{Announced, Catalog, Registry};
 use crate::sandbox::{ComponentReport, LoadError};
 use crate::telemetry;
 use std::future::Future;
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 /// Why keyhole could not start or stopped abnormally.
@@ -134,14 +134,20 @@ async fn start_admin(
 ) -> Result<Arc<Supervisor>, RunError> {
     let start_problem =
         |path: &str, message: String| RunError::Start(vec![Problem { path: path.into(), message }]);
-    let catalog = Catalog {
-        data_sources: engine.settings.data_sources.iter().map(|s| s.name.clone()).collect(),
-        configured: engine.settings.bindings.iter().map(|b| (b.tenant.clone(), b.handler.clone())).collect(),
-    };
-    let registry = Registry::open(&admin.state_dir, catalog)
-        .map_err(|e| start_problem("admin.state_dir", format!("{}: {e}", admin.state_dir.display())))?;
+    let catalog = Catalog::of(&engine.settings);
+    let (registry, announced) =
+        Registry::open_configured(admin, &engine.settings.kafka, catalog).await.map_err(|e| match &admin.registry {
+            RegistryStore::Local => start_problem("admin.state_dir", format!("{}: {e}", admin.state_dir.display())),
+            RegistryStore::Kafka(_) => start_problem("registry", e.to_string()),
+        })?;
     let registry = Arc::new(registry);
     let supervisor = Arc::new(Supervisor::new(engine.clone(), registry.clone(), cancel.clone()));
+    if let Some(changes) = registry.changes() {
+        tokio::spawn(follow(supervisor.clone(), changes, cancel.clone()));
+    }
+    if let Some(announced) = announced {
+        tokio::spawn(prepare(supervisor.clone(), announced, cancel.clone()));
+    }
     // Handlers that cannot start now are reported in their state; keyhole itself still starts,
     // so that their tenants can fix them through the API.
     if let Err(problems) = supervisor.reconcile().await {
@@ -163,6 +169,35 @@ async fn start_admin(
         }
     });
     Ok(supervisor)
+}
+
+/// Makes the running handlers follow a registry that other replicas change too: after every
+/// batch of records read from the registry log, whoever wrote them.
+async fn follow(supervisor: Arc<Supervisor>, mut changes: watch::Receiver<i64>, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            changed = changes.changed() => if changed.is_err() { return },
+        }
+        if let Err(problems) = supervisor.reconcile().await {
+            for (binding, problem) in problems {
+                tracing::error!(binding = %binding, reason = %problem, "Uploaded handler cannot run.");
+            }
+        }
+    }
+}
+
+/// Fetches and compiles every version uploaded through any replica, one at a time, ahead of
+/// its activation.
+async fn prepare(supervisor: Arc<Supervisor>, mut announced: mpsc::Receiver<Announced>, cancel: CancellationToken) {
+    loop {
+        let next = tokio::select! {
+            () = cancel.cancelled() => return,
+            next = announced.recv() => next,
+        };
+        let Some(Announced { tenant, handler, version }) = next else { return };
+        supervisor.prepare(&tenant, &handler, &version).await;
+    }
 }
 
 /// The admin API's view of the engine's supervisor.

@@ -47,6 +47,9 @@ pub fn caller(api: &Api, headers: &HeaderMap) -> Result<Caller, Problem> {
     let tenant = api.registry.authenticate(token);
     match (operator, tenant) {
         (true, _) => Ok(Caller::Operator),
+        // A replica that has not read the registry log lately may not know of a revocation: it
+        // trusts no tenant token until it has (see registry.max_staleness_ms).
+        (false, Some(_)) if let Err(stale) = api.registry.current() => Err(stale.into()),
         (false, Some(tenant)) => Ok(Caller::Tenant(tenant)),
         (false, None) => Err(Problem::unauthorized(
             "invalid-token",

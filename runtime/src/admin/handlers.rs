@@ -61,8 +61,9 @@ pub async fn put(
 ) -> Result<Response, Problem> {
     auth::tenant(&api, &headers, &tenant)?;
     let spec = problem::json_body(spec)?;
-    let (_, created) = api.registry.put_handler(&tenant, &handler, spec)?;
-    let view = applied(&api, &tenant, &handler).await?;
+    let (view, created) = api.registry.put_handler(&tenant, &handler, spec).await?;
+    applied(&api, &tenant, &handler).await?;
+    let view = with_state(&api, view);
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(view)).into_response())
 }
@@ -100,7 +101,7 @@ pub async fn delete(
     Path((tenant, handler)): Path<(String, String)>,
 ) -> Result<StatusCode, Problem> {
     auth::tenant(&api, &headers, &tenant)?;
-    api.registry.delete_handler(&tenant, &handler)?;
+    api.registry.delete_handler(&tenant, &handler).await?;
     let _ = api.control.apply().await;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -160,19 +161,7 @@ pub async fn upload(
         let _one_at_a_time = api.validations.acquire().await;
         api.control.check(wasm.clone()).await?
     };
-    // Stores (and fsyncs) up to the upload limit: on a blocking thread, not an async worker.
-    let (info, created) = {
-        let (registry, tenant, handler) = (api.registry.clone(), tenant.clone(), handler.clone());
-        tokio::task::spawn_blocking(move || registry.add_version(&tenant, &handler, &wasm, &report))
-            .await
-            .map_err(|e| {
-            Problem::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                format!("storing did not finish: {e}"),
-            )
-        })??
-    };
+    let (info, created) = api.registry.add_version(&tenant, &handler, wasm, &report).await?;
     tracing::info!(tenant = %tenant, handler = %handler, version = %info.version, size_bytes = info.size_bytes,
         "Handler version uploaded.");
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
@@ -274,7 +263,7 @@ pub async fn delete_version(
     Path((tenant, handler, version)): Path<(String, String, String)>,
 ) -> Result<StatusCode, Problem> {
     auth::tenant(&api, &headers, &tenant)?;
-    api.registry.delete_version(&tenant, &handler, &version)?;
+    api.registry.delete_version(&tenant, &handler, &version).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -298,8 +287,8 @@ pub async fn activate(
     auth::tenant(&api, &headers, &tenant)?;
     let registry = &api.registry;
     let before = registry.activation(&tenant, &handler)?;
-    registry.activate(&tenant, &handler, &version)?;
-    switched(&api, &tenant, &handler, before).await.map(Json)
+    let (view, _) = registry.activate(&tenant, &handler, &version).await?;
+    switched(&api, view, before).await.map(Json)
 }
 
 /// Activates the version that was active before the current one.
@@ -321,24 +310,27 @@ pub async fn rollback(
     auth::tenant(&api, &headers, &tenant)?;
     let registry = &api.registry;
     let before = registry.activation(&tenant, &handler)?;
-    registry.rollback(&tenant, &handler)?;
-    switched(&api, &tenant, &handler, before).await.map(Json)
+    let (view, _) = registry.rollback(&tenant, &handler).await?;
+    switched(&api, view, before).await.map(Json)
 }
 
-/// Applies an activation; if the binding cannot take it, puts the registry back as it was.
+/// Applies an activation (`view`, the handler as the activation left it); if the binding cannot
+/// take it, puts the registry back as it was, unless another activation came in the meantime.
 async fn switched(
     api: &Api,
-    tenant: &str,
-    handler: &str,
+    view: HandlerView,
     before: (Option<String>, Vec<String>),
 ) -> Result<HandlerView, Problem> {
-    match applied(api, tenant, handler).await {
-        Ok(view) => {
+    let (tenant, handler) = (view.tenant.clone(), view.handler.clone());
+    match applied(api, &tenant, &handler).await {
+        Ok(()) => {
             tracing::info!(tenant, handler, version = view.active.as_deref(), "Handler version active.");
-            Ok(view)
+            Ok(with_state(api, view))
         }
         Err(problem) => {
-            api.registry.restore_activation(tenant, handler, before.0, before.1)?;
+            if let Some(failed) = &view.active {
+                api.registry.restore_activation(&tenant, &handler, failed, before.0, before.1).await?;
+            }
             let _ = api.control.apply().await;
             Err(problem)
         }
@@ -347,7 +339,7 @@ async fn switched(
 
 /// Applies the registry's change to the running bindings; this handler's failure is the
 /// request's.
-async fn applied(api: &Api, tenant: &str, handler: &str) -> Result<HandlerView, Problem> {
+async fn applied(api: &Api, tenant: &str, handler: &str) -> Result<(), Problem> {
     let name = crate::model::names::binding_name(tenant, handler);
     if let Err(problems) = api.control.apply().await {
         for (binding, problem) in problems {
@@ -357,7 +349,7 @@ async fn applied(api: &Api, tenant: &str, handler: &str) -> Result<HandlerView, 
             tracing::warn!(binding = %binding, reason = %problem, "Uploaded handler cannot run.");
         }
     }
-    Ok(with_state(api, api.registry.handler(tenant, handler)?))
+    Ok(())
 }
 
 /// Fills in what the binding is doing.

@@ -80,6 +80,8 @@ impl From<RegistryError> for Problem {
             RegistryError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
             RegistryError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             RegistryError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
+            RegistryError::Blob { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
+            RegistryError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "registry-unavailable"),
         };
         if status.is_server_error() {
             tracing::error!(%error, "Admin API: the registry failed.");

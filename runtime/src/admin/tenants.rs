@@ -44,7 +44,7 @@ pub async fn put(
 ) -> Result<Response, Problem> {
     auth::operator(&api, &headers)?;
     let grant = problem::json_body(grant)?;
-    let (view, created) = api.registry.put_tenant(&tenant, grant)?;
+    let (view, created) = api.registry.put_tenant(&tenant, grant).await?;
     applied(&api).await;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(view)).into_response())
@@ -83,7 +83,7 @@ pub async fn delete(
     Path(tenant): Path<String>,
 ) -> Result<StatusCode, Problem> {
     auth::operator(&api, &headers)?;
-    api.registry.delete_tenant(&tenant)?;
+    api.registry.delete_tenant(&tenant).await?;
     applied(&api).await;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -104,7 +104,7 @@ pub async fn issue_token(
     Path(tenant): Path<String>,
 ) -> Result<Response, Problem> {
     auth::operator(&api, &headers)?;
-    let issued = api.registry.issue_token(&tenant)?;
+    let issued = api.registry.issue_token(&tenant).await?;
     tracing::info!(tenant = %tenant, token_id = %issued.id, "Token issued.");
     Ok((StatusCode::CREATED, Json(issued)).into_response())
 }
@@ -124,7 +124,7 @@ pub async fn revoke_token(
     Path((tenant, token_id)): Path<(String, String)>,
 ) -> Result<StatusCode, Problem> {
     auth::operator(&api, &headers)?;
-    api.registry.revoke_token(&tenant, &token_id)?;
+    api.registry.revoke_token(&tenant, &token_id).await?;
     tracing::info!(tenant = %tenant, token_id = %token_id, "Token revoked.");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -67,6 +67,7 @@ impl Served {
             operator_token_sha256: Some(Sha256::digest(OPERATOR).into()),
             state_dir: dir,
             max_upload_bytes: 1 << 20,
+            registry: crate::config::RegistryStore::Local,
         };
         let api = Api::new(registry, control.clone(), &settings);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -5,6 +5,7 @@ mod check;
 mod deploy;
 mod dev;
 mod publish;
+mod registry;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -66,6 +67,10 @@ pub enum Command {
     /// Activates the version that was active before the current one. The tenant's token is
     /// read from KEYHOLE_TOKEN.
     Rollback(HandlerArgs),
+    /// Moves the admin API's registry between a directory and the store the configuration
+    /// names: from one instance's `state_dir` into Kafka, and back (a backup).
+    #[command(subcommand)]
+    Registry(RegistryCommand),
     /// Runs librdkafka's in-process mock cluster until stdin closes or a signal comes, and prints
     /// its bootstrap servers. For tests that must kill keyhole while the broker lives on; not a
     /// broker for anything else (it keeps nothing on disk and does not filter aborted
@@ -75,6 +80,30 @@ pub enum Command {
         /// Topics to create, `name:partitions` (repeatable).
         #[arg(long = "topic")]
         topics: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RegistryCommand {
+    /// Writes the configured registry (tenants, grants, token digests, handlers, versions with
+    /// their components, activations) into a new directory, in the local store's format.
+    Export {
+        /// The configuration file whose `[admin]` and `[registry]` name the registry.
+        #[arg(long, default_value = "keyhole.toml")]
+        config: PathBuf,
+        /// The directory to write (must not hold a registry).
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Writes the registry in a directory (a `state_dir`, or an export) into the configured
+    /// registry, which must be empty.
+    Import {
+        /// The configuration file whose `[admin]` and `[registry]` name the registry.
+        #[arg(long, default_value = "keyhole.toml")]
+        config: PathBuf,
+        /// The directory to read.
+        #[arg(long)]
+        from: PathBuf,
     },
 }
 
@@ -191,6 +220,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Publish(args) => publish::publish(*args),
         Command::Request(args) => publish::request(*args),
         Command::MockCluster { topics } => run::mock_cluster(&topics),
+        Command::Registry(RegistryCommand::Export { config, to }) => registry::export(&config, &to),
+        Command::Registry(RegistryCommand::Import { config, from }) => registry::import(&config, &from),
         Command::Deploy(args) => deploy::deploy(&args),
         Command::Rollback(args) => deploy::rollback(&args),
         Command::Dev(args) => dev::dev(&args),

@@ -13,8 +13,8 @@ mod validate;
 pub use uploaded::UploadedBinding;
 
 pub use settings::{
-    AdminSettings, BindingSettings, ConfigError, FailurePolicies, KafkaSettings, Problem, ReceiptSink,
-    Settings,
+    AdminSettings, BindingSettings, ConfigError, FailurePolicies, KafkaRegistrySettings, KafkaSettings, Problem,
+    ReceiptSink, RegistryStore, Settings,
 };
 
 use crate::sandbox::{Limits, SandboxConfig};
@@ -50,6 +50,78 @@ pub struct Config {
     pub handlers: Vec<HandlerConfig>,
     /// The admin API (uploads, grants, metrics, health). Without it, no HTTP server runs.
     pub admin: Option<AdminConfig>,
+    /// Where the admin API's registry is kept: `admin.state_dir` (the default) or Kafka.
+    #[serde(default)]
+    pub registry: RegistryConfig,
+}
+
+/// `[registry]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// `local` (in `admin.state_dir`, one instance) or `kafka` (shared by every replica).
+    #[serde(default)]
+    pub store: RegistryStoreKind,
+    /// The registry log: one partition, compacted.
+    #[serde(default = "default_registry_topic")]
+    pub topic: String,
+    /// Component bytes, in chunks: one partition, compacted.
+    #[serde(default = "default_blob_topic")]
+    pub blob_topic: String,
+    /// Create the two topics at start when they do not exist.
+    #[serde(default)]
+    pub create_topics: bool,
+    /// Their replication factor when keyhole creates them.
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: i32,
+    /// How long an admin write waits for its record to be written and read back.
+    #[serde(default = "default_write_timeout_ms")]
+    pub write_timeout_ms: u64,
+    /// How long a replica that cannot read the registry log keeps accepting tenants' tokens: a
+    /// revocation is effective everywhere within this time.
+    #[serde(default = "default_max_staleness_ms")]
+    pub max_staleness_ms: u64,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            store: RegistryStoreKind::Local,
+            topic: default_registry_topic(),
+            blob_topic: default_blob_topic(),
+            create_topics: false,
+            replication_factor: default_replication_factor(),
+            write_timeout_ms: default_write_timeout_ms(),
+            max_staleness_ms: default_max_staleness_ms(),
+        }
+    }
+}
+
+/// `registry.store`
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegistryStoreKind {
+    /// `admin.state_dir`.
+    #[default]
+    Local,
+    /// The registry and blob topics.
+    Kafka,
+}
+
+fn default_registry_topic() -> String {
+    "keyhole-registry".into()
+}
+fn default_blob_topic() -> String {
+    "keyhole-registry-blobs".into()
+}
+fn default_replication_factor() -> i32 {
+    3
+}
+fn default_write_timeout_ms() -> u64 {
+    10_000
+}
+fn default_max_staleness_ms() -> u64 {
+    10_000
 }
 
 /// `[admin]`

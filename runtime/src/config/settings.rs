@@ -140,6 +140,34 @@ pub struct AdminSettings {
     pub state_dir: PathBuf,
     /// Largest request body.
     pub max_upload_bytes: u64,
+    /// Where the registry is kept.
+    pub registry: RegistryStore,
+}
+
+/// Where the registry is kept, after validation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RegistryStore {
+    /// In `state_dir`.
+    Local,
+    /// In the Kafka cluster, shared by every replica; `state_dir` caches components.
+    Kafka(KafkaRegistrySettings),
+}
+
+/// The Kafka registry's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KafkaRegistrySettings {
+    /// The registry log.
+    pub topic: String,
+    /// Component chunks.
+    pub blob_topic: String,
+    /// Create missing topics at start.
+    pub create_topics: bool,
+    /// Their replication factor when created.
+    pub replication_factor: i32,
+    /// How long a write waits to be read back.
+    pub write_timeout: std::time::Duration,
+    /// How long a replica that cannot read the log accepts tenants' tokens.
+    pub max_staleness: std::time::Duration,
 }
 
 impl fmt::Debug for AdminSettings {
@@ -149,6 +177,7 @@ impl fmt::Debug for AdminSettings {
             .field("operator_token", &self.operator_token_sha256.map(|_| "<redacted>"))
             .field("state_dir", &self.state_dir)
             .field("max_upload_bytes", &self.max_upload_bytes)
+            .field("registry", &self.registry)
             .finish()
     }
 }

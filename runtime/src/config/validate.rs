@@ -3,8 +3,9 @@
 //! data sources and handlers in [`super::bindings`].
 
 use super::{
-    AdminConfig, AdminSettings, Config, ConfigError, DEFAULT_RECEIPTS_PATH, KafkaSettings, Problem,
-    ReceiptSink, ReceiptSinkKind, Secret, Settings,
+    AdminConfig, AdminSettings, Config, ConfigError, DEFAULT_RECEIPTS_PATH, KafkaRegistrySettings,
+    KafkaSettings, Problem, ReceiptSink, ReceiptSinkKind, RegistryConfig, RegistryStore, RegistryStoreKind,
+    Secret, Settings,
 };
 use crate::model::names::{is_dotted_name, is_topic};
 use std::collections::BTreeMap;
@@ -56,7 +57,11 @@ impl Config {
         if self.sandbox.max_concurrent_instances == 0 {
             problems.add("sandbox.max_concurrent_instances", "must be greater than 0");
         }
-        let admin = self.admin.as_ref().and_then(|admin| validate_admin(admin, base, &mut problems));
+        let registry = validate_registry(&self.registry, self.admin.is_some(), &mut problems);
+        let admin = self
+            .admin
+            .as_ref()
+            .and_then(|admin| validate_admin(admin, base, registry, &mut problems));
         let audit_path = self.audit.path.as_ref().map(|p| base.join(p));
         let receipts = self.validate_receipts(base, audit_path.as_deref(), &mut problems);
         problems.into_result(|| Settings {
@@ -166,7 +171,54 @@ impl Config {
     }
 }
 
-fn validate_admin(admin: &AdminConfig, base: &Path, problems: &mut Problems) -> Option<AdminSettings> {
+fn validate_registry(
+    registry: &RegistryConfig,
+    with_admin: bool,
+    problems: &mut Problems,
+) -> Option<RegistryStore> {
+    if registry.store == RegistryStoreKind::Local {
+        return Some(RegistryStore::Local);
+    }
+    if !with_admin {
+        problems.add("registry.store", "the registry is the admin API's: configure [admin] too");
+    }
+    let before = problems.len();
+    for (key, topic) in [("registry.topic", &registry.topic), ("registry.blob_topic", &registry.blob_topic)] {
+        if !is_topic(topic) {
+            problems.add(key, format!("{topic:?} is not a valid topic name"));
+        }
+    }
+    if registry.topic == registry.blob_topic {
+        problems.add("registry.blob_topic", "must differ from registry.topic");
+    }
+    if registry.replication_factor < 1 {
+        problems.add("registry.replication_factor", "must be at least 1");
+    }
+    for (key, value) in
+        [("registry.write_timeout_ms", registry.write_timeout_ms), ("registry.max_staleness_ms", registry.max_staleness_ms)]
+    {
+        if value == 0 {
+            problems.add(key, "must be greater than 0");
+        }
+    }
+    (problems.len() == before).then(|| {
+        RegistryStore::Kafka(KafkaRegistrySettings {
+            topic: registry.topic.clone(),
+            blob_topic: registry.blob_topic.clone(),
+            create_topics: registry.create_topics,
+            replication_factor: registry.replication_factor,
+            write_timeout: Duration::from_millis(registry.write_timeout_ms),
+            max_staleness: Duration::from_millis(registry.max_staleness_ms),
+        })
+    })
+}
+
+fn validate_admin(
+    admin: &AdminConfig,
+    base: &Path,
+    registry: Option<RegistryStore>,
+    problems: &mut Problems,
+) -> Option<AdminSettings> {
     use sha2::Digest as _;
     let listen = admin
         .listen
@@ -193,6 +245,7 @@ fn validate_admin(admin: &AdminConfig, base: &Path, problems: &mut Problems) -> 
         operator_token_sha256: operator_token,
         state_dir: base.join(&admin.state_dir),
         max_upload_bytes: admin.max_upload_bytes,
+        registry: registry?,
     })
 }
 

@@ -60,11 +60,15 @@ impl Supervisor {
         self.engine.health.get(&names::binding_name(tenant, handler)).unwrap_or(BindingState::Inactive)
     }
 
-    /// Ready when the broker answers and no binding that should run has stopped or failed.
+    /// Ready when the broker answers, the registry is current (a Kafka registry read lately) and
+    /// no binding that should run has stopped or failed.
     pub async fn ready(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
         if let Err(error) = self.engine.broker_reachable(std::time::Duration::from_secs(2)).await {
             problems.push(format!("the Kafka cluster is not reachable: {error}"));
+        }
+        if let Err(error) = self.registry.current() {
+            problems.push(error.to_string());
         }
         for (binding, state) in self.engine.health.unhealthy() {
             let why = state.reason().unwrap_or_default();
@@ -178,17 +182,35 @@ impl Supervisor {
         })
     }
 
-    /// Reads and compiles the deployment's component on a blocking thread.
+    /// Reads the deployment's component from the registry (fetching it into this replica's
+    /// cache when the registry is in Kafka) and compiles it on a blocking thread.
     async fn load(&self, settings: &BindingSettings, deployment: &Deployment) -> Result<Handler, String> {
+        let wasm = self
+            .registry
+            .component(&deployment.tenant, &deployment.handler, &deployment.version)
+            .await
+            .map_err(|e| format!("cannot read its component: {e}"))?;
         let engine = self.engine.clone();
         let settings = settings.clone();
-        let path = deployment.component.clone();
         tokio::task::spawn_blocking(move || {
-            let wasm = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             engine.load(&settings, &wasm).map_err(|e| format!("component refused: {e}"))
         })
         .await
         .map_err(|e| format!("loading did not finish: {e}"))?
+    }
+
+    /// Fetches and compiles a version as soon as it is uploaded (on any replica), so that its
+    /// activation finds it compiled. Failures only cost the activation the time to do it then.
+    pub async fn prepare(&self, tenant: &str, handler: &str, version: &str) {
+        let wasm = match self.registry.component(tenant, handler, version).await {
+            Ok(wasm) => wasm,
+            Err(error) => {
+                tracing::warn!(tenant, handler, version, %error, "Cannot fetch a new version ahead of its activation.");
+                return;
+            }
+        };
+        let engine = self.engine.clone();
+        let _ = tokio::task::spawn_blocking(move || engine.sandbox.precompile(&wasm)).await;
     }
 
     /// The binding an uploaded handler runs as (see [`crate::config::UploadedBinding`]).

@@ -87,6 +87,17 @@ pub fn consumer(
     Ok(consumer)
 }
 
+/// A client of keyhole's own (the registry's readers): the brokers and the operator's
+/// properties, no consumer group.
+pub fn client_config(kafka: &KafkaSettings, client_id: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &kafka.bootstrap_servers).set("client.id", client_id);
+    for (name, value) in &kafka.properties {
+        config.set(name, value);
+    }
+    config
+}
+
 /// Stores `offset` (the next offset to read) for a partition, for librdkafka to commit.
 pub fn store(consumer: &impl Consumer<BindingContext>, partition: &Partition, offset: i64) {
     let mut tpl = TopicPartitionList::new();

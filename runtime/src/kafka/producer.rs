@@ -38,6 +38,11 @@ pub fn shared(kafka: &KafkaSettings) -> KafkaResult<FutureProducer> {
     config(kafka, "keyhole-producer").create()
 }
 
+/// A producer of keyhole's own records (the registry's log and blobs), under `client_id`.
+pub fn own(kafka: &KafkaSettings, client_id: &str) -> KafkaResult<FutureProducer> {
+    config(kafka, client_id).create()
+}
+
 /// An exactly-once binding's producer, its transactions initialised (which fences off an
 /// earlier instance with the same `transactional_id`). Blocks.
 pub fn transactional(kafka: &KafkaSettings, transactional_id: &str) -> KafkaResult<FutureProducer> {

@@ -61,4 +61,17 @@ pub enum RegistryError {
     /// The directory cannot be read or written.
     #[error("the registry's directory: {0}")]
     Storage(#[from] std::io::Error),
+    /// The registry's Kafka topics cannot be written or read now (the broker is unreachable, or
+    /// this replica has not read the registry log recently enough). Nothing was changed, or the
+    /// change's outcome is not known yet; retry.
+    #[error("the registry is unavailable: {0}")]
+    Unavailable(String),
+    /// A component's bytes are missing or damaged in the blob topic or the local cache.
+    #[error("component {version}: {reason}")]
+    Blob {
+        /// The version.
+        version: String,
+        /// What is wrong.
+        reason: String,
+    },
 }

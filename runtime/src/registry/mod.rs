@@ -1,36 +1,47 @@
 //! The registry: tenants, what the operator granted each, their API tokens, and their handlers'
 //! uploaded versions. The admin API changes it; the engine runs each handler's active version.
 //!
-//! It persists in a local directory (see [`store`]), so keyhole restarts with the same tenants,
-//! grants and active versions. Every change is checked and saved before it is applied in memory:
-//! a change that cannot be saved did not happen.
+//! Every change is a [`Command`] that a deterministic state machine applies ([`command`]).
+//! Where it persists is the operator's choice: a local directory ([`local`], one instance, the
+//! default) or two Kafka topics shared by every replica ([`kafka`]). Either way, a change that
+//! cannot be saved did not happen, and a caller is answered with what was decided.
 
+mod command;
 mod error;
+mod kafka;
+mod local;
+pub mod migrate;
 mod model;
 mod rules;
-mod store;
 mod token;
 mod views;
 
+pub use command::Command;
+pub use kafka::Announced;
 pub use model::{
-    Deployment, Grant, HandlerSpec, HandlerView, IssuedToken, TenantLimits, TenantView, VersionInfo,
+    BlobRef, Deployment, Grant, HandlerSpec, HandlerView, IssuedToken, TenantLimits, TenantView, TokenRecord,
+    VersionInfo,
 };
 
 pub use error::RegistryError;
 pub use token::matches as token_matches;
 
+use crate::config::{AdminSettings, KafkaSettings, RegistryStore};
 use crate::model::names::{NAME_RULE, is_name, is_topic};
 use crate::model::purpose::is_purpose;
 use crate::sandbox::ComponentReport;
-use model::{HandlerRecord, State, TenantRecord};
-use rules::{check_spec, contract_of, handler_record, handler_record_mut, hex_of, normalise, now};
+use command::Answer;
+use kafka::KafkaStore;
+use local::Store;
+use model::State;
+use rules::{check_spec, contract_of, handler_record, hex_of, normalise, now};
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::Mutex;
-use store::Store;
+use std::sync::{Arc, Mutex};
 use views::{handler_view, tenant_view};
 
-/// What the registry checks grants and specs against: the host's configuration.
+/// What the registry checks grants and specs against: the host's configuration. Every replica
+/// sharing a Kafka registry must have the same (it takes part in every decision).
 #[derive(Clone, Debug, Default)]
 pub struct Catalog {
     /// The configured data sources' names.
@@ -40,11 +51,30 @@ pub struct Catalog {
     pub configured: HashSet<(String, String)>,
 }
 
-/// The registry. Cheap to share behind an `Arc`; every operation takes its lock briefly.
+impl Catalog {
+    /// The catalog of a configuration.
+    pub fn of(settings: &crate::config::Settings) -> Catalog {
+        Catalog {
+            data_sources: settings.data_sources.iter().map(|s| s.name.clone()).collect(),
+            configured: settings.bindings.iter().map(|b| (b.tenant.clone(), b.handler.clone())).collect(),
+        }
+    }
+}
+
+/// Where the registry persists.
+enum Backend {
+    /// A directory; `writes` makes one change at a time (each saves the whole state).
+    Local { store: Store, writes: tokio::sync::Mutex<()> },
+    /// The Kafka topics; `cache` keeps the components this replica fetched.
+    Kafka { store: Box<KafkaStore>, cache: Store },
+}
+
+/// The registry. Cheap to share behind an `Arc`; reads take its lock briefly.
 pub struct Registry {
-    store: Store,
-    state: Mutex<State>,
-    catalog: Catalog,
+    /// The state every read sees; the Kafka store's reader applies the log to it.
+    state: Arc<Mutex<State>>,
+    catalog: Arc<Catalog>,
+    backend: Backend,
 }
 
 impl Registry {
@@ -52,35 +82,77 @@ impl Registry {
     pub fn open(dir: &Path, catalog: Catalog) -> Result<Self, RegistryError> {
         let store = Store::open(dir)?;
         let state = store.load()?;
-        // Names stored before '.' was refused still load (refusing them would strand their
-        // tenants), but their joins may collide: say so, once, where the operator looks.
-        for (tenant, record) in &state.tenants {
-            for handler in std::iter::once(None).chain(record.handlers.keys().map(Some)) {
-                let bad = !is_name(tenant) || handler.is_some_and(|h| !is_name(h));
-                if bad {
-                    tracing::error!(tenant = %tenant, handler = handler.map(String::as_str),
-                        "A stored name breaks the name rule ({NAME_RULE}); its consumer group may be shared with another handler's. Delete it and create it again under a valid name.");
-                }
-            }
-        }
-        Ok(Registry { store, state: Mutex::new(state), catalog })
+        warn_about_stored_names(&state);
+        let backend = Backend::Local { store, writes: tokio::sync::Mutex::new(()) };
+        Ok(Registry { state: Arc::new(Mutex::new(state)), catalog: Arc::new(catalog), backend })
+    }
+
+    /// Opens the registry as `[admin]` and `[registry]` configure it. A Kafka registry is read
+    /// to its end before this returns; the receiver gets the versions announced from then on.
+    pub async fn open_configured(
+        admin: &AdminSettings,
+        kafka: &KafkaSettings,
+        catalog: Catalog,
+    ) -> Result<(Self, Option<tokio::sync::mpsc::Receiver<Announced>>), RegistryError> {
+        let RegistryStore::Kafka(settings) = &admin.registry else {
+            return Ok((Registry::open(&admin.state_dir, catalog)?, None));
+        };
+        let cache = Store::open(&admin.state_dir.join("cache"))?;
+        let (state, catalog) = (Arc::new(Mutex::new(State::default())), Arc::new(catalog));
+        let (store, announced) = KafkaStore::open(kafka, settings, state.clone(), catalog.clone()).await?;
+        warn_about_stored_names(&read(&state));
+        Ok((Registry { state, catalog, backend: Backend::Kafka { store: Box::new(store), cache } }, Some(announced)))
     }
 
     fn read(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        read(&self.state)
     }
 
-    /// Applies `change` to a copy of the state, saves the copy, and only then makes it current.
-    fn change<T>(
-        &self,
-        change: impl FnOnce(&mut State) -> Result<T, RegistryError>,
-    ) -> Result<T, RegistryError> {
-        let mut state = self.read();
-        let mut next = state.clone();
-        let result = change(&mut next)?;
-        self.store.save(&next)?;
-        *state = next;
-        Ok(result)
+    /// Applies `command` where the registry persists and answers what was decided.
+    async fn submit(&self, command: Command) -> Result<Answer, RegistryError> {
+        match &self.backend {
+            Backend::Local { store, writes } => {
+                let _one_at_a_time = writes.lock().await;
+                let mut next = self.read().clone();
+                let applied = command::apply(&mut next, &self.catalog, &command)?;
+                let (store, saved) = (store.clone(), next.clone());
+                // Synced to disk: not on an async worker.
+                tokio::task::spawn_blocking(move || store.save(&saved))
+                    .await
+                    .map_err(|e| RegistryError::Storage(std::io::Error::other(e)))??;
+                *read(&self.state) = next;
+                self.delete_unused_files(&applied.removed).await;
+                Ok(applied.answer)
+            }
+            Backend::Kafka { store, .. } => {
+                // Refused here already, when it cannot succeed: no record for it.
+                command::apply(&mut self.read().clone(), &self.catalog, &command)?;
+                let applied = store.submit(command).await?;
+                let removed: Vec<_> =
+                    applied.removed.into_iter().filter_map(|(info, blob)| Some((info.version, blob?))).collect();
+                store.forget(&removed).await;
+                Ok(applied.answer)
+            }
+        }
+    }
+
+    /// `Ok` when tenants' tokens may be trusted here: always with the local store; with Kafka,
+    /// while this replica has read the registry log recently (see
+    /// `registry.max_staleness_ms`).
+    pub fn current(&self) -> Result<(), RegistryError> {
+        match &self.backend {
+            Backend::Local { .. } => Ok(()),
+            Backend::Kafka { store, .. } => store.current(),
+        }
+    }
+
+    /// With the Kafka store, wakes whenever another replica's (or this one's) change was
+    /// applied here.
+    pub fn changes(&self) -> Option<tokio::sync::watch::Receiver<i64>> {
+        match &self.backend {
+            Backend::Local { .. } => None,
+            Backend::Kafka { store, .. } => Some(store.changes()),
+        }
     }
 
     // --- tenants and tokens (the operator's) ---------------------------------------------------
@@ -99,61 +171,34 @@ impl Registry {
 
     /// Creates a tenant or replaces its grant; `true` when it was created. Handlers the new grant
     /// no longer covers stay stored but stop running (their state says why).
-    pub fn put_tenant(&self, tenant: &str, grant: Grant) -> Result<(TenantView, bool), RegistryError> {
+    pub async fn put_tenant(&self, tenant: &str, grant: Grant) -> Result<(TenantView, bool), RegistryError> {
         if !is_name(tenant) {
             return Err(RegistryError::Invalid(format!("tenant name {tenant:?} must be {NAME_RULE}")));
         }
         self.check_grant(&grant)?;
-        self.change(|state| {
-            let created = !state.tenants.contains_key(tenant);
-            let record = state.tenants.entry(tenant.to_string()).or_insert_with(|| TenantRecord {
-                grant: Grant::default(),
-                tokens: Vec::new(),
-                handlers: Default::default(),
-            });
-            record.grant = grant;
-            Ok((tenant_view(tenant, record), created))
-        })
+        match self.submit(Command::PutTenant { tenant: tenant.into(), grant }).await? {
+            Answer::Tenant(view, created) => Ok((view, created)),
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// Deletes a tenant, its tokens, its handlers and their components.
-    pub fn delete_tenant(&self, tenant: &str) -> Result<(), RegistryError> {
-        self.change(|state| {
-            state.tenants.remove(tenant).ok_or_else(|| RegistryError::UnknownTenant(tenant.into()))?;
-            Ok(())
-        })?;
-        self.collect_garbage();
-        Ok(())
+    pub async fn delete_tenant(&self, tenant: &str) -> Result<(), RegistryError> {
+        self.submit(Command::DeleteTenant { tenant: tenant.into() }).await.map(drop)
     }
 
     /// Issues a new bearer token for a tenant; only its hash is kept.
-    pub fn issue_token(&self, tenant: &str) -> Result<IssuedToken, RegistryError> {
+    pub async fn issue_token(&self, tenant: &str) -> Result<IssuedToken, RegistryError> {
         let issued = token::issue();
-        self.change(|state| {
-            let record =
-                state.tenants.get_mut(tenant).ok_or_else(|| RegistryError::UnknownTenant(tenant.into()))?;
-            record.tokens.push(model::TokenRecord {
-                id: issued.id.clone(),
-                sha256: token::digest_hex(&issued.token),
-                created_at: now(),
-            });
-            Ok(())
-        })?;
+        let record =
+            TokenRecord { id: issued.id.clone(), sha256: token::digest_hex(&issued.token), created_at: now() };
+        self.submit(Command::IssueToken { tenant: tenant.into(), token: record }).await?;
         Ok(issued)
     }
 
     /// Revokes a tenant's token.
-    pub fn revoke_token(&self, tenant: &str, id: &str) -> Result<(), RegistryError> {
-        self.change(|state| {
-            let record =
-                state.tenants.get_mut(tenant).ok_or_else(|| RegistryError::UnknownTenant(tenant.into()))?;
-            let before = record.tokens.len();
-            record.tokens.retain(|t| t.id != id);
-            if record.tokens.len() == before {
-                return Err(RegistryError::UnknownToken { tenant: tenant.into(), id: id.into() });
-            }
-            Ok(())
-        })
+    pub async fn revoke_token(&self, tenant: &str, id: &str) -> Result<(), RegistryError> {
+        self.submit(Command::RevokeToken { tenant: tenant.into(), id: id.into() }).await.map(drop)
     }
 
     /// The tenant a bearer token belongs to. Every stored hash is compared, in constant time,
@@ -185,7 +230,7 @@ impl Registry {
 
     /// Creates a handler or replaces its spec; `true` when created. The spec must be within the
     /// tenant's grant and limits.
-    pub fn put_handler(
+    pub async fn put_handler(
         &self,
         tenant: &str,
         handler: &str,
@@ -194,49 +239,16 @@ impl Registry {
         if !is_name(handler) {
             return Err(RegistryError::Invalid(format!("handler name {handler:?} must be {NAME_RULE}")));
         }
-        if self.catalog.configured.contains(&(tenant.to_string(), handler.to_string())) {
-            return Err(RegistryError::Conflict(format!(
-                "{tenant}/{handler} is defined in keyhole's configuration file; choose another name"
-            )));
+        let command = Command::PutHandler { tenant: tenant.into(), handler: handler.into(), spec };
+        match self.submit(command).await? {
+            Answer::Handler(view, created) => Ok((view, created)),
+            other => Err(unexpected(&other)),
         }
-        self.change(|state| {
-            let record =
-                state.tenants.get_mut(tenant).ok_or_else(|| RegistryError::UnknownTenant(tenant.into()))?;
-            check_spec(tenant, &record.grant, &self.catalog, &spec)?;
-            let created = !record.handlers.contains_key(handler);
-            let max = record.grant.limits.max_handlers;
-            if created && record.handlers.len() >= max as usize {
-                return Err(RegistryError::OverLimit {
-                    tenant: tenant.into(),
-                    limit: "handlers",
-                    value: record.handlers.len() as u64 + 1,
-                    max: max.into(),
-                });
-            }
-            let entry = record.handlers.entry(handler.to_string()).or_insert_with(|| HandlerRecord {
-                spec: spec.clone(),
-                versions: Vec::new(),
-                active: None,
-                previous: Vec::new(),
-            });
-            entry.spec = spec;
-            Ok((handler_view(tenant, handler, entry), created))
-        })
     }
 
     /// Deletes a handler and its versions.
-    pub fn delete_handler(&self, tenant: &str, handler: &str) -> Result<(), RegistryError> {
-        self.change(|state| {
-            let record =
-                state.tenants.get_mut(tenant).ok_or_else(|| RegistryError::UnknownTenant(tenant.into()))?;
-            record.handlers.remove(handler).ok_or_else(|| RegistryError::UnknownHandler {
-                tenant: tenant.into(),
-                handler: handler.into(),
-            })?;
-            Ok(())
-        })?;
-        self.collect_garbage();
-        Ok(())
+    pub async fn delete_handler(&self, tenant: &str, handler: &str) -> Result<(), RegistryError> {
+        self.submit(Command::DeleteHandler { tenant: tenant.into(), handler: handler.into() }).await.map(drop)
     }
 
     /// The largest component the tenant may upload.
@@ -248,51 +260,59 @@ impl Registry {
 
     /// Stores a component that passed validation (`report`) as a version of the handler;
     /// `true` when it is new (uploading the same bytes again changes nothing).
-    pub fn add_version(
+    pub async fn add_version(
         &self,
         tenant: &str,
         handler: &str,
-        wasm: &[u8],
+        wasm: Arc<Vec<u8>>,
         report: &ComponentReport,
     ) -> Result<(VersionInfo, bool), RegistryError> {
-        let version = crate::sandbox::version_of(wasm);
-        let hex = hex_of(&version)?;
-        let limit = self.upload_limit(tenant)?;
-        if wasm.len() as u64 > limit {
-            return Err(RegistryError::OverLimit {
-                tenant: tenant.into(),
-                limit: "component size in bytes",
-                value: wasm.len() as u64,
-                max: limit,
-            });
+        let info = VersionInfo {
+            version: crate::sandbox::version_of(&wasm),
+            uploaded_at: now(),
+            size_bytes: wasm.len() as u64,
+            contract: contract_of(report),
+            imports: report.imports.clone(),
+        };
+        self.store_version(tenant, handler, info, wasm).await
+    }
+
+    /// Stores `wasm` as the version `info` describes (its digest checked).
+    pub(crate) async fn store_version(
+        &self,
+        tenant: &str,
+        handler: &str,
+        info: VersionInfo,
+        wasm: Arc<Vec<u8>>,
+    ) -> Result<(VersionInfo, bool), RegistryError> {
+        let version = info.version.clone();
+        if crate::sandbox::version_of(&wasm) != version {
+            return Err(RegistryError::Blob { version, reason: "its bytes do not match its digest".into() });
         }
-        // Stored before the state names it: a crash in between leaves an unreferenced file, not
-        // a version without its component.
-        self.store.put_component(hex, wasm)?;
-        self.change(|state| {
-            let max = state.tenants.get(tenant).map_or(0, |t| t.grant.limits.max_versions_per_handler);
-            let record = handler_record_mut(state, tenant, handler)?;
-            if let Some(existing) = record.versions.iter().find(|v| v.version == version) {
-                return Ok((existing.clone(), false));
+        let hex = hex_of(&version)?.to_string();
+        let (tenant, handler) = (tenant.to_string(), handler.to_string());
+        let check = Command::AddVersion { tenant: tenant.clone(), handler: handler.clone(), info: info.clone(), blob: None };
+        // Refused (or already stored) before any byte is written.
+        let known = command::apply(&mut self.read().clone(), &self.catalog, &check)?;
+        if let Answer::Version(existing, false) = known.answer {
+            return Ok((existing, false));
+        }
+        // The bytes are stored before the manifest that names them: a crash in between leaves
+        // bytes nothing names, never a version without its bytes.
+        let blob = match &self.backend {
+            Backend::Local { store, .. } => {
+                let store = store.clone();
+                tokio::task::spawn_blocking(move || store.put_component(&hex, &wasm))
+                    .await
+                    .map_err(|e| RegistryError::Storage(std::io::Error::other(e)))??;
+                None
             }
-            if record.versions.len() >= max as usize {
-                return Err(RegistryError::OverLimit {
-                    tenant: tenant.into(),
-                    limit: "versions per handler",
-                    value: record.versions.len() as u64 + 1,
-                    max: max.into(),
-                });
-            }
-            let info = VersionInfo {
-                version: version.clone(),
-                uploaded_at: now(),
-                size_bytes: wasm.len() as u64,
-                contract: contract_of(report),
-                imports: report.imports.clone(),
-            };
-            record.versions.push(info.clone());
-            Ok((info, true))
-        })
+            Backend::Kafka { store, .. } => Some(store.put_blob(&version, &wasm).await?),
+        };
+        match self.submit(Command::AddVersion { tenant, handler, info, blob }).await? {
+            Answer::Version(info, created) => Ok((info, created)),
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// One version's metadata.
@@ -306,87 +326,55 @@ impl Registry {
     }
 
     /// Deletes a version that is not active.
-    pub fn delete_version(&self, tenant: &str, handler: &str, version: &str) -> Result<(), RegistryError> {
-        let version = normalise(version);
-        self.change(|state| {
-            let record = handler_record_mut(state, tenant, handler)?;
-            if record.active.as_deref() == Some(version.as_str()) {
-                return Err(RegistryError::Conflict(format!(
-                    "{version} is the active version; activate another one first"
-                )));
-            }
-            let before = record.versions.len();
-            record.versions.retain(|v| v.version != version);
-            if record.versions.len() == before {
-                return Err(RegistryError::UnknownVersion {
-                    handler: handler.into(),
-                    version: version.clone(),
-                });
-            }
-            record.previous.retain(|v| *v != version);
-            Ok(())
-        })?;
-        self.collect_garbage();
-        Ok(())
+    pub async fn delete_version(&self, tenant: &str, handler: &str, version: &str) -> Result<(), RegistryError> {
+        let command =
+            Command::DeleteVersion { tenant: tenant.into(), handler: handler.into(), version: normalise(version) };
+        self.submit(command).await.map(drop)
     }
 
-    /// Makes `version` the active one; returns the version it replaced.
-    pub fn activate(
+    /// Makes `version` the active one; returns the handler as this activation left it (a later
+    /// one may already have replaced it) and the version it replaced.
+    pub async fn activate(
         &self,
         tenant: &str,
         handler: &str,
         version: &str,
-    ) -> Result<Option<String>, RegistryError> {
-        let version = normalise(version);
-        self.change(|state| {
-            let record = handler_record_mut(state, tenant, handler)?;
-            if !record.versions.iter().any(|v| v.version == version) {
-                return Err(RegistryError::UnknownVersion {
-                    handler: handler.into(),
-                    version: version.clone(),
-                });
-            }
-            if record.active.as_deref() == Some(version.as_str()) {
-                return Ok(record.active.clone());
-            }
-            let replaced = record.active.replace(version.clone());
-            if let Some(replaced) = &replaced {
-                record.previous.retain(|v| v != replaced && *v != version);
-                record.previous.push(replaced.clone());
-            }
-            Ok(replaced)
-        })
+    ) -> Result<(HandlerView, Option<String>), RegistryError> {
+        let command = Command::Activate { tenant: tenant.into(), handler: handler.into(), version: normalise(version) };
+        self.activation_of(command).await
     }
 
-    /// Activates the version that was active before the current one; returns it.
-    pub fn rollback(&self, tenant: &str, handler: &str) -> Result<String, RegistryError> {
-        self.change(|state| {
-            let record = handler_record_mut(state, tenant, handler)?;
-            let Some(back) = record.previous.pop() else {
-                return Err(RegistryError::Conflict(format!(
-                    "{tenant}/{handler} has no earlier active version to roll back to"
-                )));
-            };
-            record.active = Some(back.clone());
-            Ok(back)
-        })
+    /// Activates the version that was active before the current one; returns the handler as the
+    /// rollback left it and the version it replaced.
+    pub async fn rollback(&self, tenant: &str, handler: &str) -> Result<(HandlerView, Option<String>), RegistryError> {
+        self.activation_of(Command::Rollback { tenant: tenant.into(), handler: handler.into() }).await
     }
 
-    /// Puts a handler's activation back as it was (after an activation that could not be
-    /// applied).
-    pub fn restore_activation(
+    async fn activation_of(&self, command: Command) -> Result<(HandlerView, Option<String>), RegistryError> {
+        match self.submit(command).await? {
+            Answer::Activated(view, replaced) => Ok((view, replaced)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Puts a handler's activation back as it was, after an activation of `failed` that could
+    /// not be applied; left alone if another activation came in the meantime.
+    pub async fn restore_activation(
         &self,
         tenant: &str,
         handler: &str,
+        failed: &str,
         active: Option<String>,
         previous: Vec<String>,
     ) -> Result<(), RegistryError> {
-        self.change(|state| {
-            let record = handler_record_mut(state, tenant, handler)?;
-            record.active = active;
-            record.previous = previous;
-            Ok(())
-        })
+        let command = Command::SetActivation {
+            tenant: tenant.into(),
+            handler: handler.into(),
+            active,
+            previous,
+            only_if_active: Some(failed.to_string()),
+        };
+        self.submit(command).await.map(drop)
     }
 
     /// A handler's activation as it is: the active version and the rollback history.
@@ -398,6 +386,16 @@ impl Registry {
         let state = self.read();
         let record = handler_record(&state, tenant, handler)?;
         Ok((record.active.clone(), record.previous.clone()))
+    }
+
+    /// Applies a command as it is (importing a registry, see [`migrate`]).
+    pub(crate) async fn apply_command(&self, command: Command) -> Result<(), RegistryError> {
+        self.submit(command).await.map(drop)
+    }
+
+    /// A copy of the whole state (exporting a registry, see [`migrate`]).
+    pub(crate) fn snapshot(&self) -> State {
+        self.read().clone()
     }
 
     // --- for the pipeline -------------------------------------------------------------------
@@ -416,7 +414,7 @@ impl Registry {
                     spec: h.spec.clone(),
                     limits: record.grant.limits.clone(),
                     version: version.clone(),
-                    component: self.store.component_path(hex),
+                    component: self.component_path(hex),
                     not_granted: check_spec(tenant, &record.grant, &self.catalog, &h.spec)
                         .err()
                         .map(|e| e.to_string()),
@@ -426,8 +424,45 @@ impl Registry {
         deployments
     }
 
-    /// Removes component files no version refers to any more.
-    fn collect_garbage(&self) {
+    /// A version's bytes: from the directory, or from this replica's cache of the blob topic
+    /// (fetched into it, and checked against the digest, the first time).
+    pub async fn component(&self, tenant: &str, handler: &str, version: &str) -> Result<Vec<u8>, RegistryError> {
+        let hex = hex_of(version)?.to_string();
+        let path = self.component_path(&hex);
+        let cached = tokio::task::spawn_blocking(move || std::fs::read(path)).await;
+        let (store, cache) = match (&self.backend, cached) {
+            (Backend::Local { .. }, Ok(read)) => return Ok(read?),
+            (_, Ok(Ok(wasm))) if crate::sandbox::version_of(&wasm) == version => return Ok(wasm),
+            (Backend::Kafka { store, cache }, _) => (store, cache),
+            (Backend::Local { .. }, Err(e)) => return Err(RegistryError::Storage(std::io::Error::other(e))),
+        };
+        let blob = {
+            let state = self.read();
+            handler_record(&state, tenant, handler)?.blobs.get(version).cloned()
+        };
+        let blob = blob.ok_or_else(|| RegistryError::Blob {
+            version: version.to_string(),
+            reason: "its manifest names no bytes in the blob topic".into(),
+        })?;
+        let wasm = store.get_blob(version, &blob).await?;
+        let (cache, bytes) = (cache.clone(), wasm.clone());
+        let stored = tokio::task::spawn_blocking(move || cache.put_component(&hex, &bytes)).await;
+        if let Ok(Err(error)) = stored {
+            tracing::warn!(%version, %error, "Cannot cache a component; it is fetched again next time.");
+        }
+        Ok(wasm)
+    }
+
+    fn component_path(&self, hex: &str) -> std::path::PathBuf {
+        match &self.backend {
+            Backend::Local { store, .. } => store.component_path(hex),
+            Backend::Kafka { cache, .. } => cache.component_path(hex),
+        }
+    }
+
+    /// Deletes the files of removed versions that no other handler stores.
+    async fn delete_unused_files(&self, removed: &[(VersionInfo, Option<BlobRef>)]) {
+        let Backend::Local { store, .. } = &self.backend else { return };
         let used: HashSet<String> = self
             .read()
             .tenants
@@ -435,18 +470,20 @@ impl Registry {
             .flat_map(|t| t.handlers.values())
             .flat_map(|h| h.versions.iter().map(|v| v.version.clone()))
             .collect();
-        let Ok(entries) = std::fs::read_dir(self.store.component_path("x").with_file_name("")) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(".wasm")) else { continue };
-            if !used.contains(&format!("sha256:{hex}"))
-                && let Err(error) = self.store.delete_component(hex)
-            {
-                tracing::warn!(%error, component = hex, "Cannot delete an unused component.");
+        let unused: Vec<String> = removed
+            .iter()
+            .filter(|(info, _)| !used.contains(&info.version))
+            .filter_map(|(info, _)| hex_of(&info.version).ok().map(str::to_string))
+            .collect();
+        let store = store.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for hex in unused {
+                if let Err(error) = store.delete_component(&hex) {
+                    tracing::warn!(%error, component = hex, "Cannot delete an unused component.");
+                }
             }
-        }
+        })
+        .await;
     }
 
     fn check_grant(&self, grant: &Grant) -> Result<(), RegistryError> {
@@ -479,5 +516,28 @@ impl Registry {
             return Err(RegistryError::Invalid("limits must be greater than 0".into()));
         }
         Ok(())
+    }
+}
+
+fn read(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// An answer of the wrong kind for its command: a bug, reported rather than panicking on.
+fn unexpected(answer: &Answer) -> RegistryError {
+    RegistryError::Storage(std::io::Error::other(format!("unexpected registry answer {answer:?}")))
+}
+
+/// Names stored before '.' was refused still load (refusing them would strand their tenants),
+/// but their joins may collide: say so, once, where the operator looks.
+fn warn_about_stored_names(state: &State) {
+    for (tenant, record) in &state.tenants {
+        for handler in std::iter::once(None).chain(record.handlers.keys().map(Some)) {
+            let bad = !is_name(tenant) || handler.is_some_and(|h| !is_name(h));
+            if bad {
+                tracing::error!(tenant = %tenant, handler = handler.map(String::as_str),
+                    "A stored name breaks the name rule ({NAME_RULE}); its consumer group may be shared with another handler's. Delete it and create it again under a valid name.");
+            }
+        }
     }
 }

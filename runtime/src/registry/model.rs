@@ -105,15 +105,31 @@ pub(crate) struct HandlerRecord {
     pub active: Option<String>,
     /// Versions active before the current one, newest last: what a rollback returns to.
     pub previous: Vec<String>,
+    /// In the Kafka store, where each version's bytes are in the blob topic.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub blobs: BTreeMap<String, BlobRef>,
+}
+
+/// Where a version's bytes are in the blob topic: `chunks` records keyed
+/// `<version>/<upload>/<index>`, at `offsets`. Each upload writes its own chunks, so that a
+/// compaction never removes the chunks another manifest still names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRef {
+    /// The upload's id (a UUID), part of every chunk's key.
+    pub upload: String,
+    /// The chunks' offsets in the blob topic's one partition, in order.
+    pub offsets: Vec<i64>,
 }
 
 /// An API token, as persisted: never the token itself.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) struct TokenRecord {
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// The token's id.
     pub id: String,
     /// Hex SHA-256 of the token. Tokens are 256 random bits, so a fast hash is enough: there
     /// is nothing to guess from it.
     pub sha256: String,
+    /// When it was issued (RFC 3339).
     pub created_at: String,
 }
 

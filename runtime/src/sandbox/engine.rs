@@ -69,6 +69,8 @@ pub struct Sandbox {
     /// Advances the engine's epoch. Shared with every loaded handler: deadlines must keep firing
     /// for as long as any handler can run, even after the sandbox itself is dropped.
     pub(crate) ticker: Arc<EpochTicker>,
+    /// Components compiled lately, by digest.
+    pub(crate) compiled: super::compiled::CompiledCache,
 }
 
 impl Sandbox {
@@ -88,7 +90,7 @@ impl Sandbox {
         let linker = linker(&engine)?;
         let ticker = EpochTicker::start(engine.clone())
             .map_err(|e| SandboxError::Engine(format!("cannot start the epoch ticker: {e}")))?;
-        Ok(Sandbox { engine, linker, allocation, ticker: Arc::new(ticker) })
+        Ok(Sandbox { engine, linker, allocation, ticker: Arc::new(ticker), compiled: Default::default() })
     }
 
     /// The allocator in use.

@@ -65,7 +65,15 @@ impl Sandbox {
         if wasm.get(4..8) == Some(&[1, 0, 0, 0]) {
             return Err(LoadError::CoreModule);
         }
-        let component = Component::new(&self.engine, wasm).map_err(|e| LoadError::Invalid(describe(&e)))?;
+        let version = super::version_of(wasm);
+        let component = match self.compiled.get(&version) {
+            Some(component) => component,
+            None => {
+                let component = Component::new(&self.engine, wasm).map_err(|e| LoadError::Invalid(describe(&e)))?;
+                self.compiled.put(version, component.clone());
+                component
+            }
+        };
         let ty = component.component_type();
         let imports = ty.imports(&self.engine).map(|(name, _)| name.to_string()).collect();
         let exports =
@@ -93,6 +101,12 @@ impl Sandbox {
             .instantiate_pre(&inspection.component)
             .map_err(|e| LoadError::ContractMismatch(describe(&e)))?;
         HandlerPre::new(pre).map_err(|e| LoadError::ContractMismatch(describe(&e)))
+    }
+
+    /// Compiles a component into the cache ahead of its use; what is wrong with it is reported
+    /// when it is loaded.
+    pub fn precompile(&self, wasm: &[u8]) {
+        let _ = self.inspect(wasm);
     }
 
     /// Inspects and validates in one step: the verdict `keyhole check` prints.

@@ -8,6 +8,7 @@
 // Generated code: its public items carry the WIT doc comments where the WIT has them.
 #[allow(missing_docs)]
 mod bindings;
+mod compiled;
 mod engine;
 mod error;
 mod handler;

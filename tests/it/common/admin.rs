@@ -81,26 +81,7 @@ impl Admin {
 
     /// Calls the API: `body` is JSON for a `Value`, raw bytes for `Body::Bytes`.
     pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Body) -> Answer {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut request = self.http.request(method, format!("{}{path}", self.url));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        request = match body {
-            Body::None => request,
-            Body::Json(value) => {
-                request.header("content-type", "application/json").body(serde_json::to_vec(&value).unwrap())
-            }
-            Body::Bytes(bytes) => request.header("content-type", "application/wasm").body(bytes),
-        };
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        let header = |name: &str| response.headers().get(name).map(|v| v.to_str().unwrap().to_string());
-        let content_type = header("content-type").unwrap_or_default();
-        let www_authenticate = header("www-authenticate");
-        let bytes = response.bytes().await.unwrap();
-        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Answer { status, content_type, www_authenticate, body }
+        call(&self.http, &self.url, method, path, token, body).await
     }
 
     /// A call that must succeed with `status`; its body.
@@ -122,6 +103,37 @@ impl Admin {
             self.ok(201, "POST", &format!("/v1/tenants/{tenant}/tokens"), Some(OPERATOR), Body::None).await;
         issued["token"].as_str().unwrap().to_string()
     }
+}
+
+/// Calls the admin API at `url`.
+pub async fn call(
+    http: &reqwest::Client,
+    url: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Body,
+) -> Answer {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut request = http.request(method, format!("{url}{path}"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request = match body {
+        Body::None => request,
+        Body::Json(value) => {
+            request.header("content-type", "application/json").body(serde_json::to_vec(&value).unwrap())
+        }
+        Body::Bytes(bytes) => request.header("content-type", "application/wasm").body(bytes),
+    };
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let header = |name: &str| response.headers().get(name).map(|v| v.to_str().unwrap().to_string());
+    let content_type = header("content-type").unwrap_or_default();
+    let www_authenticate = header("www-authenticate");
+    let bytes = response.bytes().await.unwrap();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Answer { status, content_type, www_authenticate, body }
 }
 
 /// A request body.

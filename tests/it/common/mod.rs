@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod broker;
+pub mod cluster;
 pub mod owner;
 pub mod running;
 

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 const STATE_FILE: &str = "registry.json";
 
-/// The registry's directory.
+/// The registry's directory (or, for the Kafka store, this replica's cache of components).
+#[derive(Clone)]
 pub(crate) struct Store {
     dir: PathBuf,
 }

@@ -1,0 +1,140 @@
+//! The registry kept in Kafka, shared by every replica (`[registry] store = "kafka"`).
+//!
+//! Two topics, both one partition and compacted, as Kafka Connect and Schema Registry keep their
+//! state: the registry log ([`tail`]), where every change is a [`Command`] record that every
+//! replica applies in log order, and the blob topic ([`blob`]), where component bytes are kept
+//! in chunks. A write appends its command and returns only once this replica has read it back
+//! and applied it: the caller is answered with what the log decided (read-your-writes), and
+//! conflicting writes on two replicas end in the same state everywhere.
+
+mod blob;
+mod tail;
+mod topics;
+
+use super::command::{Applied, Command};
+use super::model::{BlobRef, State};
+use super::{Catalog, RegistryError};
+use crate::config::{KafkaRegistrySettings, KafkaSettings};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
+use tail::Tail;
+use tokio_util::sync::CancellationToken;
+
+/// A command as the registry log carries it, keyed `command/<id>`.
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    /// Unique per write: how the writing replica finds its own record when it reads it back.
+    id: String,
+    /// When it was asked (RFC 3339), for people reading the log.
+    at: String,
+    command: Command,
+}
+
+/// The registry's Kafka topics, this replica's view of them, and its writer.
+pub(crate) struct KafkaStore {
+    settings: KafkaRegistrySettings,
+    kafka: KafkaSettings,
+    producer: FutureProducer,
+    tail: Arc<Tail>,
+    /// Stops the tailing tasks when the registry is dropped.
+    _stop: tokio_util::sync::DropGuard,
+}
+
+impl KafkaStore {
+    /// Checks (or creates) the topics, replays the registry log into `state` and starts tailing
+    /// it. Refuses to open when a topic is missing, not compacted or has more than one partition.
+    pub async fn open(
+        kafka: &KafkaSettings,
+        settings: &KafkaRegistrySettings,
+        state: Arc<Mutex<State>>,
+        catalog: Arc<Catalog>,
+    ) -> Result<(Self, tokio::sync::mpsc::Receiver<Announced>), RegistryError> {
+        topics::ensure(kafka, settings).await.map_err(RegistryError::Unavailable)?;
+        let producer = crate::kafka::producer::own(kafka, "keyhole-registry")
+            .map_err(|e| RegistryError::Unavailable(format!("cannot create the registry's producer: {e}")))?;
+        let cancel = CancellationToken::new();
+        let (tail, announced) = Tail::start(kafka, settings, state, catalog, cancel.clone())?;
+        tail.replayed(settings.write_timeout.max(REPLAY_TIMEOUT)).await?;
+        let store = KafkaStore {
+            settings: settings.clone(),
+            kafka: kafka.clone(),
+            producer,
+            tail,
+            _stop: cancel.drop_guard(),
+        };
+        Ok((store, announced))
+    }
+
+    /// Appends `command` to the log and waits until this replica has applied it: the result is
+    /// what every replica decided.
+    pub async fn submit(&self, command: Command) -> Result<Applied, RegistryError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let envelope = Envelope { id: id.clone(), at: super::rules::now(), command };
+        let payload = serde_json::to_vec(&envelope).map_err(|e| RegistryError::Invalid(e.to_string()))?;
+        let decision = self.tail.expect(&id);
+        let key = format!("command/{id}");
+        let record = FutureRecord::to(&self.settings.topic).key(&key).payload(&payload).partition(0);
+        let timeout = self.settings.write_timeout;
+        let answer = tokio::time::timeout(timeout, async {
+            self.producer.send(record, Timeout::After(timeout)).await.map_err(|(error, _)| {
+                RegistryError::Unavailable(format!("the registry log cannot be written: {error}"))
+            })?;
+            decision.wait().await
+        });
+        answer.await.unwrap_or_else(|_| {
+            Err(RegistryError::Unavailable(format!(
+                "the change was not confirmed within {} ms; it may still be applied: read the \
+                 resource again before retrying",
+                timeout.as_millis()
+            )))
+        })
+    }
+
+    /// Writes a component's bytes to the blob topic; the manifest naming them is written after.
+    pub async fn put_blob(&self, version: &str, wasm: &[u8]) -> Result<BlobRef, RegistryError> {
+        blob::write(&self.producer, &self.settings, version, wasm).await
+    }
+
+    /// Reads a version's bytes back from the blob topic, checked against its digest.
+    pub async fn get_blob(&self, version: &str, blob: &BlobRef) -> Result<Vec<u8>, RegistryError> {
+        blob::read(&self.kafka, &self.settings, version, blob).await
+    }
+
+    /// Tombstones the chunks of versions no longer stored (after their manifests were removed).
+    pub async fn forget(&self, removed: &[(String, BlobRef)]) {
+        for (version, blob) in removed {
+            if let Err(error) = blob::tombstone(&self.producer, &self.settings, version, blob).await {
+                tracing::warn!(%version, %error, "Cannot delete a removed version's chunks; they stay in the blob topic.");
+            }
+        }
+    }
+
+    /// `Ok` while this replica has read the registry log to its end within `max_staleness`:
+    /// until then it does not accept tenants' tokens, so a revocation made elsewhere is
+    /// effective here within that time even when this replica cannot reach the broker.
+    pub fn current(&self) -> Result<(), RegistryError> {
+        self.tail.current(self.settings.max_staleness)
+    }
+
+    /// Wakes whenever a record was applied: the supervisor follows the registry with it.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.tail.changes()
+    }
+}
+
+/// The longest a replica waits at start to read the registry log to its end.
+const REPLAY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// A version that a record made known: this replica fetches and compiles it ahead of its
+/// activation.
+#[derive(Clone, Debug)]
+pub struct Announced {
+    /// The tenant.
+    pub tenant: String,
+    /// The handler.
+    pub handler: String,
+    /// The version.
+    pub version: String,
+}

@@ -1,0 +1,259 @@
+//! Replicas sharing one registry in Kafka (`[registry] store = "kafka"`), as `keyhole run`
+//! processes on the test broker: what is uploaded through one runs on all, conflicting writes
+//! converge, a killed replica loses nothing and catches up, a revocation reaches every replica,
+//! and a component's bytes survive the blob topic.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use crate::common;
+
+use common::admin::{Body, OPERATOR};
+use common::broker::{self, create_topic, publish, reference};
+use common::cluster::Cluster;
+use common::owner::{Answer, Owner};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+const HANDLER: &str = "/v1/tenants/acme/handlers/scorer";
+
+async fn owner() -> Owner {
+    let owner = Owner::start().await;
+    for i in 0..10 {
+        let profile = format!(r#"{{"name":"Ada {i}","birthdate":"1990-05-01","country":"DE"}}"#);
+        owner.set(&format!("customers/{i}"), Answer::Release("application/json", profile.into_bytes()));
+    }
+    owner
+}
+
+/// Uploads `guest` through replica `i`; its version.
+async fn upload(cluster: &Cluster, i: usize, token: &str, guest: &str) -> String {
+    let uploaded =
+        cluster.ok(i, 201, "POST", &format!("{HANDLER}/versions"), Some(token), Body::Bytes(common::guest(guest))).await;
+    uploaded["version"].as_str().unwrap().to_string()
+}
+
+/// A tenant `acme` with a handler `scorer` on `topic`, through replica 0; its token.
+async fn acme(cluster: &Cluster, topic: &str) -> String {
+    let token = cluster.tenant(0, "acme", &[topic], json!({})).await;
+    let spec = json!({ "topics": [topic], "data_source": "owner", "purpose": "testing", "max_in_flight": 8 });
+    cluster.ok(0, 201, "PUT", HANDLER, Some(&token), Body::Json(spec)).await;
+    broker::create_named_topic(&format!("{}.acme.scorer.dlq", cluster.group), 1).await;
+    token
+}
+
+/// Publishes events `ids` on `topic`, spread over its partitions by key.
+async fn publish_events(topic: &str, ids: std::ops::Range<usize>, gap: Duration) {
+    let producer = broker::producer();
+    for i in ids {
+        let headers = reference(&format!("e{i}"), &format!("customers/{}", i % 10));
+        publish(&producer, topic, None, Some(&format!("k{i}")), &headers, None).await;
+        if !gap.is_zero() {
+            tokio::time::sleep(gap).await;
+        }
+    }
+}
+
+/// Waits until every event in `ids` was delivered by some replica; what each replica
+/// delivered, by event id.
+async fn all_delivered(cluster: &Cluster, ids: &BTreeSet<String>, within: Duration) -> Vec<BTreeMap<String, String>> {
+    let started = Instant::now();
+    loop {
+        let delivered: Vec<BTreeMap<String, String>> =
+            cluster.delivered().into_iter().map(|d| d.into_iter().collect()).collect();
+        let seen: BTreeSet<&String> = delivered.iter().flat_map(|d| d.keys()).collect();
+        if ids.iter().all(|id| seen.contains(id)) {
+            return delivered;
+        }
+        let missing: Vec<_> = ids.iter().filter(|id| !seen.contains(id)).take(10).collect();
+        assert!(started.elapsed() < within, "never delivered: {missing:?}…\n{}", cluster.log(0));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The registry as replica `i` shows it to the operator and the tenant.
+async fn registry_view(cluster: &Cluster, i: usize, token: &str) -> Value {
+    let tenants = cluster.ok(i, 200, "GET", "/v1/tenants", Some(OPERATOR), Body::None).await;
+    let mut handler = cluster.ok(i, 200, "GET", HANDLER, Some(token), Body::None).await;
+    // The binding's state is the replica's own; everything else is the shared registry's.
+    handler.as_object_mut().unwrap().remove("state");
+    handler.as_object_mut().unwrap().remove("state_reason");
+    json!({ "tenants": tenants, "handler": handler })
+}
+
+async fn running_everywhere(cluster: &Cluster, token: &str, version: &str) {
+    for i in 0..cluster.replicas.len() {
+        cluster
+            .eventually(i, HANDLER, Some(token), Duration::from_secs(30), |a| {
+                a.body["active"] == version && a.body["state"] == "running"
+            })
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_through_one_replica_runs_on_all_three() {
+    let owner = owner().await;
+    let topic = create_topic(6).await;
+    let cluster = Cluster::start(&owner.base_url(), 3).await;
+    let token = acme(&cluster, &topic).await;
+    let version = upload(&cluster, 0, &token, "echo").await;
+    let activated = cluster.ok(0, 200, "POST", &format!("{HANDLER}/versions/{version}/activate"), Some(&token), Body::None).await;
+    assert_eq!(activated["active"], version.as_str());
+    running_everywhere(&cluster, &token, &version).await;
+    let shown = registry_view(&cluster, 0, &token).await;
+    for i in 1..3 {
+        assert_eq!(registry_view(&cluster, i, &token).await, shown, "replica {i} shows another registry");
+    }
+
+    // Events keep coming until each replica has handled some: the group spreads the six
+    // partitions over the three as they join.
+    let mut ids = BTreeSet::new();
+    let started = Instant::now();
+    let mut next = 0;
+    loop {
+        publish_events(&topic, next..next + 30, Duration::ZERO).await;
+        ids.extend((next..next + 30).map(|i| format!("e{i}")));
+        next += 30;
+        let delivered = all_delivered(&cluster, &ids, Duration::from_secs(60)).await;
+        if delivered.iter().all(|d| !d.is_empty()) {
+            for (i, handled) in delivered.iter().enumerate() {
+                assert!(handled.values().all(|v| *v == version), "replica {i} ran another version: {handled:?}");
+            }
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(90), "not every replica handled events: {delivered:?}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conflicting_writes_on_two_replicas_end_in_the_same_state_everywhere() {
+    let owner = owner().await;
+    let (topic, other) = (create_topic(1).await, create_topic(1).await);
+    let cluster = Cluster::start(&owner.base_url(), 3).await;
+    let token = cluster.tenant(0, "acme", &[&topic, &other], json!({})).await;
+    let spec = json!({ "topics": [topic], "data_source": "owner", "purpose": "testing" });
+    cluster.ok(0, 201, "PUT", HANDLER, Some(&token), Body::Json(spec)).await;
+    let v1 = upload(&cluster, 0, &token, "echo").await;
+    let v2 = upload(&cluster, 0, &token, "age-band").await;
+
+    // Two activations of different versions at once, on replicas 1 and 2.
+    let activate = |i: usize, v: String| {
+        let (cluster, token) = (&cluster, &token);
+        async move { cluster.call(i, "POST", &format!("{HANDLER}/versions/{v}/activate"), Some(token), Body::None).await }
+    };
+    let (first, second) = tokio::join!(activate(1, v1.clone()), activate(2, v2.clone()));
+    assert_eq!((first.status, second.status), (200, 200), "{first:#?}\n{second:#?}");
+    // Both were applied, in log order: the later one replaced the earlier, and says so.
+    let (later, earlier) = if second.body["rollback_to"] == v1.as_str() { (&second, &first) } else { (&first, &second) };
+    assert_eq!(later.body["rollback_to"], earlier.body["active"], "{first:#?}\n{second:#?}");
+    let winner = later.body["active"].as_str().unwrap().to_string();
+    for i in 0..3 {
+        cluster.eventually(i, HANDLER, Some(&token), Duration::from_secs(10), |a| a.body["active"] == winner.as_str()).await;
+    }
+
+    // The grant narrowed on replica 1 while replica 2 puts a spec that needs what it takes away.
+    let narrowed = json!({ "topics": [topic], "data_sources": ["owner"], "purposes": ["testing"] });
+    let widened = json!({ "topics": [topic, other], "data_source": "owner", "purpose": "testing" });
+    let (grant, spec) = tokio::join!(
+        cluster.call(1, "PUT", "/v1/tenants/acme", Some(OPERATOR), Body::Json(narrowed)),
+        cluster.call(2, "PUT", HANDLER, Some(&token), Body::Json(widened)),
+    );
+    assert_eq!(grant.status, 200, "{grant:#?}");
+    let expected_topics = match spec.status {
+        // The spec landed first: stored, then no longer granted, so it stops everywhere.
+        200 => json!([topic, other]),
+        // The narrowing landed first: the spec was refused, the old one stands.
+        403 => json!([topic]),
+        status => panic!("unexpected answer {status}: {spec:#?}"),
+    };
+    let shown = registry_view(&cluster, 0, &token).await;
+    assert_eq!(shown["handler"]["spec"]["topics"], expected_topics, "{spec:#?}");
+    for i in 1..3 {
+        cluster
+            .eventually(i, "/v1/tenants", Some(OPERATOR), Duration::from_secs(10), |a| a.body == shown["tenants"])
+            .await;
+        assert_eq!(registry_view(&cluster, i, &token).await, shown, "replica {i} differs");
+    }
+    if spec.status == 200 {
+        for i in 0..3 {
+            cluster
+                .eventually(i, HANDLER, Some(&token), Duration::from_secs(10), |a| a.body["state"] == "not_granted")
+                .await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_killed_mid_stream_loses_no_event_and_catches_up_on_the_registry() {
+    let owner = owner().await;
+    let topic = create_topic(6).await;
+    let mut cluster = Cluster::start(&owner.base_url(), 3).await;
+    let token = acme(&cluster, &topic).await;
+    let version = upload(&cluster, 0, &token, "echo").await;
+    cluster.ok(0, 200, "POST", &format!("{HANDLER}/versions/{version}/activate"), Some(&token), Body::None).await;
+    running_everywhere(&cluster, &token, &version).await;
+
+    let publisher = tokio::spawn({
+        let topic = topic.clone();
+        async move { publish_events(&topic, 0..300, Duration::from_millis(20)).await }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.kill(2);
+    // A change the killed replica misses.
+    cluster.tenant(0, "globex", &[&topic], json!({})).await;
+    publisher.await.unwrap();
+    let ids: BTreeSet<String> = (0..300).map(|i| format!("e{i}")).collect();
+    // Every event handled at least once; those the killed replica had not committed, again by
+    // a survivor.
+    all_delivered(&cluster, &ids, Duration::from_secs(90)).await;
+
+    cluster.restart(2).await;
+    let tenants = cluster.ok(0, 200, "GET", "/v1/tenants", Some(OPERATOR), Body::None).await;
+    cluster.eventually(2, "/v1/tenants", Some(OPERATOR), Duration::from_secs(10), |a| a.body == tenants).await;
+    cluster.eventually(2, HANDLER, Some(&token), Duration::from_secs(30), |a| a.body["state"] == "running").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_token_stops_working_on_every_replica_and_a_new_replica_serves_the_same_handlers() {
+    let owner = owner().await;
+    let topic = create_topic(2).await;
+    let mut cluster = Cluster::start(&owner.base_url(), 3).await;
+    let token = acme(&cluster, &topic).await;
+    let version = upload(&cluster, 0, &token, "echo").await;
+    cluster.ok(0, 200, "POST", &format!("{HANDLER}/versions/{version}/activate"), Some(&token), Body::None).await;
+    for i in 0..3 {
+        cluster.eventually(i, HANDLER, Some(&token), Duration::from_secs(10), |a| a.status == 200).await;
+    }
+
+    let tenant = cluster.ok(0, 200, "GET", "/v1/tenants/acme", Some(OPERATOR), Body::None).await;
+    let id = tenant["token_ids"][0].as_str().unwrap().to_string();
+    cluster.ok(1, 204, "DELETE", &format!("/v1/tenants/acme/tokens/{id}"), Some(OPERATOR), Body::None).await;
+    // docs/cluster.md: effective on every replica reading the log within a second.
+    for i in 0..3 {
+        cluster.eventually(i, HANDLER, Some(&token), Duration::from_secs(1), |a| a.status == 401).await;
+    }
+
+    // A replica from an empty disk: the same handlers, fetched from the blob topic.
+    let revoked = token;
+    let fresh = cluster.add().await;
+    let token = cluster.ok(0, 201, "POST", "/v1/tenants/acme/tokens", Some(OPERATOR), Body::None).await["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let shown = registry_view(&cluster, 0, &token).await;
+    cluster.eventually(fresh, HANDLER, Some(&token), Duration::from_secs(10), |a| a.status == 200).await;
+    assert_eq!(registry_view(&cluster, fresh, &token).await, shown);
+    cluster.eventually(fresh, HANDLER, Some(&token), Duration::from_secs(30), |a| a.body["state"] == "running").await;
+    let cached = cluster.replicas[fresh].dir.join("state/cache/components/sha256").join(format!(
+        "{}.wasm",
+        version.strip_prefix("sha256:").unwrap()
+    ));
+    assert_eq!(std::fs::read(&cached).unwrap(), common::guest("echo"), "the cached component is the upload");
+    // After a restart too, the revoked token never works again.
+    cluster.kill(fresh);
+    cluster.restart(fresh).await;
+    assert_eq!(cluster.call(fresh, "GET", HANDLER, Some(&revoked), Body::None).await.status, 401);
+    assert_eq!(cluster.call(fresh, "GET", HANDLER, Some(&token), Body::None).await.status, 200);
+}

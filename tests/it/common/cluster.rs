@@ -1,0 +1,215 @@
+//! Several `keyhole run` processes sharing one configuration and one registry in Kafka, as
+//! operators run replicas: each with its own admin port, state directory and audit file.
+
+use super::admin::{Answer, Body, OPERATOR};
+use super::{broker, owner};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+/// One replica: its directory (configuration, state, audit file, log), admin URL and process.
+pub struct Replica {
+    pub dir: PathBuf,
+    pub url: String,
+    child: Option<Child>,
+}
+
+/// Replicas sharing a consumer group prefix and the registry's topics.
+pub struct Cluster {
+    pub group: String,
+    pub registry_topic: String,
+    pub blob_topic: String,
+    owner_base: String,
+    pub replicas: Vec<Replica>,
+    http: reqwest::Client,
+}
+
+/// What one replica's audit file says it handled: `(event id, handler version)` of each event
+/// delivered to the handler.
+pub type Delivered = Vec<(String, String)>;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Cluster {
+    /// `n` replicas on fresh state directories, ready (their admin API answers).
+    pub async fn start(owner_base: &str, n: usize) -> Cluster {
+        let mut cluster = Cluster {
+            group: broker::unique("keyhole"),
+            registry_topic: broker::unique("registry"),
+            blob_topic: broker::unique("registry-blobs"),
+            owner_base: owner_base.to_string(),
+            replicas: Vec::new(),
+            http: reqwest::Client::new(),
+        };
+        for _ in 0..n {
+            cluster.add().await;
+        }
+        cluster
+    }
+
+    /// The configuration every replica shares, but for its port and directory.
+    pub fn config(&self, dir: &std::path::Path, port: u16) -> String {
+        format!(
+            r#"
+            {common}
+            [audit]
+            path = "{dir}/audit.jsonl"
+
+            [receipts]
+            path = "{dir}/receipts.jsonl"
+
+            [admin]
+            listen = "127.0.0.1:{port}"
+            operator_token = {{ value = "{OPERATOR}" }}
+            state_dir = "{dir}/state"
+
+            [registry]
+            store = "kafka"
+            topic = "{registry}"
+            blob_topic = "{blobs}"
+            create_topics = true
+            replication_factor = 1
+            max_staleness_ms = 3000
+            "#,
+            common = super::kafka_and_owner_toml(
+                &self.group,
+                &self.owner_base,
+                &format!(r#"{{ bearer_token = {{ value = "{}" }} }}"#, owner::TOKEN)
+            ),
+            dir = dir.display(),
+            registry = self.registry_topic,
+            blobs = self.blob_topic,
+        )
+    }
+
+    /// Starts one more replica, from an empty disk; its index.
+    pub async fn add(&mut self) -> usize {
+        let dir = std::env::temp_dir().join(broker::unique("keyhole-replica"));
+        std::fs::create_dir_all(&dir).unwrap();
+        self.replicas.push(Replica { dir, url: String::new(), child: None });
+        let index = self.replicas.len() - 1;
+        self.restart(index).await;
+        index
+    }
+
+    /// Starts replica `i` again on its directory (a new admin port), and waits until it
+    /// answers.
+    pub async fn restart(&mut self, i: usize) {
+        let port = free_port();
+        let dir = self.replicas[i].dir.clone();
+        let config = dir.join("keyhole.toml");
+        std::fs::write(&config, self.config(&dir, port)).unwrap();
+        let child = super::run_keyhole(&config);
+        let replica = &mut self.replicas[i];
+        replica.url = format!("http://127.0.0.1:{port}");
+        replica.child = Some(child);
+        self.wait_until_up(i).await;
+    }
+
+    async fn wait_until_up(&mut self, i: usize) {
+        let started = Instant::now();
+        loop {
+            let url = format!("{}/healthz", self.replicas[i].url);
+            if let Ok(response) = self.http.get(&url).send().await
+                && response.status().is_success()
+            {
+                return;
+            }
+            let child = self.replicas[i].child.as_mut().unwrap();
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("replica {i} exited with {status}:\n{}", self.log(i));
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "replica {i} did not start:\n{}", self.log(i));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Replica `i`'s log.
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.replicas[i].dir.join("keyhole.log")).unwrap_or_default()
+    }
+
+    /// `kill -9` replica `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.replicas[i].child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Calls replica `i`'s admin API.
+    pub async fn call(&self, i: usize, method: &str, path: &str, token: Option<&str>, body: Body) -> Answer {
+        super::admin::call(&self.http, &self.replicas[i].url, method, path, token, body).await
+    }
+
+    /// A call to replica `i` that must answer `status`; its body.
+    pub async fn ok(&self, i: usize, status: u16, method: &str, path: &str, token: Option<&str>, body: Body) -> Value {
+        let answer = self.call(i, method, path, token, body).await;
+        assert_eq!(answer.status, status, "replica {i}: {method} {path}: {answer:#?}");
+        answer.body
+    }
+
+    /// Polls `path` on replica `i` until `done` holds for its answer; the answer.
+    pub async fn eventually(
+        &self,
+        i: usize,
+        path: &str,
+        token: Option<&str>,
+        within: Duration,
+        done: impl Fn(&Answer) -> bool,
+    ) -> Answer {
+        let started = Instant::now();
+        loop {
+            let answer = self.call(i, "GET", path, token, Body::None).await;
+            if done(&answer) {
+                return answer;
+            }
+            assert!(started.elapsed() < within, "replica {i}: GET {path} is still {answer:#?}\n{}", self.log(i));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Creates tenant `tenant` through replica `i`, granted `topics`, the `owner` data source
+    /// and the purpose `testing`; returns its token.
+    pub async fn tenant(&self, i: usize, tenant: &str, topics: &[&str], limits: Value) -> String {
+        let grant = serde_json::json!({
+            "topics": topics, "data_sources": ["owner"], "purposes": ["testing"],
+            "reply_topics": [], "limits": limits,
+        });
+        self.ok(i, 201, "PUT", &format!("/v1/tenants/{tenant}"), Some(OPERATOR), Body::Json(grant)).await;
+        let issued =
+            self.ok(i, 201, "POST", &format!("/v1/tenants/{tenant}/tokens"), Some(OPERATOR), Body::None).await;
+        issued["token"].as_str().unwrap().to_string()
+    }
+
+    /// What each replica's audit file says it delivered to a handler.
+    pub fn delivered(&self) -> Vec<Delivered> {
+        self.replicas
+            .iter()
+            .map(|replica| {
+                let text = std::fs::read_to_string(replica.dir.join("audit.jsonl")).unwrap_or_default();
+                text.lines()
+                    .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                    .filter(|record| record["decision"] == "delivered")
+                    .map(|record| {
+                        (
+                            record["event_id"].as_str().unwrap_or_default().to_string(),
+                            record["handler_version"].as_str().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.replicas.len() {
+            self.kill(i);
+        }
+    }
+}
