@@ -105,11 +105,12 @@ pub async fn serve(
 /// Every route. The OpenAPI document lists the same ones (a test checks it against this
 /// router).
 pub fn router(api: Api) -> Router {
-    Router::new()
+    let monitoring = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi_json))
+        .route("/openapi.json", get(openapi_json));
+    Router::new()
         .route("/v1/tenants", get(tenants::list))
         .route("/v1/tenants/{tenant}", put(tenants::put).get(tenants::get).delete(tenants::delete))
         .route("/v1/tenants/{tenant}/tokens", post(tenants::issue_token))
@@ -133,9 +134,24 @@ pub fn router(api: Api) -> Router {
             post(handlers::activate),
         )
         .route("/v1/tenants/{tenant}/handlers/{handler}/rollback", post(handlers::rollback))
+        .route_layer(axum::middleware::from_fn_with_state(api.clone(), registry_synced))
+        .merge(monitoring)
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
         .with_state(api)
+}
+
+/// Every registry request waits for the registry to be current on this replica first (see
+/// [`Registry::sync`]): a client load-balanced over replicas reads its own writes.
+async fn registry_synced(
+    State(api): State<Api>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match api.registry.sync().await {
+        Ok(()) => next.run(request).await,
+        Err(error) => Problem::from(error).into_response(),
+    }
 }
 
 async fn no_route() -> Problem {

@@ -67,7 +67,8 @@ impl Store {
 
     fn replace(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-        let temporary = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+        // Unique per write: two tasks may store the same component at once.
+        let temporary = path.with_file_name(format!(".{name}.{}.tmp", uuid::Uuid::new_v4()));
         let mut file = std::fs::File::create(&temporary)?;
         file.write_all(bytes)?;
         file.sync_all()?;

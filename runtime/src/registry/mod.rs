@@ -146,6 +146,19 @@ impl Registry {
         }
     }
 
+    /// Before a request is served: with the Kafka store, waits until this replica has applied
+    /// every change confirmed (by any replica) before now, so that whichever replica a client
+    /// reaches, it sees its own and everyone's earlier writes. When the log's end cannot be
+    /// read (the broker is away), the replica serves what it has while it is within
+    /// `max_staleness_ms` of having read it all, and refuses (503) after that.
+    pub async fn sync(&self) -> Result<(), RegistryError> {
+        let Backend::Kafka { store, .. } = &self.backend else { return Ok(()) };
+        match store.sync().await {
+            Ok(()) => Ok(()),
+            Err(error) => store.current().map_err(|_| error),
+        }
+    }
+
     /// With the Kafka store, wakes whenever another replica's (or this one's) change was
     /// applied here.
     pub fn changes(&self) -> Option<tokio::sync::watch::Receiver<i64>> {

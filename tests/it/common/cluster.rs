@@ -52,6 +52,7 @@ impl Cluster {
 
     /// The configuration every replica shares, but for its port and directory.
     pub fn config(&self, dir: &std::path::Path, port: u16) -> String {
+        let name = dir.file_name().unwrap().to_string_lossy();
         format!(
             r#"
             {common}
@@ -78,7 +79,10 @@ impl Cluster {
                 &self.group,
                 &self.owner_base,
                 &format!(r#"{{ bearer_token = {{ value = "{}" }} }}"#, owner::TOKEN)
-            ),
+            )
+            // Replicas are told apart by their instance ids (HOSTNAME in production).
+            .replace("properties = {", &format!("instance_id = \"{name}\"\nproperties = {{"))
+            ,
             dir = dir.display(),
             registry = self.registry_topic,
             blobs = self.blob_topic,
@@ -137,6 +141,17 @@ impl Cluster {
         if let Some(mut child) = self.replicas[i].child.take() {
             child.kill().unwrap();
             child.wait().unwrap();
+        }
+    }
+
+    /// Stops replica `i` with SIGTERM (it drains, commits and leaves the group); asserts it
+    /// exits 0.
+    pub fn stop(&mut self, i: usize) {
+        if let Some(mut child) = self.replicas[i].child.take() {
+            let pid = child.id().to_string();
+            std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+            let status = child.wait().unwrap();
+            assert!(status.success(), "replica {i} exited with {status}:\n{}", self.log(i));
         }
     }
 

@@ -118,6 +118,12 @@ impl KafkaStore {
         self.tail.current(self.settings.max_staleness)
     }
 
+    /// Waits until this replica has applied every record appended before now (bounded by
+    /// `write_timeout_ms`).
+    pub async fn sync(&self) -> Result<(), RegistryError> {
+        self.tail.sync(self.settings.write_timeout).await
+    }
+
     /// Wakes whenever a record was applied: the supervisor follows the registry with it.
     pub fn changes(&self) -> tokio::sync::watch::Receiver<i64> {
         self.tail.changes()

@@ -102,6 +102,23 @@ impl Tail {
         Ok(())
     }
 
+    /// Waits until every record appended before now is applied: a read after this sees every
+    /// write any replica confirmed before it.
+    pub async fn sync(&self, within: Duration) -> Result<(), RegistryError> {
+        let started = Instant::now();
+        let end = tokio::time::timeout(within, self.end())
+            .await
+            .map_err(|_| RegistryError::Unavailable(format!("the end of {} is not known", self.topic)))??;
+        let mut applied = self.applied.subscribe();
+        match tokio::time::timeout(within.saturating_sub(started.elapsed()), applied.wait_for(|next| *next >= end)).await {
+            Ok(Ok(_)) => {
+                *lock(&self.current_at) = Some(started);
+                Ok(())
+            }
+            _ => Err(RegistryError::Unavailable(format!("{} was not read to its end in time", self.topic))),
+        }
+    }
+
     /// Registers a write about to be appended under `id`; its decision arrives when it is read
     /// back.
     pub fn expect(self: &Arc<Self>, id: &str) -> Decision {
