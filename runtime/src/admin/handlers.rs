@@ -24,6 +24,7 @@ pub struct Component(#[allow(dead_code)] Vec<u8>);
     responses(
         (status = 200, description = "The tenant's handlers", body = Vec<HandlerView>),
         (status = 401, description = "No token, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The registry cannot be read or written now (Kafka store: the broker is unreachable, or this replica is behind); nothing was changed, or the outcome is not known yet: retry", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Another tenant's token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -46,6 +47,7 @@ pub async fn list(
         (status = 200, description = "Spec replaced", body = HandlerView),
         (status = 201, description = "Handler created", body = HandlerView),
         (status = 401, description = "No token, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The registry cannot be read or written now (Kafka store: the broker is unreachable, or this replica is behind); nothing was changed, or the outcome is not known yet: retry", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Another tenant's token, or a topic, data source, purpose or limit not granted", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The name is taken by keyhole's configuration file", body = Problem, content_type = "application/problem+json"),
@@ -74,6 +76,7 @@ pub async fn put(
     responses(
         (status = 200, description = "The handler", body = HandlerView),
         (status = 401, description = "No token, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The registry cannot be read or written now (Kafka store: the broker is unreachable, or this replica is behind); nothing was changed, or the outcome is not known yet: retry", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Another tenant's token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant or handler", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -92,6 +95,7 @@ pub async fn get(
     responses(
         (status = 204, description = "Deleted"),
         (status = 401, description = "No token, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The registry cannot be read or written now (Kafka store: the broker is unreachable, or this replica is behind); nothing was changed, or the outcome is not known yet: retry", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Another tenant's token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant or handler", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -115,6 +119,7 @@ pub async fn delete(
         (status = 200, description = "These bytes were already uploaded", body = VersionInfo),
         (status = 201, description = "Stored", body = VersionInfo),
         (status = 401, description = "No token, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The registry cannot be read or written now (Kafka store: the broker is unreachable, or this replica is behind); nothing was changed, or the outcome is not known yet: retry", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Another tenant's token, or the tenant's version limit", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant or handler", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Larger than the tenant's or keyhole's upload limit", body = Problem, content_type = "application/problem+json"),
@@ -215,6 +220,7 @@ fn check_component_type(headers: &HeaderMap) -> Result<(), Problem> {
     responses(
         (status = 200, description = "The versions", body = Vec<VersionInfo>),
         (status = 401, description = "No token, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The registry cannot be read or written now (Kafka store: the broker is unreachable, or this replica is behind); nothing was changed, or the outcome is not known yet: retry", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Another tenant's token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant or handler", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -234,6 +240,7 @@ pub async fn versions(
     responses(
         (status = 200, description = "The version", body = VersionInfo),
         (status = 401, description = "No token, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The registry cannot be read or written now (Kafka store: the broker is unreachable, or this replica is behind); nothing was changed, or the outcome is not known yet: retry", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Another tenant's token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant, handler or version", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -253,6 +260,7 @@ pub async fn version(
     responses(
         (status = 204, description = "Deleted"),
         (status = 401, description = "No token, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The registry cannot be read or written now (Kafka store: the broker is unreachable, or this replica is behind); nothing was changed, or the outcome is not known yet: retry", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Another tenant's token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant, handler or version", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "It is the active version", body = Problem, content_type = "application/problem+json"),
@@ -275,6 +283,7 @@ pub async fn delete_version(
     responses(
         (status = 200, description = "Active", body = HandlerView),
         (status = 401, description = "No token, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The registry cannot be read or written now (Kafka store: the broker is unreachable, or this replica is behind); nothing was changed, or the outcome is not known yet: retry", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Another tenant's token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant, handler or version", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "The version could not be started; the previous one stays active", body = Problem, content_type = "application/problem+json"),
@@ -297,6 +306,7 @@ pub async fn activate(
     responses(
         (status = 200, description = "Rolled back", body = HandlerView),
         (status = 401, description = "No token, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The registry cannot be read or written now (Kafka store: the broker is unreachable, or this replica is behind); nothing was changed, or the outcome is not known yet: retry", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Another tenant's token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant or handler", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "No earlier version to roll back to", body = Problem, content_type = "application/problem+json"),

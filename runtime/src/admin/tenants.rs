@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
     responses(
         (status = 200, description = "Every tenant", body = Vec<TenantView>),
         (status = 401, description = "No token, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The registry cannot be read or written now (Kafka store: the broker is unreachable, or this replica is behind); nothing was changed, or the outcome is not known yet: retry", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the operator's token", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list(State(api): State<Api>, headers: HeaderMap) -> Result<Json<Vec<TenantView>>, Problem> {
@@ -31,6 +32,7 @@ pub async fn list(State(api): State<Api>, headers: HeaderMap) -> Result<Json<Vec
         (status = 200, description = "Grant replaced", body = TenantView),
         (status = 201, description = "Tenant created", body = TenantView),
         (status = 401, description = "No token, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The registry cannot be read or written now (Kafka store: the broker is unreachable, or this replica is behind); nothing was changed, or the outcome is not known yet: retry", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the operator's token", body = Problem, content_type = "application/problem+json"),
         (status = 400, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not `Content-Type: application/json`", body = Problem, content_type = "application/problem+json"),
@@ -56,6 +58,7 @@ pub async fn put(
     responses(
         (status = 200, description = "The tenant", body = TenantView),
         (status = 401, description = "No token, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The registry cannot be read or written now (Kafka store: the broker is unreachable, or this replica is behind); nothing was changed, or the outcome is not known yet: retry", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Another tenant's token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -74,6 +77,7 @@ pub async fn get(
     responses(
         (status = 204, description = "Deleted"),
         (status = 401, description = "No token, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The registry cannot be read or written now (Kafka store: the broker is unreachable, or this replica is behind); nothing was changed, or the outcome is not known yet: retry", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the operator's token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -95,6 +99,7 @@ pub async fn delete(
     responses(
         (status = 201, description = "The new token", body = IssuedToken),
         (status = 401, description = "No token, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The registry cannot be read or written now (Kafka store: the broker is unreachable, or this replica is behind); nothing was changed, or the outcome is not known yet: retry", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the operator's token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -115,6 +120,7 @@ pub async fn issue_token(
     responses(
         (status = 204, description = "Revoked"),
         (status = 401, description = "No token, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The registry cannot be read or written now (Kafka store: the broker is unreachable, or this replica is behind); nothing was changed, or the outcome is not known yet: retry", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not the operator's token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant or token", body = Problem, content_type = "application/problem+json"),
     ))]
