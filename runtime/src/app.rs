@@ -135,9 +135,12 @@ async fn start_admin(
     let start_problem =
         |path: &str, message: String| RunError::Start(vec![Problem { path: path.into(), message }]);
     let catalog = Catalog::of(&engine.settings);
-    let (registry, announced) =
-        Registry::open_configured(admin, &engine.settings.kafka, catalog).await.map_err(|e| match &admin.registry {
-            RegistryStore::Local => start_problem("admin.state_dir", format!("{}: {e}", admin.state_dir.display())),
+    let (registry, announced) = Registry::open_configured(admin, &engine.settings.kafka, catalog)
+        .await
+        .map_err(|e| match &admin.registry {
+            RegistryStore::Local => {
+                start_problem("admin.state_dir", format!("{}: {e}", admin.state_dir.display()))
+            }
             RegistryStore::Kafka(_) => start_problem("registry", e.to_string()),
         })?;
     let registry = Arc::new(registry);
@@ -189,7 +192,11 @@ async fn follow(supervisor: Arc<Supervisor>, mut changes: watch::Receiver<i64>, 
 
 /// Fetches and compiles every version uploaded through any replica, one at a time, ahead of
 /// its activation.
-async fn prepare(supervisor: Arc<Supervisor>, mut announced: mpsc::Receiver<Announced>, cancel: CancellationToken) {
+async fn prepare(
+    supervisor: Arc<Supervisor>,
+    mut announced: mpsc::Receiver<Announced>,
+    cancel: CancellationToken,
+) {
     loop {
         let next = tokio::select! {
             () = cancel.cancelled() => return,

@@ -28,8 +28,9 @@ async fn owner() -> Owner {
 
 /// Uploads `guest` through replica `i`; its version.
 async fn upload(cluster: &Cluster, i: usize, token: &str, guest: &str) -> String {
-    let uploaded =
-        cluster.ok(i, 201, "POST", &format!("{HANDLER}/versions"), Some(token), Body::Bytes(common::guest(guest))).await;
+    let uploaded = cluster
+        .ok(i, 201, "POST", &format!("{HANDLER}/versions"), Some(token), Body::Bytes(common::guest(guest)))
+        .await;
     uploaded["version"].as_str().unwrap().to_string()
 }
 
@@ -56,7 +57,11 @@ async fn publish_events(topic: &str, ids: std::ops::Range<usize>, gap: Duration)
 
 /// Waits until every event in `ids` was delivered by some replica; what each replica
 /// delivered, by event id.
-async fn all_delivered(cluster: &Cluster, ids: &BTreeSet<String>, within: Duration) -> Vec<BTreeMap<String, String>> {
+async fn all_delivered(
+    cluster: &Cluster,
+    ids: &BTreeSet<String>,
+    within: Duration,
+) -> Vec<BTreeMap<String, String>> {
     let started = Instant::now();
     loop {
         let delivered: Vec<BTreeMap<String, String>> =
@@ -104,7 +109,10 @@ async fn until_every_replica_handles(cluster: &Cluster, topic: &str, next: &mut 
         if delivered.iter().all(|d| !d.is_empty()) {
             return ids;
         }
-        assert!(started.elapsed() < Duration::from_secs(90), "not every replica handled events: {delivered:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "not every replica handled events: {delivered:?}"
+        );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
@@ -116,16 +124,43 @@ async fn an_upload_through_one_replica_runs_on_all_three() {
     let cluster = Cluster::start(&owner.base_url(), 3).await;
     let token = acme(&cluster, &topic).await;
     let version = upload(&cluster, 0, &token, "echo").await;
-    let activated = cluster.ok(0, 200, "POST", &format!("{HANDLER}/versions/{version}/activate"), Some(&token), Body::None).await;
+    let activated = cluster
+        .ok(0, 200, "POST", &format!("{HANDLER}/versions/{version}/activate"), Some(&token), Body::None)
+        .await;
     assert_eq!(activated["active"], version.as_str());
     running_everywhere(&cluster, &token, &version).await;
     let shown = registry_view(&cluster, 0, &token).await;
     for i in 1..3 {
         assert_eq!(registry_view(&cluster, i, &token).await, shown, "replica {i} shows another registry");
     }
-    until_every_replica_handles(&cluster, &topic, &mut 0).await;
+    let mut next = 0;
+    until_every_replica_handles(&cluster, &topic, &mut next).await;
     for (i, handled) in cluster.delivered().iter().enumerate() {
         assert!(handled.iter().all(|(_, v)| *v == version), "replica {i} ran another version: {handled:?}");
+    }
+
+    // Hot swap across replicas: uploaded through replica 1, activated through replica 2, every
+    // replica switches, each once and for good.
+    let v2 = upload(&cluster, 1, &token, "age-band").await;
+    cluster.ok(2, 200, "POST", &format!("{HANDLER}/versions/{v2}/activate"), Some(&token), Body::None).await;
+    let started = Instant::now();
+    loop {
+        let before = next;
+        until_every_replica_handles(&cluster, &topic, &mut next).await;
+        let switched = cluster.delivered().iter().all(|handled| {
+            handled.iter().any(|(id, v)| *v == v2 && id[1..].parse::<usize>().unwrap() >= before)
+        });
+        if switched {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "not every replica switched to {v2}");
+    }
+    // In the audit file's order (completion): after a replica's first v2 event, only events
+    // already in flight at the swap (at most max_in_flight, 8) may still finish on v1.
+    for (i, handled) in cluster.delivered().iter().enumerate() {
+        let first_v2 = handled.iter().position(|(_, v)| *v == v2).unwrap();
+        let late = handled[first_v2..].iter().filter(|(_, v)| *v != v2).count();
+        assert!(late <= 8, "replica {i} ran {late} events on {version} after switching: {handled:?}");
     }
 }
 
@@ -143,17 +178,28 @@ async fn conflicting_writes_on_two_replicas_end_in_the_same_state_everywhere() {
     // Two activations of different versions at once, on replicas 1 and 2.
     let activate = |i: usize, v: String| {
         let (cluster, token) = (&cluster, &token);
-        async move { cluster.call(i, "POST", &format!("{HANDLER}/versions/{v}/activate"), Some(token), Body::None).await }
+        async move {
+            cluster
+                .call(i, "POST", &format!("{HANDLER}/versions/{v}/activate"), Some(token), Body::None)
+                .await
+        }
     };
     let (first, second) = tokio::join!(activate(1, v1.clone()), activate(2, v2.clone()));
     assert_eq!((first.status, second.status), (200, 200), "{first:#?}\n{second:#?}");
     // Both were applied, in log order: the later one replaced the earlier, and says so.
-    let (later, earlier) = if second.body["rollback_to"] == v1.as_str() { (&second, &first) } else { (&first, &second) };
-    let brief = |a: &common::admin::Answer| format!("{} active {} rollback_to {}", a.status, a.body["active"], a.body["rollback_to"]);
+    let (later, earlier) =
+        if second.body["rollback_to"] == v1.as_str() { (&second, &first) } else { (&first, &second) };
+    let brief = |a: &common::admin::Answer| {
+        format!("{} active {} rollback_to {}", a.status, a.body["active"], a.body["rollback_to"])
+    };
     assert_eq!(later.body["rollback_to"], earlier.body["active"], "{} / {}", brief(&first), brief(&second));
     let winner = later.body["active"].as_str().unwrap().to_string();
     for i in 0..3 {
-        cluster.eventually(i, HANDLER, Some(&token), Duration::from_secs(10), |a| a.body["active"] == winner.as_str()).await;
+        cluster
+            .eventually(i, HANDLER, Some(&token), Duration::from_secs(10), |a| {
+                a.body["active"] == winner.as_str()
+            })
+            .await;
     }
 
     // The grant narrowed on replica 1 while replica 2 puts a spec that needs what it takes away.
@@ -175,14 +221,18 @@ async fn conflicting_writes_on_two_replicas_end_in_the_same_state_everywhere() {
     assert_eq!(shown["handler"]["spec"]["topics"], expected_topics, "{spec:#?}");
     for i in 1..3 {
         cluster
-            .eventually(i, "/v1/tenants", Some(OPERATOR), Duration::from_secs(10), |a| a.body == shown["tenants"])
+            .eventually(i, "/v1/tenants", Some(OPERATOR), Duration::from_secs(10), |a| {
+                a.body == shown["tenants"]
+            })
             .await;
         assert_eq!(registry_view(&cluster, i, &token).await, shown, "replica {i} differs");
     }
     if spec.status == 200 {
         for i in 0..3 {
             cluster
-                .eventually(i, HANDLER, Some(&token), Duration::from_secs(10), |a| a.body["state"] == "not_granted")
+                .eventually(i, HANDLER, Some(&token), Duration::from_secs(10), |a| {
+                    a.body["state"] == "not_granted"
+                })
                 .await;
         }
     }
@@ -195,7 +245,9 @@ async fn a_replica_killed_mid_stream_loses_no_event_and_catches_up_on_the_regist
     let mut cluster = Cluster::start(&owner.base_url(), 3).await;
     let token = acme(&cluster, &topic).await;
     let version = upload(&cluster, 0, &token, "echo").await;
-    cluster.ok(0, 200, "POST", &format!("{HANDLER}/versions/{version}/activate"), Some(&token), Body::None).await;
+    cluster
+        .ok(0, 200, "POST", &format!("{HANDLER}/versions/{version}/activate"), Some(&token), Body::None)
+        .await;
     running_everywhere(&cluster, &token, &version).await;
     let mut next = 0;
     let mut ids = until_every_replica_handles(&cluster, &topic, &mut next).await;
@@ -221,7 +273,9 @@ async fn a_replica_killed_mid_stream_loses_no_event_and_catches_up_on_the_regist
     cluster.stop(1);
     // Every event handled at least once: those the killed replica had not committed, again.
     all_delivered(&cluster, &ids, Duration::from_secs(90)).await;
-    cluster.eventually(2, HANDLER, Some(&token), Duration::from_secs(30), |a| a.body["state"] == "running").await;
+    cluster
+        .eventually(2, HANDLER, Some(&token), Duration::from_secs(30), |a| a.body["state"] == "running")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -231,7 +285,9 @@ async fn a_revoked_token_stops_working_on_every_replica_and_a_new_replica_serves
     let mut cluster = Cluster::start(&owner.base_url(), 3).await;
     let token = acme(&cluster, &topic).await;
     let version = upload(&cluster, 0, &token, "echo").await;
-    cluster.ok(0, 200, "POST", &format!("{HANDLER}/versions/{version}/activate"), Some(&token), Body::None).await;
+    cluster
+        .ok(0, 200, "POST", &format!("{HANDLER}/versions/{version}/activate"), Some(&token), Body::None)
+        .await;
     for i in 0..3 {
         cluster.eventually(i, HANDLER, Some(&token), Duration::from_secs(10), |a| a.status == 200).await;
     }
@@ -247,22 +303,64 @@ async fn a_revoked_token_stops_working_on_every_replica_and_a_new_replica_serves
     // A replica from an empty disk: the same handlers, fetched from the blob topic.
     let revoked = token;
     let fresh = cluster.add().await;
-    let token = cluster.ok(0, 201, "POST", "/v1/tenants/acme/tokens", Some(OPERATOR), Body::None).await["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let token =
+        cluster.ok(0, 201, "POST", "/v1/tenants/acme/tokens", Some(OPERATOR), Body::None).await["token"]
+            .as_str()
+            .unwrap()
+            .to_string();
     let shown = registry_view(&cluster, 0, &token).await;
     cluster.eventually(fresh, HANDLER, Some(&token), Duration::from_secs(10), |a| a.status == 200).await;
     assert_eq!(registry_view(&cluster, fresh, &token).await, shown);
-    cluster.eventually(fresh, HANDLER, Some(&token), Duration::from_secs(30), |a| a.body["state"] == "running").await;
-    let cached = cluster.replicas[fresh].dir.join("state/cache/components/sha256").join(format!(
-        "{}.wasm",
-        version.strip_prefix("sha256:").unwrap()
-    ));
+    cluster
+        .eventually(fresh, HANDLER, Some(&token), Duration::from_secs(30), |a| a.body["state"] == "running")
+        .await;
+    let cached = cluster.replicas[fresh]
+        .dir
+        .join("state/cache/components/sha256")
+        .join(format!("{}.wasm", version.strip_prefix("sha256:").unwrap()));
     assert_eq!(std::fs::read(&cached).unwrap(), common::guest("echo"), "the cached component is the upload");
     // After a restart too, the revoked token never works again.
     cluster.kill(fresh);
     cluster.restart(fresh).await;
     assert_eq!(cluster.call(fresh, "GET", HANDLER, Some(&revoked), Body::None).await.status, 401);
     assert_eq!(cluster.call(fresh, "GET", HANDLER, Some(&token), Body::None).await.status, 200);
+
+    // The registry log: tenant, token, handler, version, activation, revocation, token; digests
+    // only, never a token.
+    use rdkafka::message::Message as _;
+    let log = broker::read(&cluster.registry_topic, 7).await;
+    let text: String =
+        log.iter().filter_map(|m| m.payload()).map(|p| String::from_utf8_lossy(p).to_string()).collect();
+    assert!(text.contains("\"command\":\"revoke_token\""), "{text}");
+    for secret in [&revoked, &token] {
+        assert!(!text.contains(secret.as_str()), "a token is in the registry log");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_broker_gone_writes_are_refused_a_stale_replica_trusts_no_token_and_sigterm_still_stops() {
+    let mut own = broker::OwnBroker::start().await;
+    let owner = owner().await;
+    let mut cluster = Cluster::start_on(&own.bootstrap, &owner.base_url(), 1).await;
+    let token = cluster.tenant(0, "acme", &["refs"], json!({})).await;
+    own.child.kill().unwrap();
+    own.child.wait().unwrap();
+    let gone = Instant::now();
+
+    // A write cannot be confirmed: 503 within registry.write_timeout_ms (3 s here), and nothing
+    // changed.
+    let write = cluster.call(0, "PUT", "/v1/tenants/globex", Some(OPERATOR), Body::Json(json!({}))).await;
+    assert_eq!(write.status, 503, "{write:#?}");
+    assert_eq!(write.body["type"], "urn:keyhole:problem:registry-unavailable");
+    // Past registry.max_staleness_ms (3 s), tenants' tokens are no longer trusted and the
+    // replica is not ready.
+    tokio::time::sleep(Duration::from_secs(4).saturating_sub(gone.elapsed())).await;
+    let read = cluster.call(0, "GET", "/v1/tenants/acme/handlers", Some(&token), Body::None).await;
+    assert_eq!(read.status, 503, "{read:#?}");
+    let ready = cluster.call(0, "GET", "/readyz", None, Body::None).await;
+    assert_eq!(ready.status, 503, "{ready:#?}");
+    assert!(ready.body["detail"].as_str().unwrap().contains("registry"), "{ready:#?}");
+    // And SIGTERM still stops it, within its drain and commit bounds.
+    let status = cluster.terminate(0, Duration::from_secs(30)).await;
+    assert!(status.success(), "exit {status}:\n{}", cluster.log(0));
 }

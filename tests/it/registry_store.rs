@@ -98,12 +98,30 @@ async fn a_40_mb_component_moves_into_the_blob_topic_and_back_out_byte_for_byte(
     // Into Kafka through one configuration, out of it through another (an empty cache).
     let (registry, blobs) = (broker::unique("registry"), broker::unique("registry-blobs"));
     let first = temp("keyhole-import");
-    let imported = keyhole(&["registry", "import", "--config", config(&first, &registry, &blobs, true).to_str().unwrap(), "--from", source.to_str().unwrap()]);
+    let imported = keyhole(&[
+        "registry",
+        "import",
+        "--config",
+        config(&first, &registry, &blobs, true).to_str().unwrap(),
+        "--from",
+        source.to_str().unwrap(),
+    ]);
     assert!(imported.status.success(), "{}", text(&imported));
-    assert!(text(&imported).contains("imported 1 tenant(s), 1 handler(s), 1 version(s)"), "{}", text(&imported));
+    assert!(
+        text(&imported).contains("imported 1 tenant(s), 1 handler(s), 1 version(s)"),
+        "{}",
+        text(&imported)
+    );
     let second = temp("keyhole-export");
     let target = second.join("exported");
-    let exported = keyhole(&["registry", "export", "--config", config(&second, &registry, &blobs, false).to_str().unwrap(), "--to", target.to_str().unwrap()]);
+    let exported = keyhole(&[
+        "registry",
+        "export",
+        "--config",
+        config(&second, &registry, &blobs, false).to_str().unwrap(),
+        "--to",
+        target.to_str().unwrap(),
+    ]);
     assert!(exported.status.success(), "{}", text(&exported));
 
     let hex = info.version.strip_prefix("sha256:").unwrap();
@@ -111,7 +129,8 @@ async fn a_40_mb_component_moves_into_the_blob_topic_and_back_out_byte_for_byte(
     assert!(back == wasm, "the component came back different ({} bytes)", back.len());
     // The exported directory is a working state_dir holding the same registry.
     let catalog = Catalog { data_sources: vec!["owner".into()], ..Catalog::default() };
-    let (before, after) = (Registry::open(&source, catalog.clone()).unwrap(), Registry::open(&target, catalog).unwrap());
+    let (before, after) =
+        (Registry::open(&source, catalog.clone()).unwrap(), Registry::open(&target, catalog).unwrap());
     assert_eq!(
         serde_json::to_value(before.tenants()).unwrap(),
         serde_json::to_value(after.tenants()).unwrap()
@@ -121,7 +140,14 @@ async fn a_40_mb_component_moves_into_the_blob_topic_and_back_out_byte_for_byte(
         serde_json::to_value(after.handler("acme", "scorer").unwrap()).unwrap()
     );
     // Importing again into the same, no longer empty, registry is refused.
-    let again = keyhole(&["registry", "import", "--config", first.join("keyhole.toml").to_str().unwrap(), "--from", source.to_str().unwrap()]);
+    let again = keyhole(&[
+        "registry",
+        "import",
+        "--config",
+        first.join("keyhole.toml").to_str().unwrap(),
+        "--from",
+        source.to_str().unwrap(),
+    ]);
     assert!(!again.status.success() && text(&again).contains("not empty"), "{}", text(&again));
 }
 

@@ -193,49 +193,13 @@ async fn kill_9_mid_stream_at_most_once_delivers_no_event_twice() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// A tansu broker of the test's own, to stop while keyhole runs (the shared one must stay up).
-struct OwnBroker {
-    child: std::process::Child,
-    bootstrap: String,
-}
-
-impl OwnBroker {
-    async fn start() -> OwnBroker {
-        let tansu = std::env::var("KEYHOLE_TEST_TANSU")
-            .expect("KEYHOLE_TEST_TANSU is not set: run the tests with scripts/test.sh");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(tansu)
-            .args(["broker", "--cluster-id", "keyhole-own", "--storage-engine", "memory://tansu/"])
-            .args(["--listener-url", &url, "--advertised-listener-url", &url])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let bootstrap = format!("127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(&bootstrap).await.is_err() {
-            assert!(Instant::now() < deadline, "tansu did not start on {bootstrap}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        OwnBroker { child, bootstrap }
-    }
-}
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_the_broker_down_exits_within_the_drain_and_commit_timeouts() {
     use rdkafka::ClientConfig;
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
     use rdkafka::producer::{FutureProducer, FutureRecord};
-    let mut own = OwnBroker::start().await;
+    let mut own = broker::OwnBroker::start().await;
     let owner = Owner::start().await;
     let topic = broker::unique("refs");
     let admin: AdminClient<DefaultClientContext> =

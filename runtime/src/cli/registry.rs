@@ -40,7 +40,8 @@ where
     Fut: std::future::Future<Output = anyhow::Result<ExitCode>>,
 {
     let settings: Settings = Config::load(config)?;
-    let admin = settings.admin.clone().context("the configuration has no [admin] section: no registry to move")?;
+    let admin =
+        settings.admin.clone().context("the configuration has no [admin] section: no registry to move")?;
     let catalog = Catalog::of(&settings);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {

@@ -13,8 +13,8 @@ mod validate;
 pub use uploaded::UploadedBinding;
 
 pub use settings::{
-    AdminSettings, BindingSettings, ConfigError, FailurePolicies, KafkaRegistrySettings, KafkaSettings, Problem,
-    ReceiptSink, RegistryStore, Settings,
+    AdminSettings, BindingSettings, ConfigError, FailurePolicies, KafkaRegistrySettings, KafkaSettings,
+    Problem, ReceiptSink, RegistryStore, Settings,
 };
 
 use crate::sandbox::{Limits, SandboxConfig};

@@ -58,10 +58,8 @@ impl Config {
             problems.add("sandbox.max_concurrent_instances", "must be greater than 0");
         }
         let registry = validate_registry(&self.registry, self.admin.is_some(), &mut problems);
-        let admin = self
-            .admin
-            .as_ref()
-            .and_then(|admin| validate_admin(admin, base, registry, &mut problems));
+        let admin =
+            self.admin.as_ref().and_then(|admin| validate_admin(admin, base, registry, &mut problems));
         let audit_path = self.audit.path.as_ref().map(|p| base.join(p));
         let receipts = self.validate_receipts(base, audit_path.as_deref(), &mut problems);
         problems.into_result(|| Settings {
@@ -194,9 +192,10 @@ fn validate_registry(
     if registry.replication_factor < 1 {
         problems.add("registry.replication_factor", "must be at least 1");
     }
-    for (key, value) in
-        [("registry.write_timeout_ms", registry.write_timeout_ms), ("registry.max_staleness_ms", registry.max_staleness_ms)]
-    {
+    for (key, value) in [
+        ("registry.write_timeout_ms", registry.write_timeout_ms),
+        ("registry.max_staleness_ms", registry.max_staleness_ms),
+    ] {
         if value == 0 {
             problems.add(key, "must be greater than 0");
         }

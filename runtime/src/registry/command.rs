@@ -137,7 +137,8 @@ fn decide(state: &mut State, catalog: &Catalog, command: &Command) -> Result<App
             done(Answer::Tenant(tenant_view(tenant, record), created))
         }
         Command::DeleteTenant { tenant } => {
-            let record = state.tenants.remove(tenant).ok_or_else(|| RegistryError::UnknownTenant(tenant.into()))?;
+            let record =
+                state.tenants.remove(tenant).ok_or_else(|| RegistryError::UnknownTenant(tenant.into()))?;
             let removed = record.handlers.values().flat_map(removed_versions).collect();
             Ok(Applied { answer: Answer::Done, removed })
         }
@@ -231,7 +232,10 @@ fn decide(state: &mut State, catalog: &Catalog, command: &Command) -> Result<App
                 )));
             }
             let Some(at) = record.versions.iter().position(|v| v.version == *version) else {
-                return Err(RegistryError::UnknownVersion { handler: handler.clone(), version: version.clone() });
+                return Err(RegistryError::UnknownVersion {
+                    handler: handler.clone(),
+                    version: version.clone(),
+                });
             };
             let info = record.versions.remove(at);
             record.previous.retain(|v| v != version);
@@ -241,7 +245,10 @@ fn decide(state: &mut State, catalog: &Catalog, command: &Command) -> Result<App
         Command::Activate { tenant, handler, version } => {
             let record = handler_record_mut(state, tenant, handler)?;
             if !record.versions.iter().any(|v| v.version == *version) {
-                return Err(RegistryError::UnknownVersion { handler: handler.clone(), version: version.clone() });
+                return Err(RegistryError::UnknownVersion {
+                    handler: handler.clone(),
+                    version: version.clone(),
+                });
             }
             if record.active.as_deref() == Some(version.as_str()) {
                 return done(Answer::Activated(handler_view(tenant, handler, record), record.active.clone()));
@@ -272,7 +279,10 @@ fn decide(state: &mut State, catalog: &Catalog, command: &Command) -> Result<App
             }
             let known = |v: &String| record.versions.iter().any(|known| known.version == *v);
             if let Some(unknown) = active.iter().chain(previous).find(|v| !known(v)) {
-                return Err(RegistryError::UnknownVersion { handler: handler.clone(), version: unknown.clone() });
+                return Err(RegistryError::UnknownVersion {
+                    handler: handler.clone(),
+                    version: unknown.clone(),
+                });
             }
             record.active = active.clone();
             record.previous = previous.clone();
@@ -341,7 +351,11 @@ mod tests {
     #[test]
     fn two_activations_at_once_end_on_the_later_and_each_answer_says_what_it_replaced() {
         let mut log = setup();
-        let activate = |n| Command::Activate { tenant: "acme".into(), handler: "scorer".into(), version: version(n).version };
+        let activate = |n| Command::Activate {
+            tenant: "acme".into(),
+            handler: "scorer".into(),
+            version: version(n).version,
+        };
         log.extend([activate(1), activate(2)]);
         let (decisions, state) = replay(&log);
         let answers: Vec<_> = decisions[4..]
@@ -359,7 +373,8 @@ mod tests {
     #[test]
     fn a_spec_put_after_its_grant_narrowed_is_refused_and_before_it_stops_running() {
         let narrow = Command::PutTenant { tenant: "acme".into(), grant: grant(&["a"]) };
-        let widen = Command::PutHandler { tenant: "acme".into(), handler: "scorer".into(), spec: spec(&["b"]) };
+        let widen =
+            Command::PutHandler { tenant: "acme".into(), handler: "scorer".into(), spec: spec(&["b"]) };
         // The narrowing first: the spec is refused where it lands, the stored one stands.
         let mut first = setup();
         first.extend([narrow.clone(), widen.clone()]);
@@ -379,8 +394,16 @@ mod tests {
     #[test]
     fn the_same_log_gives_the_same_state_on_every_replica() {
         let mut log = setup();
-        log.push(Command::Activate { tenant: "acme".into(), handler: "scorer".into(), version: version(1).version });
-        log.push(Command::DeleteVersion { tenant: "acme".into(), handler: "scorer".into(), version: version(1).version });
+        log.push(Command::Activate {
+            tenant: "acme".into(),
+            handler: "scorer".into(),
+            version: version(1).version,
+        });
+        log.push(Command::DeleteVersion {
+            tenant: "acme".into(),
+            handler: "scorer".into(),
+            version: version(1).version,
+        });
         log.push(Command::RevokeToken { tenant: "acme".into(), id: "nope".into() });
         let (_, one) = replay(&log);
         let (_, other) = replay(&log);
@@ -397,7 +420,11 @@ mod tests {
             info: version(3),
             blob: Some(blob.clone()),
         });
-        log.push(Command::DeleteVersion { tenant: "acme".into(), handler: "scorer".into(), version: version(3).version });
+        log.push(Command::DeleteVersion {
+            tenant: "acme".into(),
+            handler: "scorer".into(),
+            version: version(3).version,
+        });
         let (decisions, state) = replay(&log);
         let removed = &decisions[5].as_ref().unwrap().removed;
         assert_eq!(removed, &vec![(version(3), Some(blob))]);
@@ -407,7 +434,11 @@ mod tests {
     #[test]
     fn an_undone_activation_leaves_a_later_one_alone() {
         let mut log = setup();
-        let activate = |n| Command::Activate { tenant: "acme".into(), handler: "scorer".into(), version: version(n).version };
+        let activate = |n| Command::Activate {
+            tenant: "acme".into(),
+            handler: "scorer".into(),
+            version: version(n).version,
+        };
         log.extend([activate(1), activate(2)]);
         log.push(Command::SetActivation {
             tenant: "acme".into(),

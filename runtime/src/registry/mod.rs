@@ -101,7 +101,10 @@ impl Registry {
         let (state, catalog) = (Arc::new(Mutex::new(State::default())), Arc::new(catalog));
         let (store, announced) = KafkaStore::open(kafka, settings, state.clone(), catalog.clone()).await?;
         warn_about_stored_names(&read(&state));
-        Ok((Registry { state, catalog, backend: Backend::Kafka { store: Box::new(store), cache } }, Some(announced)))
+        Ok((
+            Registry { state, catalog, backend: Backend::Kafka { store: Box::new(store), cache } },
+            Some(announced),
+        ))
     }
 
     fn read(&self) -> std::sync::MutexGuard<'_, State> {
@@ -128,8 +131,11 @@ impl Registry {
                 // Refused here already, when it cannot succeed: no record for it.
                 command::apply(&mut self.read().clone(), &self.catalog, &command)?;
                 let applied = store.submit(command).await?;
-                let removed: Vec<_> =
-                    applied.removed.into_iter().filter_map(|(info, blob)| Some((info.version, blob?))).collect();
+                let removed: Vec<_> = applied
+                    .removed
+                    .into_iter()
+                    .filter_map(|(info, blob)| Some((info.version, blob?)))
+                    .collect();
                 store.forget(&removed).await;
                 Ok(applied.answer)
             }
@@ -203,8 +209,11 @@ impl Registry {
     /// Issues a new bearer token for a tenant; only its hash is kept.
     pub async fn issue_token(&self, tenant: &str) -> Result<IssuedToken, RegistryError> {
         let issued = token::issue();
-        let record =
-            TokenRecord { id: issued.id.clone(), sha256: token::digest_hex(&issued.token), created_at: now() };
+        let record = TokenRecord {
+            id: issued.id.clone(),
+            sha256: token::digest_hex(&issued.token),
+            created_at: now(),
+        };
         self.submit(Command::IssueToken { tenant: tenant.into(), token: record }).await?;
         Ok(issued)
     }
@@ -304,7 +313,12 @@ impl Registry {
         }
         let hex = hex_of(&version)?.to_string();
         let (tenant, handler) = (tenant.to_string(), handler.to_string());
-        let check = Command::AddVersion { tenant: tenant.clone(), handler: handler.clone(), info: info.clone(), blob: None };
+        let check = Command::AddVersion {
+            tenant: tenant.clone(),
+            handler: handler.clone(),
+            info: info.clone(),
+            blob: None,
+        };
         // Refused (or already stored) before any byte is written.
         let known = command::apply(&mut self.read().clone(), &self.catalog, &check)?;
         if let Answer::Version(existing, false) = known.answer {
@@ -339,9 +353,17 @@ impl Registry {
     }
 
     /// Deletes a version that is not active.
-    pub async fn delete_version(&self, tenant: &str, handler: &str, version: &str) -> Result<(), RegistryError> {
-        let command =
-            Command::DeleteVersion { tenant: tenant.into(), handler: handler.into(), version: normalise(version) };
+    pub async fn delete_version(
+        &self,
+        tenant: &str,
+        handler: &str,
+        version: &str,
+    ) -> Result<(), RegistryError> {
+        let command = Command::DeleteVersion {
+            tenant: tenant.into(),
+            handler: handler.into(),
+            version: normalise(version),
+        };
         self.submit(command).await.map(drop)
     }
 
@@ -353,13 +375,18 @@ impl Registry {
         handler: &str,
         version: &str,
     ) -> Result<(HandlerView, Option<String>), RegistryError> {
-        let command = Command::Activate { tenant: tenant.into(), handler: handler.into(), version: normalise(version) };
+        let command =
+            Command::Activate { tenant: tenant.into(), handler: handler.into(), version: normalise(version) };
         self.activation_of(command).await
     }
 
     /// Activates the version that was active before the current one; returns the handler as the
     /// rollback left it and the version it replaced.
-    pub async fn rollback(&self, tenant: &str, handler: &str) -> Result<(HandlerView, Option<String>), RegistryError> {
+    pub async fn rollback(
+        &self,
+        tenant: &str,
+        handler: &str,
+    ) -> Result<(HandlerView, Option<String>), RegistryError> {
         self.activation_of(Command::Rollback { tenant: tenant.into(), handler: handler.into() }).await
     }
 
@@ -439,7 +466,12 @@ impl Registry {
 
     /// A version's bytes: from the directory, or from this replica's cache of the blob topic
     /// (fetched into it, and checked against the digest, the first time).
-    pub async fn component(&self, tenant: &str, handler: &str, version: &str) -> Result<Vec<u8>, RegistryError> {
+    pub async fn component(
+        &self,
+        tenant: &str,
+        handler: &str,
+        version: &str,
+    ) -> Result<Vec<u8>, RegistryError> {
         let hex = hex_of(version)?.to_string();
         let path = self.component_path(&hex);
         let cached = tokio::task::spawn_blocking(move || std::fs::read(path)).await;

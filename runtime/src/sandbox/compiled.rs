@@ -2,9 +2,9 @@
 //! validated at upload, fetched ahead of its activation, or activated on several handlers.
 //! Compiling a Python component takes a core for seconds; a cached one costs a clone.
 
-use wasmtime::component::Component;
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use wasmtime::component::Component;
 
 /// How many compiled components are kept besides the ones running handlers hold: enough for
 /// uploads waiting to be activated and a rollback, without keeping every version's machine code.

@@ -69,7 +69,8 @@ impl Sandbox {
         let component = match self.compiled.get(&version) {
             Some(component) => component,
             None => {
-                let component = Component::new(&self.engine, wasm).map_err(|e| LoadError::Invalid(describe(&e)))?;
+                let component =
+                    Component::new(&self.engine, wasm).map_err(|e| LoadError::Invalid(describe(&e)))?;
                 self.compiled.put(version, component.clone());
                 component
             }

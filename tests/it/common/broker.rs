@@ -170,3 +170,40 @@ pub fn healthy_traffic(topic: &str, partition: i32, dataref: &str) -> tokio::tas
 pub fn is_background(outcome: &keyhole::records::audit::Outcome) -> bool {
     outcome.event_id.as_deref().is_some_and(|id| id.starts_with("bg-"))
 }
+
+/// A tansu broker of the test's own, to stop while keyhole runs (the shared one must stay up).
+pub struct OwnBroker {
+    pub child: std::process::Child,
+    pub bootstrap: String,
+}
+
+impl OwnBroker {
+    /// Starts it on a free port and waits until it accepts connections.
+    pub async fn start() -> OwnBroker {
+        let tansu = std::env::var("KEYHOLE_TEST_TANSU")
+            .expect("KEYHOLE_TEST_TANSU is not set: run the tests with scripts/test.sh");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = std::process::Command::new(tansu)
+            .args(["broker", "--cluster-id", "keyhole-own", "--storage-engine", "memory://tansu/"])
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let bootstrap = format!("127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(&bootstrap).await.is_err() {
+            assert!(std::time::Instant::now() < deadline, "tansu did not start on {bootstrap}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        OwnBroker { child, bootstrap }
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}

@@ -17,6 +17,8 @@ pub struct Replica {
 
 /// Replicas sharing a consumer group prefix and the registry's topics.
 pub struct Cluster {
+    /// The Kafka cluster (the shared test broker, or a test's own).
+    bootstrap: String,
     pub group: String,
     pub registry_topic: String,
     pub blob_topic: String,
@@ -36,7 +38,13 @@ fn free_port() -> u16 {
 impl Cluster {
     /// `n` replicas on fresh state directories, ready (their admin API answers).
     pub async fn start(owner_base: &str, n: usize) -> Cluster {
+        Cluster::start_on(&broker::bootstrap(), owner_base, n).await
+    }
+
+    /// [`Cluster::start`] on the Kafka cluster at `bootstrap`.
+    pub async fn start_on(bootstrap: &str, owner_base: &str, n: usize) -> Cluster {
         let mut cluster = Cluster {
+            bootstrap: bootstrap.to_string(),
             group: broker::unique("keyhole"),
             registry_topic: broker::unique("registry"),
             blob_topic: broker::unique("registry-blobs"),
@@ -73,6 +81,7 @@ impl Cluster {
             blob_topic = "{blobs}"
             create_topics = true
             replication_factor = 1
+            write_timeout_ms = 3000
             max_staleness_ms = 3000
             "#,
             common = super::kafka_and_owner_toml(
@@ -82,7 +91,7 @@ impl Cluster {
             )
             // Replicas are told apart by their instance ids (HOSTNAME in production).
             .replace("properties = {", &format!("instance_id = \"{name}\"\nproperties = {{"))
-            ,
+            .replace(&broker::bootstrap(), &self.bootstrap),
             dir = dir.display(),
             registry = self.registry_topic,
             blobs = self.blob_topic,
@@ -126,7 +135,11 @@ impl Cluster {
             if let Some(status) = child.try_wait().unwrap() {
                 panic!("replica {i} exited with {status}:\n{}", self.log(i));
             }
-            assert!(started.elapsed() < Duration::from_secs(60), "replica {i} did not start:\n{}", self.log(i));
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "replica {i} did not start:\n{}",
+                self.log(i)
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -155,13 +168,38 @@ impl Cluster {
         }
     }
 
+    /// Sends SIGTERM to replica `i` and waits at most `within` for it to exit; its exit status.
+    pub async fn terminate(&mut self, i: usize, within: Duration) -> std::process::ExitStatus {
+        let mut child = self.replicas[i].child.take().unwrap();
+        std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if started.elapsed() > within {
+                child.kill().ok();
+                panic!("replica {i} still ran {within:?} after SIGTERM:\n{}", self.log(i));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Calls replica `i`'s admin API.
     pub async fn call(&self, i: usize, method: &str, path: &str, token: Option<&str>, body: Body) -> Answer {
         super::admin::call(&self.http, &self.replicas[i].url, method, path, token, body).await
     }
 
     /// A call to replica `i` that must answer `status`; its body.
-    pub async fn ok(&self, i: usize, status: u16, method: &str, path: &str, token: Option<&str>, body: Body) -> Value {
+    pub async fn ok(
+        &self,
+        i: usize,
+        status: u16,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Body,
+    ) -> Value {
         let answer = self.call(i, method, path, token, body).await;
         assert_eq!(answer.status, status, "replica {i}: {method} {path}: {answer:#?}");
         answer.body
@@ -182,7 +220,11 @@ impl Cluster {
             if done(&answer) {
                 return answer;
             }
-            assert!(started.elapsed() < within, "replica {i}: GET {path} is still {answer:#?}\n{}", self.log(i));
+            assert!(
+                started.elapsed() < within,
+                "replica {i}: GET {path} is still {answer:#?}\n{}",
+                self.log(i)
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -195,8 +237,9 @@ impl Cluster {
             "reply_topics": [], "limits": limits,
         });
         self.ok(i, 201, "PUT", &format!("/v1/tenants/{tenant}"), Some(OPERATOR), Body::Json(grant)).await;
-        let issued =
-            self.ok(i, 201, "POST", &format!("/v1/tenants/{tenant}/tokens"), Some(OPERATOR), Body::None).await;
+        let issued = self
+            .ok(i, 201, "POST", &format!("/v1/tenants/{tenant}/tokens"), Some(OPERATOR), Body::None)
+            .await;
         issued["token"].as_str().unwrap().to_string()
     }
 

@@ -41,10 +41,10 @@ pub(super) async fn write(
     for (index, chunk) in wasm.chunks(CHUNK_BYTES).enumerate() {
         let key = key(version, &upload, index);
         let record = FutureRecord::to(&settings.blob_topic).key(&key).payload(chunk).partition(0);
-        let delivery = producer
-            .send(record, Timeout::After(settings.write_timeout))
-            .await
-            .map_err(|(error, _)| RegistryError::Unavailable(format!("the blob topic cannot be written: {error}")))?;
+        let delivery =
+            producer.send(record, Timeout::After(settings.write_timeout)).await.map_err(|(error, _)| {
+                RegistryError::Unavailable(format!("the blob topic cannot be written: {error}"))
+            })?;
         offsets.push(delivery.offset);
     }
     Ok(BlobRef { upload, offsets })
@@ -60,10 +60,9 @@ pub(super) async fn tombstone(
     for index in 0..blob.offsets.len() {
         let key = key(version, &blob.upload, index);
         let record = FutureRecord::<str, [u8]>::to(&settings.blob_topic).key(&key).partition(0);
-        producer
-            .send(record, Timeout::After(settings.write_timeout))
-            .await
-            .map_err(|(error, _)| RegistryError::Unavailable(format!("the blob topic cannot be written: {error}")))?;
+        producer.send(record, Timeout::After(settings.write_timeout)).await.map_err(|(error, _)| {
+            RegistryError::Unavailable(format!("the blob topic cannot be written: {error}"))
+        })?;
     }
     Ok(())
 }
@@ -75,13 +74,19 @@ pub(super) async fn read(
     version: &str,
     blob: &BlobRef,
 ) -> Result<Vec<u8>, RegistryError> {
-    let (kafka, topic, version, blob) = (kafka.clone(), settings.blob_topic.clone(), version.to_string(), blob.clone());
+    let (kafka, topic, version, blob) =
+        (kafka.clone(), settings.blob_topic.clone(), version.to_string(), blob.clone());
     tokio::task::spawn_blocking(move || read_blocking(&kafka, &topic, &version, &blob))
         .await
         .map_err(|e| RegistryError::Unavailable(e.to_string()))?
 }
 
-fn read_blocking(kafka: &KafkaSettings, topic: &str, version: &str, blob: &BlobRef) -> Result<Vec<u8>, RegistryError> {
+fn read_blocking(
+    kafka: &KafkaSettings,
+    topic: &str,
+    version: &str,
+    blob: &BlobRef,
+) -> Result<Vec<u8>, RegistryError> {
     let damaged = |reason: String| RegistryError::Blob { version: version.to_string(), reason };
     let (Some(&first), Some(&last)) = (blob.offsets.first(), blob.offsets.last()) else {
         return Err(damaged("its manifest names no chunks".into()));
@@ -104,7 +109,10 @@ fn read_blocking(kafka: &KafkaSettings, topic: &str, version: &str, blob: &BlobR
     let mut missing = chunks.len();
     while missing > 0 {
         if started.elapsed() > READ_TIMEOUT {
-            return Err(RegistryError::Unavailable(format!("{topic} was not read within {} s", READ_TIMEOUT.as_secs())));
+            return Err(RegistryError::Unavailable(format!(
+                "{topic} was not read within {} s",
+                READ_TIMEOUT.as_secs()
+            )));
         }
         let Some(message) = consumer.poll(Duration::from_millis(500)) else { continue };
         let message = match message {

@@ -118,10 +118,10 @@ impl KafkaStore {
         self.tail.current(self.settings.max_staleness)
     }
 
-    /// Waits until this replica has applied every record appended before now (bounded by
-    /// `write_timeout_ms`).
+    /// Waits until this replica has applied every record appended before now, for at most
+    /// [`SYNC_TIMEOUT`] (or `write_timeout_ms` if shorter).
     pub async fn sync(&self) -> Result<(), RegistryError> {
-        self.tail.sync(self.settings.write_timeout).await
+        self.tail.sync(self.settings.write_timeout.min(SYNC_TIMEOUT)).await
     }
 
     /// Wakes whenever a record was applied: the supervisor follows the registry with it.
@@ -129,6 +129,10 @@ impl KafkaStore {
         self.tail.changes()
     }
 }
+
+/// The longest a request waits for this replica to read the registry log to its end before it
+/// is served from what the replica has (or refused, when that is too old).
+const SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The longest a replica waits at start to read the registry log to its end.
 const REPLAY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);

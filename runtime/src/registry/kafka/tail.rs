@@ -110,7 +110,12 @@ impl Tail {
             .await
             .map_err(|_| RegistryError::Unavailable(format!("the end of {} is not known", self.topic)))??;
         let mut applied = self.applied.subscribe();
-        match tokio::time::timeout(within.saturating_sub(started.elapsed()), applied.wait_for(|next| *next >= end)).await {
+        match tokio::time::timeout(
+            within.saturating_sub(started.elapsed()),
+            applied.wait_for(|next| *next >= end),
+        )
+        .await
+        {
             Ok(Ok(_)) => {
                 *lock(&self.current_at) = Some(started);
                 Ok(())
@@ -151,7 +156,9 @@ impl Tail {
             .await
             .map_err(|e| RegistryError::Unavailable(e.to_string()))?
             .map(|(_, high)| high)
-            .map_err(|e| RegistryError::Unavailable(format!("cannot read the end of {topic}: {e}", topic = self.topic)))
+            .map_err(|e| {
+                RegistryError::Unavailable(format!("cannot read the end of {topic}: {e}", topic = self.topic))
+            })
     }
 
     /// Applies every record as it arrives.
@@ -214,7 +221,8 @@ impl Tail {
         while !cancel.is_cancelled() {
             let asked = Instant::now();
             if let Ok(end) = self.end().await {
-                let caught_up = tokio::time::timeout(WATERMARK_INTERVAL * 2, applied.wait_for(|next| *next >= end));
+                let caught_up =
+                    tokio::time::timeout(WATERMARK_INTERVAL * 2, applied.wait_for(|next| *next >= end));
                 if let Ok(Ok(_)) = caught_up.await {
                     *lock(&self.current_at) = Some(asked);
                 }
@@ -237,7 +245,9 @@ pub(super) struct Decision {
 impl Decision {
     /// What the log decided.
     pub async fn wait(mut self) -> Result<Applied, RegistryError> {
-        (&mut self.receiver).await.unwrap_or_else(|_| Err(RegistryError::Unavailable("the registry's reader stopped".into())))
+        (&mut self.receiver)
+            .await
+            .unwrap_or_else(|_| Err(RegistryError::Unavailable("the registry's reader stopped".into())))
     }
 }
 

@@ -13,9 +13,10 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// Checks both topics; creates the missing ones when `create_topics` is set. The error says
 /// what is wrong and how to fix it.
 pub(super) async fn ensure(kafka: &KafkaSettings, settings: &KafkaRegistrySettings) -> Result<(), String> {
-    let admin: AdminClient<DefaultClientContext> = crate::kafka::client_config(kafka, "keyhole-registry-admin")
-        .create()
-        .map_err(|e| format!("cannot create a Kafka admin client: {e}"))?;
+    let admin: AdminClient<DefaultClientContext> =
+        crate::kafka::client_config(kafka, "keyhole-registry-admin")
+            .create()
+            .map_err(|e| format!("cannot create a Kafka admin client: {e}"))?;
     let admin = std::sync::Arc::new(admin);
     for topic in [&settings.topic, &settings.blob_topic] {
         let partitions = partitions(&admin, topic).await?;
@@ -38,7 +39,10 @@ pub(super) async fn ensure(kafka: &KafkaSettings, settings: &KafkaRegistrySettin
 }
 
 /// The topic's partition count; `None` when it does not exist.
-async fn partitions(admin: &std::sync::Arc<AdminClient<DefaultClientContext>>, topic: &str) -> Result<Option<usize>, String> {
+async fn partitions(
+    admin: &std::sync::Arc<AdminClient<DefaultClientContext>>,
+    topic: &str,
+) -> Result<Option<usize>, String> {
     let (admin, name) = (admin.clone(), topic.to_string());
     let metadata = tokio::task::spawn_blocking(move || admin.inner().fetch_metadata(Some(&name), TIMEOUT))
         .await
@@ -51,12 +55,17 @@ async fn partitions(admin: &std::sync::Arc<AdminClient<DefaultClientContext>>, t
     }
 }
 
-async fn create(admin: &AdminClient<DefaultClientContext>, topic: &str, replication: i32) -> Result<(), String> {
+async fn create(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+    replication: i32,
+) -> Result<(), String> {
     let new = NewTopic::new(topic, 1, TopicReplication::Fixed(replication))
         .set("cleanup.policy", "compact")
         .set("retention.ms", "-1");
     let options = AdminOptions::new().operation_timeout(Some(TIMEOUT));
-    let results = admin.create_topics([&new], &options).await.map_err(|e| format!("cannot create {topic}: {e}"))?;
+    let results =
+        admin.create_topics([&new], &options).await.map_err(|e| format!("cannot create {topic}: {e}"))?;
     for result in results {
         match result {
             Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
