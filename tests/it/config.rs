@@ -29,6 +29,27 @@ fn the_example_config_loads() {
 }
 
 #[test]
+fn the_container_config_loads_with_its_secrets_from_a_file_and_the_environment() {
+    let dir = std::env::temp_dir().join(common::broker::unique("keyhole-container-config"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = dir.join("keyhole-operator-token");
+    std::fs::write(&token, "an-operator-token-from-a-file\n").unwrap();
+    let text = std::fs::read_to_string(common::repo_root().join("deploy/container/keyhole.toml")).unwrap();
+    let path = dir.join("keyhole.toml");
+    std::fs::write(&path, text.replace("/run/secrets/keyhole-operator-token", token.to_str().unwrap()))
+        .unwrap();
+    // SAFETY: no other thread of this test binary reads or writes this variable.
+    unsafe { std::env::set_var("KEYHOLE_CRM_TOKEN", "example-token") };
+    let settings = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let admin = settings.admin.unwrap();
+    assert_eq!(admin.listen.to_string(), "0.0.0.0:9090");
+    assert!(admin.operator_token_sha256.is_some());
+    assert!(matches!(admin.registry, keyhole::config::RegistryStore::Kafka(_)));
+    assert!(admin.state_dir.starts_with("/var/lib/keyhole"));
+    assert!(settings.audit_path.unwrap().starts_with("/var/lib/keyhole"));
+}
+
+#[test]
 fn every_key_of_the_example_is_documented() {
     let root = common::repo_root();
     let example = std::fs::read_to_string(root.join("keyhole.example.toml")).unwrap();

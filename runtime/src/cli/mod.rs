@@ -4,6 +4,7 @@
 mod check;
 mod deploy;
 mod dev;
+mod health;
 mod publish;
 mod registry;
 mod run;
@@ -67,6 +68,19 @@ pub enum Command {
     /// Activates the version that was active before the current one. The tenant's token is
     /// read from KEYHOLE_TOKEN.
     Rollback(HandlerArgs),
+    /// Asks a running keyhole whether it is ready (its `/readyz`); exits 0 when it is, 1 when
+    /// it is not or does not answer. For container health checks.
+    Health {
+        /// The endpoint to ask (default: the `/readyz` of the admin API that --config sets up).
+        #[arg(long)]
+        url: Option<String>,
+        /// The configuration whose `admin.listen` to ask, when --url is not given.
+        #[arg(long, default_value = "keyhole.toml")]
+        config: PathBuf,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Moves the admin API's registry between a directory and the store the configuration
     /// names: from one instance's `state_dir` into Kafka, and back (a backup).
     #[command(subcommand)]
@@ -220,6 +234,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Publish(args) => publish::publish(*args),
         Command::Request(args) => publish::request(*args),
         Command::MockCluster { topics } => run::mock_cluster(&topics),
+        Command::Health { url, config, timeout } => {
+            health::target(url, &config).and_then(|url| health::health(&url, timeout))
+        }
         Command::Registry(RegistryCommand::Export { config, to }) => registry::export(&config, &to),
         Command::Registry(RegistryCommand::Import { config, from }) => registry::import(&config, &from),
         Command::Deploy(args) => deploy::deploy(&args),

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Builds keyhole's image from the Dockerfile with podman (target runtime-prebuilt: the binary
+# the test suite built, so no network is needed) and runs it as operators do — read-only root,
+# every capability dropped, no-new-privileges, a tmpfs for /var/lib/keyhole — against the tansu
+# broker and a data owner on the host: a reference event in, the handler's reply out, a healthy
+# health check, exit 0 on SIGTERM. Then removes the container and the image.
+#
+# Called by scripts/test.sh after the tests (it uses their broker and binary); on its own:
+#   KEYHOLE_TEST_BROKER=127.0.0.1:9092 scripts/container-smoke.sh
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+. "$root/scripts/lib.sh"
+cd "$root"
+target_dir=${CARGO_TARGET_DIR:-$root/target}
+binary=${KEYHOLE_BIN:-$target_dir/debug/keyhole}
+broker=${KEYHOLE_TEST_BROKER:?start the tansu broker first (scripts/test.sh does)}
+
+ensure_podman
+ensure_base_image
+
+step "Building the image (podman, --target runtime-prebuilt)"
+mkdir -p target/container
+# Debug symbols are most of a debug binary's size; the image needs none of them.
+strip -o target/container/keyhole "$binary"
+tag="localhost/keyhole-smoke:$$"
+# Docker format keeps the HEALTHCHECK (OCI images have no such field).
+image=$(podman build -q --pull=never --format docker --target runtime-prebuilt -t "$tag" .)
+work=$(mktemp -d)
+container=""
+cleanup() {
+    [ -n "$container" ] && podman rm -f "$container" >/dev/null 2>&1 || true
+    podman rmi -f "$image" >/dev/null 2>&1 || true
+    [ -n "${owner_pid:-}" ] && kill "$owner_pid" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+step "Starting a data owner and the topics on the host"
+owner_token="smoke-owner-token-$$"
+python3 scripts/sample_owner.py --token "$owner_token" > "$work/owner.port" &
+owner_pid=$!
+for _ in $(seq 1 50); do [ -s "$work/owner.port" ] && break; sleep 0.1; done
+owner_port=$(head -1 "$work/owner.port")
+suffix="$$-$RANDOM"
+refs="smoke-refs-$suffix" replies="smoke-replies-$suffix"
+for topic in "$refs" "$replies" "smoke-$suffix.acme.echo.dlq"; do
+    "$TANSU_BIN" topic create "$topic" --broker "tcp://$broker" --partitions 1 >/dev/null
+done
+admin_port=$(free_port)
+cat > "$work/keyhole.toml" <<TOML
+[kafka]
+bootstrap_servers = "$broker"
+group_id = "smoke-$suffix"
+properties = { "fetch.wait.max.ms" = "10" }
+
+[audit]
+path = "/var/lib/keyhole/audit.jsonl"
+
+[receipts]
+path = "/var/lib/keyhole/receipts.jsonl"
+
+[shutdown]
+drain_timeout_ms = 5000
+
+[admin]
+listen = "127.0.0.1:$admin_port"
+operator_token = { env = "KEYHOLE_OPERATOR_TOKEN" }
+state_dir = "/var/lib/keyhole/state"
+
+[[data_source]]
+name = "owner"
+base_url = "http://127.0.0.1:$owner_port/"
+identity = { bearer_token = { file = "/run/secrets/owner-token" } }
+
+[[handler]]
+name = "echo"
+tenant = "acme"
+component = "/etc/keyhole/echo.wasm"
+topics = ["$refs"]
+data_source = "owner"
+purpose = "container smoke test"
+reply_topic = "$replies"
+TOML
+printf '%s\n' "$owner_token" > "$work/owner-token"
+chmod 0644 "$work/keyhole.toml" "$work/owner-token"
+
+step "Running it hardened: --read-only --cap-drop=ALL --security-opt no-new-privileges"
+container=$(podman run -d --network host \
+    --read-only --cap-drop=ALL --security-opt no-new-privileges \
+    --tmpfs /var/lib/keyhole:U \
+    -e KEYHOLE_OPERATOR_TOKEN="smoke-operator-token-$$" \
+    -v "$work/keyhole.toml:/etc/keyhole/keyhole.toml:ro" \
+    -v "$work/owner-token:/run/secrets/owner-token:ro" \
+    -v "$root/guest-examples/dist/echo.wasm:/etc/keyhole/echo.wasm:ro" \
+    "$image" 2>"$work/podman-run.err") || { cat "$work/podman-run.err" >&2; exit 1; }
+# (Without systemd, podman says it cannot schedule the health check itself: it is run below.)
+healthy=""
+for _ in $(seq 1 60); do
+    if podman healthcheck run "$container" >/dev/null 2>&1; then healthy=yes; break; fi
+    if [ "$(podman inspect -f '{{.State.Running}}' "$container")" != "true" ]; then break; fi
+    sleep 1
+done
+if [ -z "$healthy" ]; then
+    echo "the container never became healthy; its log:" >&2
+    podman logs "$container" >&2 || true
+    exit 1
+fi
+
+step "A reference event in, the handler's reply out"
+reply=$("$binary" request --bootstrap-servers "$broker" --topic "$refs" --dataref customers/7 \
+    --reply-topic "$replies" --timeout 60s --json)
+echo "$reply"
+if ! grep -q 'Ada 7' <<<"$reply"; then
+    echo "the reply does not carry what the owner released; the container's log:" >&2
+    podman logs "$container" >&2 || true
+    exit 1
+fi
+
+step "SIGTERM: keyhole (PID 1) drains and exits 0"
+podman kill --signal TERM "$container" >/dev/null
+status=$(podman wait "$container")
+if [ "$status" != "0" ]; then
+    echo "exit status $status after SIGTERM; the container's log:" >&2
+    podman logs "$container" >&2 || true
+    exit 1
+fi
+step "Container smoke test passed"
