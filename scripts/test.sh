@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: installs what the tests need (the wasm32-wasip2
-# target, the tansu broker; cached under ~/.cache/keyhole), builds the guest components, starts
-# a broker on a free loopback port, then runs every test against it.
+# target, the tansu broker, podman and a local base image, hadolint and kubernetes-validate;
+# cached under ~/.cache/keyhole), builds the guest components, starts a broker on a free
+# loopback port, runs every test against it, then the container smoke test and the local
+# cluster.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 . "$root/scripts/lib.sh"
@@ -17,3 +19,8 @@ start_tansu
 trap 'kill "$TANSU_PID" 2>/dev/null || true' EXIT
 step "Running the tests (broker $KEYHOLE_TEST_BROKER)"
 cargo test --workspace --locked "$@"
+# What operators deploy: the Dockerfile and manifests linted, the image built and run hardened
+# against the broker above, and the one-command local cluster of docs/deploy.md.
+"$root/scripts/deploy-checks.sh"
+"$root/scripts/container-smoke.sh"
+KEYHOLE_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/keyhole" "$root/scripts/local-cluster.sh" --once

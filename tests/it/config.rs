@@ -50,6 +50,41 @@ fn the_container_config_loads_with_its_secrets_from_a_file_and_the_environment()
 }
 
 #[test]
+fn the_kubernetes_config_map_holds_a_valid_configuration_within_the_grace_period() {
+    let root = common::repo_root();
+    let manifest = std::fs::read_to_string(root.join("deploy/kubernetes/configmap.yaml")).unwrap();
+    // The block scalar under `keyhole.toml: |`, indented four spaces.
+    let toml: String = manifest
+        .lines()
+        .skip_while(|line| !line.trim_start().starts_with("keyhole.toml: |"))
+        .skip(1)
+        .map(|line| format!("{}\n", line.strip_prefix("    ").unwrap_or(line)))
+        .collect();
+    let dir = std::env::temp_dir().join(common::broker::unique("keyhole-configmap"));
+    std::fs::create_dir_all(&dir).unwrap();
+    for secret in ["operator-token", "crm-token"] {
+        std::fs::write(dir.join(secret), "a-secret-from-a-mounted-file\n").unwrap();
+    }
+    let path = dir.join("keyhole.toml");
+    std::fs::write(&path, toml.replace("/run/secrets/keyhole", dir.to_str().unwrap())).unwrap();
+    let settings = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(settings.admin.unwrap().registry, keyhole::config::RegistryStore::Kafka(_)));
+    let deployment = std::fs::read_to_string(root.join("deploy/kubernetes/deployment.yaml")).unwrap();
+    let grace: u64 = deployment
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("terminationGracePeriodSeconds:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let bound = settings.drain_timeout + settings.commit_timeout;
+    assert!(
+        grace > bound.as_secs(),
+        "the pod's grace period ({grace} s) must exceed drain + commit ({bound:?})"
+    );
+}
+
+#[test]
 fn every_key_of_the_example_is_documented() {
     let root = common::repo_root();
     let example = std::fs::read_to_string(root.join("keyhole.example.toml")).unwrap();
