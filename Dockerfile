@@ -13,6 +13,9 @@ FROM debian:bookworm-slim AS runtime-base
 # ca-certificates for TLS to brokers and data owners. Installed only when missing, so that a
 # base image that already has them (the locally made one of scripts/container-smoke.sh) needs no
 # network.
+# DL3008 (pin apt package versions) is ignored: these are bookworm's security-maintained
+# packages, and a pinned version disappears from the mirror at the next point release, breaking
+# every later build.
 # hadolint ignore=DL3008
 RUN if ! dpkg -s ca-certificates libssl3 >/dev/null 2>&1; then \
         apt-get update \
