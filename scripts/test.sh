@@ -12,6 +12,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 python3 -m py_compile "$root/scripts/bench.py"
 "$root/scripts/build-guests.sh"
 ensure_tansu
+ensure_noida
 step "Building keyhole and its tests"
 cd "$root"
 cargo test --workspace --locked --no-run

@@ -26,3 +26,4 @@ mod request;
 mod resolve;
 mod sandbox;
 mod shutdown;
+mod transactions;

@@ -55,6 +55,16 @@ where
         match send().await {
             Ok(sent) => return Ok(sent),
             Err(error) => {
+                // A producer in a fatal state (an exactly-once producer fenced by a newer
+                // instance with its transactional id) never sends again: the event is
+                // interrupted, its batch aborted, and the binding ends with the reason.
+                if let Some((code, reason)) =
+                    rdkafka::producer::Producer::client(binding.producer.as_ref()).fatal_error()
+                {
+                    tracing::error!(binding = %binding.settings.name, event_id, %code, %reason,
+                        "{what} cannot be sent: the producer failed for good.");
+                    return Err(Interrupted);
+                }
                 attempt += 1;
                 tracing::warn!(binding = %binding.settings.name, event_id, %error, attempt, "{what} not confirmed; retrying.");
                 sleep_or_cancel(binding.backoff.delay(attempt, None), cancel).await?;

@@ -71,6 +71,13 @@ pub fn consumer(
     for (name, value) in &kafka.properties {
         config.set(name, value);
     }
+    // Exactly-once bindings already need a stable, unique instance id (their transactional
+    // id): as a static group member too, an instance restarted after a crash takes its
+    // partitions back at once instead of waiting for the group to give up on its predecessor
+    // (KIP-345, as Kafka Streams does for exactly-once).
+    if delivery == Delivery::ExactlyOnce {
+        config.set("group.instance.id", &kafka.instance_id);
+    }
     // Set last so that nothing above can undo them (config validation refuses them too).
     let auto_commit = if delivery == Delivery::AtLeastOnce { "true" } else { "false" };
     config.set("enable.auto.commit", auto_commit).set("enable.auto.offset.store", "false");

@@ -1,0 +1,283 @@
+//! Exactly-once on a broker that implements transactions: noida-db (PyPI, installed by
+//! scripts/test.sh), which hides aborted and open transactions from `read_committed` readers,
+//! stores `TxnOffsetCommit` offsets only on commit, and fences an old producer. keyhole runs as
+//! a separate process and is killed, fenced and restarted under load; what a `read_committed`
+//! reader sees is checked record by record. (The mock-cluster tests in `exactly_once.rs` keep
+//! the fault injection the mock can do.)
+//!
+//! noida-db does not time out an abandoned transaction: each test recovers by restarting keyhole
+//! with the same `transactional.id`, which aborts it (as Kafka's fencing does).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use crate::common;
+
+use common::owner::{Answer, Owner};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::FutureProducer;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const PARTITIONS: i32 = 2;
+
+/// noida-db's Kafka service in a process of the test's own, on a free port.
+struct Noida {
+    child: std::process::Child,
+    bootstrap: String,
+    _data: PathBuf,
+}
+
+impl Noida {
+    async fn start() -> Noida {
+        let binary = std::env::var("KEYHOLE_TEST_NOIDA").expect(
+            "KEYHOLE_TEST_NOIDA is not set: run the tests with scripts/test.sh, which installs noida-db",
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let data = std::env::temp_dir().join(common::broker::unique("noida"));
+        let child = Command::new(binary)
+            .args(["start", "--only", "kafka", "--host", "127.0.0.1", "--kafka-port", &port.to_string()])
+            .arg("--data-dir")
+            .arg(&data)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let bootstrap = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(&bootstrap).await.is_err() {
+            assert!(Instant::now() < deadline, "noida-db did not start on {bootstrap}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Noida { child, bootstrap, _data: data }
+    }
+
+    async fn create_topics(&self, topics: &[(&str, i32)]) {
+        let admin: AdminClient<DefaultClientContext> =
+            ClientConfig::new().set("bootstrap.servers", &self.bootstrap).create().unwrap();
+        let new: Vec<NewTopic<'_>> =
+            topics.iter().map(|(name, n)| NewTopic::new(name, *n, TopicReplication::Fixed(1))).collect();
+        for result in admin.create_topics(&new, &AdminOptions::new()).await.unwrap() {
+            result.unwrap_or_else(|(topic, e)| panic!("create {topic}: {e}"));
+        }
+    }
+}
+
+impl Drop for Noida {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+/// A directory with `keyhole.toml`: the exactly-once echo binding on `refs`, replies to
+/// `replies`, receipts to the `receipts` topic (in the binding's transactions), an audit file.
+fn keyhole_dir(noida: &Noida, group: &str, owner: &Owner) -> PathBuf {
+    let dir = std::env::temp_dir().join(common::broker::unique("keyhole-transactions"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let identity = r#"{ bearer_token = { env = "KEYHOLE_TEST_OWNER_TOKEN" } }"#;
+    let extra = "delivery = \"exactly-once\"\n        reply_topic = \"replies\"\n        max_in_flight = 16";
+    let toml = common::echo_config(group, "refs", &owner.base_url(), identity, extra).replace(
+        &format!("bootstrap_servers = \"{}\"", common::broker::bootstrap()),
+        &format!("bootstrap_servers = \"{}\"", noida.bootstrap),
+    ) + "\n[audit]\npath = \"audit.jsonl\"\n\n[receipts]\nsink = \"kafka\"\ntopic = \"receipts\"\n";
+    std::fs::write(dir.join("keyhole.toml"), toml).unwrap();
+    dir
+}
+
+/// `n` reference events `ev-<i>`, released by the owner; every `malformed`-th one instead has a
+/// reference that is refused before anyone is asked (a dead letter).
+async fn publish_events(noida: &Noida, owner: &Owner, n: usize, malformed: usize) {
+    let producer: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", &noida.bootstrap).create().unwrap();
+    for i in 0..n {
+        let id = format!("ev-{i}");
+        owner.set(&format!("r/{id}"), Answer::Release("text/plain", id.clone().into_bytes()));
+        let dataref =
+            if malformed > 0 && i % malformed == 0 { "../escape".to_string() } else { format!("r/{id}") };
+        let headers = common::broker::reference(&id, &dataref);
+        common::broker::publish(
+            &producer,
+            "refs",
+            None,
+            Some(&format!("key-{}", i % 10)),
+            &headers,
+            Some(&[]),
+        )
+        .await;
+    }
+}
+
+/// What a `read_committed` reader of `topic` (one partition) sees: records per value of the
+/// header `header`, read until `quiet` passes with nothing new.
+async fn committed_records(
+    noida: &Noida,
+    topic: &str,
+    header: &str,
+    quiet: Duration,
+) -> HashMap<String, usize> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &noida.bootstrap)
+        .set("group.id", common::broker::unique("reader"))
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut counts = HashMap::new();
+    while let Ok(message) = tokio::time::timeout(quiet, consumer.recv()).await {
+        let message = message.unwrap();
+        let value = message.headers().and_then(|h| {
+            h.iter()
+                .find(|h| h.key == header)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        });
+        *counts.entry(value.unwrap_or_default()).or_default() += 1;
+    }
+    counts
+}
+
+/// The group's committed offsets and the input's end, per partition of `refs`.
+fn committed_and_end(noida: &Noida, group: &str) -> (Vec<i64>, Vec<i64>) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &noida.bootstrap)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition("refs", p);
+    }
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    let committed = committed
+        .elements()
+        .iter()
+        .map(|e| if let Offset::Offset(o) = e.offset() { o } else { -1 })
+        .collect();
+    let end = (0..PARTITIONS)
+        .map(|p| consumer.fetch_watermarks("refs", p, Duration::from_secs(10)).unwrap().1)
+        .collect();
+    (committed, end)
+}
+
+fn audited(dir: &Path) -> usize {
+    std::fs::read_to_string(dir.join("audit.jsonl")).unwrap_or_default().lines().count()
+}
+
+async fn wait_until_audited(dir: &Path, at_least: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    while audited(dir) < at_least {
+        assert!(Instant::now() < deadline, "keyhole handled only {} events", audited(dir));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs keyhole until the group has committed the whole input, then stops it with SIGTERM.
+async fn run_to_the_end(noida: &Noida, dir: &Path, group: &str) {
+    let mut keyhole = common::run_keyhole(&dir.join("keyhole.toml"));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (committed, end) = committed_and_end(noida, &format!("{group}.acme.echo"));
+        if committed == end {
+            break;
+        }
+        assert!(Instant::now() < deadline, "committed {committed:?} of {end:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Command::new("kill").args(["-TERM", &keyhole.id().to_string()]).status().unwrap();
+    assert_eq!(keyhole.wait().unwrap().code(), Some(0));
+}
+
+/// Every event once: one reply per released event, one dead letter per refused one, one
+/// receipt per released event, as a `read_committed` reader sees them.
+async fn assert_exactly_once(noida: &Noida, group: &str, n: usize, malformed: usize) {
+    let refused = |i: usize| malformed > 0 && i % malformed == 0;
+    let quiet = Duration::from_secs(2);
+    let replies = committed_records(noida, "replies", "ce_causationid", quiet).await;
+    let letters = committed_records(noida, &format!("{group}.acme.echo.dlq"), "ce_id", quiet).await;
+    let receipts = committed_records(noida, "receipts", "ce_subject", quiet).await;
+    for i in 0..n {
+        let id = format!("ev-{i}");
+        let (want_reply, want_letter) = if refused(i) { (0, 1) } else { (1, 0) };
+        assert_eq!(replies.get(&id).copied().unwrap_or(0), want_reply, "replies to {id}: {replies:?}");
+        assert_eq!(letters.get(&id).copied().unwrap_or(0), want_letter, "dead letters of {id}: {letters:?}");
+    }
+    let expected_receipts = (0..n).filter(|i| !refused(*i)).count();
+    assert_eq!(receipts.values().sum::<usize>(), expected_receipts, "receipts: {receipts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_sigkills_mid_batch_leave_exactly_one_reply_per_event_and_the_offsets_at_the_end() {
+    const EVENTS: usize = 300;
+    let noida = Noida::start().await;
+    let group = common::broker::unique("keyhole");
+    let dlq = format!("{group}.acme.echo.dlq");
+    noida.create_topics(&[("refs", PARTITIONS), ("replies", 1), ("receipts", 1), (&dlq, 1)]).await;
+    let owner = Owner::start().await;
+    owner.set_delay(Duration::from_millis(20));
+    publish_events(&noida, &owner, EVENTS, 25).await;
+    let dir = keyhole_dir(&noida, &group, &owner);
+
+    for kill in 1..=3 {
+        let mut keyhole = common::run_keyhole(&dir.join("keyhole.toml"));
+        wait_until_audited(&dir, audited(&dir) + 40, Duration::from_secs(90)).await;
+        Command::new("kill").args(["-KILL", &keyhole.id().to_string()]).status().unwrap();
+        keyhole.wait().unwrap();
+        let (committed, end) = committed_and_end(&noida, &format!("{group}.acme.echo"));
+        assert_ne!(committed, end, "kill {kill} came after the end: nothing left to test");
+    }
+    run_to_the_end(&noida, &dir, &group).await;
+    assert_exactly_once(&noida, &group, EVENTS, 25).await;
+    // The kills interrupted batches: those events were handled (and their data asked for) again,
+    // and still have one reply each.
+    let asked = owner.seen().len();
+    let released = (0..EVENTS).filter(|i| i % 25 != 0).count();
+    assert!(asked > released, "no batch was handled again ({asked} requests for {released} events)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fencing_restart_aborts_the_open_batch_which_is_handled_again_with_consent_asked_again() {
+    const EVENTS: usize = 120;
+    let noida = Noida::start().await;
+    let group = common::broker::unique("keyhole");
+    let dlq = format!("{group}.acme.echo.dlq");
+    noida.create_topics(&[("refs", PARTITIONS), ("replies", 1), ("receipts", 1), (&dlq, 1)]).await;
+    let owner = Owner::start().await;
+    // Slow answers: a batch is open for a while, so the second start fences it mid-way.
+    owner.set_delay(Duration::from_millis(150));
+    publish_events(&noida, &owner, EVENTS, 10).await;
+    let dir = keyhole_dir(&noida, &group, &owner);
+
+    let mut first = common::run_keyhole(&dir.join("keyhole.toml"));
+    wait_until_audited(&dir, 20, Duration::from_secs(90)).await;
+    // The same configuration, so the same transactional.id: its start fences the first
+    // instance's producer, and the open transaction is aborted.
+    let mut second = common::run_keyhole(&dir.join("keyhole.toml"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let fenced = loop {
+        if let Some(status) = first.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the first instance was never fenced");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!fenced.success(), "a fenced instance stops with an error");
+    let log = std::fs::read_to_string(dir.join("keyhole.log")).unwrap();
+    assert!(log.to_lowercase().contains("fenced"), "the log says it was fenced:\n{log}");
+    Command::new("kill").args(["-TERM", &second.id().to_string()]).status().unwrap();
+    second.wait().unwrap();
+    run_to_the_end(&noida, &dir, &group).await;
+    assert_exactly_once(&noida, &group, EVENTS, 10).await;
+    let mut asks: HashMap<String, usize> = HashMap::new();
+    for seen in owner.seen() {
+        *asks.entry(seen.path.clone()).or_default() += 1;
+    }
+    assert!(asks.values().any(|n| *n > 1), "the aborted batch's data was not asked for again: {asks:?}");
+}
