@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the example and test handlers and puts the components in guest-examples/dist/, where
-# the tests and the docs expect them: the Rust ones (wasm32-wasip2), then the Python and
-# JavaScript echo handlers. `--rust-only` skips the last two.
+# the tests and the docs expect them: the Rust ones (wasm32-wasip2), then the Python, JavaScript
+# and C echo handlers. `--rust-only` skips the last three.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 . "$root/scripts/lib.sh"
@@ -40,6 +40,30 @@ if [ ! dist/echo-js.wasm -nt js/echo/echo.js ] || [ ! dist/echo-js.wasm -nt "$ro
     step "Building the JavaScript echo handler (componentize-js $COMPONENTIZE_JS_VERSION)"
     "$NODE_TOOLS/node_modules/.bin/componentize-js" --wit "$root/wit" --world-name handler \
         --disable stdio random clocks http fetch-event -o dist/echo-js.wasm "$root/guest-examples/js/echo/echo.js" >/dev/null
+fi
+
+# C: wit-bindgen's C generator, Debian's clang for wasm32-wasi (a reactor: no main), and
+# wasm-tools, which makes the component with the WASI preview 1 adapter.
+ensure_c_toolchain
+c_sources=("$root/guest-examples/c/echo/echo.c" "$root/guest-examples/c/echo/json.c" "$root/guest-examples/c/echo/json.h")
+c_stale=""
+for source in "${c_sources[@]}" "$root/wit/handler.wit"; do
+    [ dist/echo-c.wasm -nt "$source" ] || c_stale=yes
+done
+if [ -n "$c_stale" ]; then
+    step "Building the C echo handler (clang, wit-bindgen $WIT_BINDGEN_VERSION, wasm-tools $WASM_TOOLS_VERSION)"
+    c_build=$(mktemp -d)
+    if ! generated=$("$C_TOOLS/bin/wit-bindgen" c "$root/wit" --world handler --out-dir "$c_build" 2>&1); then
+        echo "$generated" >&2
+        exit 1
+    fi
+    clang --target=wasm32-wasi --sysroot=/usr -mexec-model=reactor -O2 -Wall -Wextra -Werror \
+        -I"$c_build" -I"$root/guest-examples/c/echo" -o "$c_build/echo-core.wasm" \
+        "$root/guest-examples/c/echo/echo.c" "$root/guest-examples/c/echo/json.c" \
+        "$c_build/handler.c" "$c_build/handler_component_type.o"
+    "$C_TOOLS/bin/wasm-tools" component new "$c_build/echo-core.wasm" \
+        --adapt "wasi_snapshot_preview1=$WASI_ADAPTER" -o dist/echo-c.wasm
+    rm -rf "$c_build"
 fi
 
 step "Guests ready in guest-examples/dist/: $(cd dist && ls *.wasm | tr '\n' ' ')"

@@ -165,3 +165,43 @@ ensure_noida() {
     fi
     export KEYHOLE_TEST_NOIDA="$NOIDA_VENV/bin/noida-db"
 }
+
+WIT_BINDGEN_VERSION=0.61.1
+WASM_TOOLS_VERSION=1.263.0
+# The WASI preview 1 adapter of the wasmtime the host embeds (crates.io carries its bytes).
+WASI_ADAPTER_VERSION=48.0.8
+C_TOOLS="$KEYHOLE_CACHE/c-toolchain"
+
+# C to a component: Debian's clang (its wasm32 target), lld, wasi-libc and compiler-rt's wasm32
+# builtins; wit-bindgen's C generator and wasm-tools from crates.io; the reactor adapter.
+# Exports WASI_ADAPTER (its path).
+ensure_c_toolchain() {
+    if ! command -v clang >/dev/null || [ ! -f /usr/lib/wasm32-wasi/libc.a ] \
+        || ! ls /usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a >/dev/null 2>&1; then
+        step "Installing clang, lld, wasi-libc and compiler-rt for wasm32 from Debian's packages"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            clang lld wasi-libc libclang-rt-14-dev-wasm32 >/dev/null
+    fi
+    if [ ! -x "$C_TOOLS/bin/wit-bindgen" ]; then
+        step "Installing wit-bindgen-cli $WIT_BINDGEN_VERSION into $C_TOOLS (once; a few minutes)"
+        cargo install --quiet --locked wit-bindgen-cli --version "$WIT_BINDGEN_VERSION" --root "$C_TOOLS"
+    fi
+    if [ ! -x "$C_TOOLS/bin/wasm-tools" ]; then
+        step "Installing wasm-tools $WASM_TOOLS_VERSION into $C_TOOLS (once; a few minutes)"
+        cargo install --quiet --locked wasm-tools --version "$WASM_TOOLS_VERSION" --root "$C_TOOLS"
+    fi
+    WASI_ADAPTER="$C_TOOLS/wasi_snapshot_preview1.reactor-$WASI_ADAPTER_VERSION.wasm"
+    if [ ! -s "$WASI_ADAPTER" ]; then
+        step "Fetching the WASI preview 1 reactor adapter $WASI_ADAPTER_VERSION"
+        local fetch
+        fetch=$(mktemp -d)
+        mkdir -p "$fetch/src" && touch "$fetch/src/lib.rs"
+        printf '[package]\nname = "adapter-fetch"\nversion = "0.0.0"\nedition = "2021"\n[dependencies]\nwasi-preview1-component-adapter-provider = "=%s"\n' \
+            "$WASI_ADAPTER_VERSION" > "$fetch/Cargo.toml"
+        (cd "$fetch" && cargo fetch --quiet)
+        cp "$(find "${CARGO_HOME:-$HOME/.cargo}/registry/src" -path "*wasi-preview1-component-adapter-provider-$WASI_ADAPTER_VERSION/artefacts/wasi_snapshot_preview1.reactor.wasm" | head -1)" "$WASI_ADAPTER"
+        rm -rf "$fetch"
+    fi
+    export WASI_ADAPTER
+}

@@ -52,18 +52,41 @@ fn the_demo_shows_denied_and_withdrawn_events_never_reach_the_handler() {
 }
 
 #[test]
-fn rust_python_and_javascript_echo_give_identical_replies() {
+fn rust_python_javascript_and_c_echo_give_identical_replies() {
     let fixtures = repo_root().join("examples/demo");
     let rust = dev_json(&guest_path("echo"), &fixtures);
     let python = dev_json(&guest_path("echo-py"), &fixtures);
     let javascript = dev_json(&guest_path("echo-js"), &fixtures);
+    let c = dev_json(&guest_path("echo-c"), &fixtures);
     let delivered = rust.iter().filter(|r| r["outcome"] == "delivered").count();
     assert_eq!(delivered, 2, "{rust:#?}");
     assert_eq!(python, rust, "Python's replies differ from Rust's");
     assert_eq!(javascript, rust, "JavaScript's replies differ from Rust's");
-    // One event carries binary data: the echo says so in base64, in all three languages.
+    assert_eq!(c, rust, "C's replies differ from Rust's");
+    // One event carries binary data: the echo says so in base64, in all four languages.
     let avatar: serde_json::Value = serde_json::from_str(rust[1]["reply"]["data"].as_str().unwrap()).unwrap();
     assert_eq!(avatar["data_base64"], "iVBORw0KGgoAAAANSUhEUg==");
+}
+
+#[test]
+fn every_echo_handler_answers_the_conformance_fixtures_byte_for_byte_like_rust() {
+    let fixtures = repo_root().join("examples/conformance");
+    let rust = dev_json(&guest_path("echo"), &fixtures);
+    let delivered = rust.iter().filter(|r| r["outcome"] == "delivered").count();
+    assert_eq!(delivered, 8, "{rust:#?}");
+    let reply = |id: &str| -> serde_json::Value {
+        let result = rust.iter().find(|r| r["event_id"] == id).unwrap();
+        serde_json::from_str(result["reply"]["data"].as_str().unwrap()).unwrap()
+    };
+    // The Rust echo's own reading of the edge cases: text stays text, anything that is not UTF-8
+    // is base64.
+    assert_eq!(reply("empty")["data"], "");
+    for id in ["overlong", "surrogate", "truncated", "beyond-unicode", "binary"] {
+        assert!(reply(id)["data_base64"].is_string(), "{id}: {}", reply(id));
+    }
+    for other in ["echo-py", "echo-js", "echo-c"] {
+        assert_eq!(dev_json(&guest_path(other), &fixtures), rust, "{other}'s replies differ from Rust's");
+    }
 }
 
 fn fixtures_with(dir_name: &str, limits: &str) -> std::path::PathBuf {
