@@ -50,6 +50,7 @@ COPY rust-toolchain.toml Cargo.toml Cargo.lock ./
 COPY runtime ./runtime
 COPY tests ./tests
 COPY wit ./wit
+COPY examples/conformance ./examples/conformance
 RUN cargo build --release --locked -p keyhole --bin keyhole \
     && cp target/release/keyhole /usr/local/bin/keyhole
 

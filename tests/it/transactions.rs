@@ -198,7 +198,7 @@ async fn run_to_the_end(noida: &Noida, dir: &Path, group: &str) {
 /// Every event once: one reply per released event, one dead letter per refused one, one
 /// receipt per released event, as a `read_committed` reader sees them.
 async fn assert_exactly_once(noida: &Noida, group: &str, n: usize, malformed: usize) {
-    let refused = |i: usize| malformed > 0 && i % malformed == 0;
+    let refused = |i: usize| malformed > 0 && i.is_multiple_of(malformed);
     let quiet = Duration::from_secs(2);
     let replies = committed_records(noida, "replies", "ce_causationid", quiet).await;
     let letters = committed_records(noida, &format!("{group}.acme.echo.dlq"), "ce_id", quiet).await;

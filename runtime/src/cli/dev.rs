@@ -5,12 +5,58 @@ use super::DevArgs;
 use anyhow::Context as _;
 use std::process::ExitCode;
 
+/// The conformance fixtures (examples/conformance), built in so that a handler author needs no
+/// checkout of keyhole to run them.
+const CONFORMANCE: &[(&str, &[u8])] = &[
+    ("fixtures.toml", include_bytes!("../../../examples/conformance/fixtures.toml")),
+    ("records/overlong.bin", include_bytes!("../../../examples/conformance/records/overlong.bin")),
+    ("records/surrogate.bin", include_bytes!("../../../examples/conformance/records/surrogate.bin")),
+    ("records/truncated.bin", include_bytes!("../../../examples/conformance/records/truncated.bin")),
+    (
+        "records/beyond-unicode.bin",
+        include_bytes!("../../../examples/conformance/records/beyond-unicode.bin"),
+    ),
+    ("records/binary.bin", include_bytes!("../../../examples/conformance/records/binary.bin")),
+];
+
+/// A temporary directory, removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Writes the conformance fixtures into a new temporary directory.
+fn conformance_fixtures() -> anyhow::Result<TempDir> {
+    let dir = TempDir(std::env::temp_dir().join(format!("keyhole-conformance-{}", uuid::Uuid::new_v4())));
+    std::fs::create_dir_all(dir.path().join("records"))
+        .with_context(|| format!("cannot create {}", dir.path().display()))?;
+    for (name, bytes) in CONFORMANCE {
+        std::fs::write(dir.path().join(name), bytes)?;
+    }
+    Ok(dir)
+}
+
 /// Runs the fixtures (again on every change of the handler with `--watch`).
 pub fn dev(args: &DevArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let built_in = if args.conformance { Some(conformance_fixtures()?) } else { None };
+    let fixtures = match (&built_in, &args.fixtures) {
+        (Some(dir), _) => dir.path().to_path_buf(),
+        (None, Some(path)) => path.clone(),
+        (None, None) => anyhow::bail!("give --fixtures DIR or --conformance"),
+    };
     let mut last_change = modified(&args.handler);
     loop {
-        let code = simulate_once(&runtime, &args.handler, &args.fixtures, args.json)?;
+        let code = simulate_once(&runtime, &args.handler, &fixtures, args.json)?;
         if !args.watch {
             return Ok(code);
         }

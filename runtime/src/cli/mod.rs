@@ -170,8 +170,13 @@ pub struct DevArgs {
     #[arg(long)]
     handler: PathBuf,
     /// A directory holding `fixtures.toml` (see docs/writing-handlers.md).
-    #[arg(long)]
-    fixtures: PathBuf,
+    #[arg(long, required_unless_present = "conformance")]
+    fixtures: Option<PathBuf>,
+    /// Runs the conformance fixtures built into keyhole instead (the edge cases of
+    /// examples/conformance: JSON escapes, non-ASCII text, empty data, data that is not UTF-8,
+    /// absent attributes): exits 1 unless the handler comes through every one.
+    #[arg(long, conflicts_with = "fixtures")]
+    conformance: bool,
     /// Prints one JSON object per event instead of text.
     #[arg(long)]
     json: bool,
