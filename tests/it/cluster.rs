@@ -43,6 +43,17 @@ async fn acme(cluster: &Cluster, topic: &str) -> String {
     token
 }
 
+/// `acme` with `scorer` on `topic` (see [`acme`]), the echo handler uploaded and activated
+/// through replica 0; its token and the version.
+async fn echo_deployed(cluster: &Cluster, topic: &str) -> (String, String) {
+    let token = acme(cluster, topic).await;
+    let version = upload(cluster, 0, &token, "echo").await;
+    let activate = format!("{HANDLER}/versions/{version}/activate");
+    let activated = cluster.ok(0, 200, "POST", &activate, Some(&token), Body::None).await;
+    assert_eq!(activated["active"], version.as_str());
+    (token, version)
+}
+
 /// Publishes events `ids` on `topic`, spread over its partitions by key.
 async fn publish_events(topic: &str, ids: std::ops::Range<usize>, gap: Duration) {
     let producer = broker::producer();
@@ -122,12 +133,7 @@ async fn an_upload_through_one_replica_runs_on_all_three() {
     let owner = owner().await;
     let topic = create_topic(6).await;
     let cluster = Cluster::start(&owner.base_url(), 3).await;
-    let token = acme(&cluster, &topic).await;
-    let version = upload(&cluster, 0, &token, "echo").await;
-    let activated = cluster
-        .ok(0, 200, "POST", &format!("{HANDLER}/versions/{version}/activate"), Some(&token), Body::None)
-        .await;
-    assert_eq!(activated["active"], version.as_str());
+    let (token, version) = echo_deployed(&cluster, &topic).await;
     running_everywhere(&cluster, &token, &version).await;
     let shown = registry_view(&cluster, 0, &token).await;
     for i in 1..3 {
@@ -243,11 +249,7 @@ async fn a_replica_killed_mid_stream_loses_no_event_and_catches_up_on_the_regist
     let owner = owner().await;
     let topic = create_topic(6).await;
     let mut cluster = Cluster::start(&owner.base_url(), 3).await;
-    let token = acme(&cluster, &topic).await;
-    let version = upload(&cluster, 0, &token, "echo").await;
-    cluster
-        .ok(0, 200, "POST", &format!("{HANDLER}/versions/{version}/activate"), Some(&token), Body::None)
-        .await;
+    let (token, version) = echo_deployed(&cluster, &topic).await;
     running_everywhere(&cluster, &token, &version).await;
     let mut next = 0;
     let mut ids = until_every_replica_handles(&cluster, &topic, &mut next).await;
@@ -283,11 +285,7 @@ async fn a_revoked_token_stops_working_on_every_replica_and_a_new_replica_serves
     let owner = owner().await;
     let topic = create_topic(2).await;
     let mut cluster = Cluster::start(&owner.base_url(), 3).await;
-    let token = acme(&cluster, &topic).await;
-    let version = upload(&cluster, 0, &token, "echo").await;
-    cluster
-        .ok(0, 200, "POST", &format!("{HANDLER}/versions/{version}/activate"), Some(&token), Body::None)
-        .await;
+    let (token, version) = echo_deployed(&cluster, &topic).await;
     for i in 0..3 {
         cluster.eventually(i, HANDLER, Some(&token), Duration::from_secs(10), |a| a.status == 200).await;
     }

@@ -16,11 +16,10 @@ use common::owner::{Answer, Owner};
 use common::running::Running;
 use keyhole::config::Config;
 use keyhole::records::audit::Decision;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -46,32 +45,6 @@ async fn publish_events(bootstrap: &str, topic: &str, owner: &Owner, n: usize) {
         let key = format!("key-{}", i % 10);
         common::broker::publish(&producer, topic, None, Some(&key), &headers, Some(&[])).await;
     }
-}
-
-/// Replies per request id (their `ce_causationid`) on `topic`, read until `quiet` passes with
-/// nothing new.
-async fn replies_per_request(bootstrap: &str, topic: &str, quiet: Duration) -> HashMap<String, usize> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", common::broker::unique("reader"))
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
-    consumer.assign(&tpl).unwrap();
-    let mut counts = HashMap::new();
-    while let Ok(message) = tokio::time::timeout(quiet, consumer.recv()).await {
-        let message = message.unwrap();
-        use rdkafka::message::Headers;
-        let cause = message.headers().and_then(|h| {
-            h.iter()
-                .find(|h| h.key == "ce_causationid")
-                .and_then(|h| h.value)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-        });
-        *counts.entry(cause.unwrap()).or_default() += 1;
-    }
-    counts
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,7 +91,9 @@ async fn an_aborted_transaction_is_rewound_and_its_batch_handled_again() {
     // Consent was asked again for the batch handled again.
     assert_eq!(owner.seen().len(), EVENTS + again);
     // Every handling published its reply in its transaction (the mock shows aborted ones too).
-    let replies = replies_per_request(&bootstrap, "replies", Duration::from_secs(2)).await;
+    let replies =
+        common::broker::records_per_header(&bootstrap, "replies", "ce_causationid", Duration::from_secs(2))
+            .await;
     assert_eq!(replies, handled);
     keyhole.stop().await;
 }
@@ -189,7 +164,13 @@ async fn kill_9_mid_stream_exactly_once_on_the_mock_cluster() {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut replies = HashMap::new();
     while replies.len() < EVENTS && Instant::now() < deadline {
-        replies = replies_per_request(&bootstrap, "replies", Duration::from_secs(1)).await;
+        replies = common::broker::records_per_header(
+            &bootstrap,
+            "replies",
+            "ce_causationid",
+            Duration::from_secs(1),
+        )
+        .await;
     }
     Command::new("kill").args(["-TERM", &second.id().to_string()]).status().unwrap();
     assert_eq!(second.wait().unwrap().code(), Some(0));

@@ -15,10 +15,9 @@ use crate::common;
 use common::owner::{Answer, Owner};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
-use rdkafka::message::Headers;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::FutureProducer;
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -113,37 +112,6 @@ async fn publish_events(noida: &Noida, owner: &Owner, n: usize, malformed: usize
     }
 }
 
-/// What a `read_committed` reader of `topic` (one partition) sees: records per value of the
-/// header `header`, read until `quiet` passes with nothing new.
-async fn committed_records(
-    noida: &Noida,
-    topic: &str,
-    header: &str,
-    quiet: Duration,
-) -> HashMap<String, usize> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &noida.bootstrap)
-        .set("group.id", common::broker::unique("reader"))
-        .set("isolation.level", "read_committed")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
-    consumer.assign(&tpl).unwrap();
-    let mut counts = HashMap::new();
-    while let Ok(message) = tokio::time::timeout(quiet, consumer.recv()).await {
-        let message = message.unwrap();
-        let value = message.headers().and_then(|h| {
-            h.iter()
-                .find(|h| h.key == header)
-                .and_then(|h| h.value)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-        });
-        *counts.entry(value.unwrap_or_default()).or_default() += 1;
-    }
-    counts
-}
-
 /// The group's committed offsets and the input's end, per partition of `refs`.
 fn committed_and_end(noida: &Noida, group: &str) -> (Vec<i64>, Vec<i64>) {
     let consumer: BaseConsumer = ClientConfig::new()
@@ -200,9 +168,17 @@ async fn run_to_the_end(noida: &Noida, dir: &Path, group: &str) {
 async fn assert_exactly_once(noida: &Noida, group: &str, n: usize, malformed: usize) {
     let refused = |i: usize| malformed > 0 && i.is_multiple_of(malformed);
     let quiet = Duration::from_secs(2);
-    let replies = committed_records(noida, "replies", "ce_causationid", quiet).await;
-    let letters = committed_records(noida, &format!("{group}.acme.echo.dlq"), "ce_id", quiet).await;
-    let receipts = committed_records(noida, "receipts", "ce_subject", quiet).await;
+    let replies =
+        common::broker::records_per_header(&noida.bootstrap, "replies", "ce_causationid", quiet).await;
+    let letters = common::broker::records_per_header(
+        &noida.bootstrap,
+        &format!("{group}.acme.echo.dlq"),
+        "ce_id",
+        quiet,
+    )
+    .await;
+    let receipts =
+        common::broker::records_per_header(&noida.bootstrap, "receipts", "ce_subject", quiet).await;
     for i in 0..n {
         let id = format!("ev-{i}");
         let (want_reply, want_letter) = if refused(i) { (0, 1) } else { (1, 0) };

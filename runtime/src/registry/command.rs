@@ -327,6 +327,10 @@ mod tests {
         }
     }
 
+    fn activate(n: u8) -> Command {
+        Command::Activate { tenant: "acme".into(), handler: "scorer".into(), version: version(n).version }
+    }
+
     fn catalog() -> Catalog {
         Catalog { data_sources: vec!["owner".into()], ..Catalog::default() }
     }
@@ -351,11 +355,6 @@ mod tests {
     #[test]
     fn two_activations_at_once_end_on_the_later_and_each_answer_says_what_it_replaced() {
         let mut log = setup();
-        let activate = |n| Command::Activate {
-            tenant: "acme".into(),
-            handler: "scorer".into(),
-            version: version(n).version,
-        };
         log.extend([activate(1), activate(2)]);
         let (decisions, state) = replay(&log);
         let answers: Vec<_> = decisions[4..]
@@ -434,11 +433,6 @@ mod tests {
     #[test]
     fn an_undone_activation_leaves_a_later_one_alone() {
         let mut log = setup();
-        let activate = |n| Command::Activate {
-            tenant: "acme".into(),
-            handler: "scorer".into(),
-            version: version(n).version,
-        };
         log.extend([activate(1), activate(2)]);
         log.push(Command::SetActivation {
             tenant: "acme".into(),

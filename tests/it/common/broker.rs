@@ -139,6 +139,39 @@ pub async fn read(topic: &str, n: usize) -> Vec<rdkafka::message::OwnedMessage> 
     got
 }
 
+/// What a `read_committed` reader of partition 0 of `topic` on `bootstrap` sees: records per
+/// value of the header `header` ("" without it), read until `quiet` passes with nothing new.
+pub async fn records_per_header(
+    bootstrap: &str,
+    topic: &str,
+    header: &str,
+    quiet: Duration,
+) -> std::collections::HashMap<String, usize> {
+    use rdkafka::consumer::StreamConsumer;
+    use rdkafka::message::{Headers as _, Message as _};
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("reader"))
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut counts = std::collections::HashMap::new();
+    while let Ok(message) = tokio::time::timeout(quiet, consumer.recv()).await {
+        let message = message.unwrap();
+        let value = message.headers().and_then(|h| {
+            h.iter()
+                .find(|h| h.key == header)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        });
+        *counts.entry(value.unwrap_or_default()).or_default() += 1;
+    }
+    counts
+}
+
 /// A header's value as text.
 pub fn header(message: &rdkafka::message::OwnedMessage, name: &str) -> Option<String> {
     use rdkafka::Message;

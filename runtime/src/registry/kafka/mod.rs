@@ -73,7 +73,7 @@ impl KafkaStore {
         let id = uuid::Uuid::new_v4().to_string();
         let envelope = Envelope { id: id.clone(), at: super::rules::now(), command };
         let payload = serde_json::to_vec(&envelope).map_err(|e| RegistryError::Invalid(e.to_string()))?;
-        let decision = self.tail.expect(&id);
+        let decision = self.tail.await_decision(&id);
         let key = format!("command/{id}");
         let record = FutureRecord::to(&self.settings.topic).key(&key).payload(&payload).partition(0);
         let timeout = self.settings.write_timeout;

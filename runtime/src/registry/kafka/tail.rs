@@ -126,7 +126,7 @@ impl Tail {
 
     /// Registers a write about to be appended under `id`; its decision arrives when it is read
     /// back.
-    pub fn expect(self: &Arc<Self>, id: &str) -> Decision {
+    pub fn await_decision(self: &Arc<Self>, id: &str) -> Decision {
         let (sender, receiver) = oneshot::channel();
         lock(&self.waiters).insert(id.to_string(), sender);
         Decision { receiver, id: id.to_string(), tail: self.clone() }
