@@ -26,4 +26,5 @@ mod request;
 mod resolve;
 mod sandbox;
 mod shutdown;
+mod traces;
 mod transactions;

@@ -2,19 +2,33 @@
 
 use anyhow::Context as _;
 use keyhole::config::Config;
+use keyhole::telemetry;
 use std::process::ExitCode;
 use std::time::Duration;
 
 /// What the shutdown may take beyond the drain and the final commit: closing the Kafka clients.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// How long the spans still queued may take to reach the collector at shutdown: a dead
+/// collector costs the shutdown this much at most.
+const TRACE_FLUSH: Duration = Duration::from_secs(3);
+
 /// Runs the configuration's bindings until a signal, then drains and commits within
 /// `shutdown.drain_timeout_ms` + `shutdown.commit_timeout_ms`.
 pub fn run(config: &std::path::Path) -> anyhow::Result<ExitCode> {
     let settings = Config::load(config)?;
-    let bound = settings.drain_timeout + settings.commit_timeout + SHUTDOWN_GRACE;
+    let flush = if settings.trace_export.is_some() { TRACE_FLUSH } else { Duration::ZERO };
+    let bound = settings.drain_timeout + settings.commit_timeout + SHUTDOWN_GRACE + flush;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let exporting = match &settings.trace_export {
+        Some(export) => Some(telemetry::otlp::install(export, runtime.handle().clone())?),
+        None => None,
+    };
     let result = runtime.block_on(keyhole::app::run(settings, None, shutdown_signal(bound)));
+    // While the runtime still runs: the exporter sends on it.
+    if let Some(exporting) = exporting {
+        exporting.shutdown(flush);
+    }
     // A Kafka call left behind on a blocking thread (a broker that went away) must not hold
     // the process: its events were not acknowledged and are read again.
     runtime.shutdown_timeout(Duration::from_millis(500));

@@ -4,12 +4,14 @@
 
 mod bindings;
 mod settings;
+mod telemetry;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests;
 mod uploaded;
 mod validate;
 
+pub use telemetry::TelemetryConfig;
 pub use uploaded::UploadedBinding;
 
 pub use settings::{
@@ -53,6 +55,9 @@ pub struct Config {
     /// Where the admin API's registry is kept: `admin.state_dir` (the default) or Kafka.
     #[serde(default)]
     pub registry: RegistryConfig,
+    /// Span export over OTLP (off unless a collector is named here or in `OTEL_*` variables).
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
 }
 
 /// `[registry]`

@@ -30,6 +30,8 @@ pub struct Settings {
     pub bindings: Vec<BindingSettings>,
     /// The admin API, when configured.
     pub admin: Option<AdminSettings>,
+    /// Span export, when a collector is named.
+    pub trace_export: Option<crate::telemetry::otlp::TraceExport>,
 }
 
 /// Kafka settings after validation.

@@ -62,7 +62,14 @@ impl Config {
             self.admin.as_ref().and_then(|admin| validate_admin(admin, base, registry, &mut problems));
         let audit_path = self.audit.path.as_ref().map(|p| base.join(p));
         let receipts = self.validate_receipts(base, audit_path.as_deref(), &mut problems);
+        let trace_export = super::telemetry::validate_telemetry(
+            &self.telemetry,
+            &kafka.instance_id,
+            |name| std::env::var(name).ok(),
+            &mut problems,
+        );
         problems.into_result(|| Settings {
+            trace_export,
             admin,
             kafka,
             sandbox: self.sandbox.clone(),
@@ -271,7 +278,7 @@ impl Problems {
         self.0.len()
     }
 
-    fn into_result<T>(self, ok: impl FnOnce() -> T) -> Result<T, Vec<Problem>> {
+    pub(super) fn into_result<T>(self, ok: impl FnOnce() -> T) -> Result<T, Vec<Problem>> {
         if self.0.is_empty() { Ok(ok()) } else { Err(self.0) }
     }
 }

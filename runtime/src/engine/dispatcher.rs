@@ -11,7 +11,7 @@ use super::outputs::{self, Interrupted};
 use crate::cloudevents::{ReferenceEvent, Refusal};
 use crate::kafka::{self, BindingConsumer, OffsetTracker, Received, Ticket};
 use crate::records::audit::{Disposal, Origin};
-use crate::telemetry::{self, InFlight, TraceContext};
+use crate::telemetry::{self, Consumed, EventTrace, InFlight};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::OwnedSemaphorePermit;
@@ -128,18 +128,30 @@ impl Dispatcher {
         }
     }
 
-    /// Runs one event in its span, which carries its trace context when it has one.
+    /// Runs one event in its log span and its trace (exported when span export is on).
     async fn run(&self, work: Work) {
-        let trace = work.event.as_ref().ok().and_then(|event| TraceContext::continue_from(&event.extensions));
-        let event_id = match &work.event {
-            Ok(event) => Some(event.id.as_str()),
-            Err(refusal) => refusal.id.as_deref(),
+        let settings = &self.binding.settings;
+        let (event_id, extensions) = match &work.event {
+            Ok(event) => (Some(event.id.as_str()), Some(event.extensions.as_slice())),
+            Err(refusal) => (refusal.id.as_deref(), None),
         };
-        let span = telemetry::event_span(&self.binding.settings.name, event_id, trace.as_ref());
-        self.settle(work, trace.as_ref()).instrument(span).await
+        let consumed = Consumed {
+            topic: &work.origin.topic,
+            partition: work.origin.partition,
+            offset: work.origin.offset,
+            group: &settings.group_id,
+            tenant: &settings.tenant,
+            handler: &settings.handler,
+            event_id,
+        };
+        let trace = EventTrace::start(&consumed, extensions);
+        let span = telemetry::event_span(&settings.name, event_id, trace.context());
+        self.settle(work, trace).instrument(span).await
     }
 
-    async fn settle(&self, work: Work, trace: Option<&TraceContext>) {
+    /// Decides the event, disposes of a failure, records the outcome, then acknowledges it. An
+    /// event interrupted meanwhile is abandoned (read again); its trace ends without a decision.
+    async fn settle(&self, work: Work, trace: EventTrace) {
         // The guard lives to the end of this function, however it returns.
         let Work { ticket, origin, event, permit, received, in_flight: _in_flight } = work;
         // Its partition was revoked and drained meanwhile, or the binding stopped: the event is
@@ -150,7 +162,7 @@ impl Dispatcher {
         }
         let binding = &self.binding;
         let Some(mut outcome) =
-            decide(binding, event, origin, received.key.as_deref(), trace, &self.cancel).await
+            decide(binding, event, origin, received.key.as_deref(), &trace, &self.cancel).await
         else {
             return self.abandon(ticket);
         };
@@ -168,15 +180,18 @@ impl Dispatcher {
                 self.cancel.cancel();
                 return self.abandon(ticket);
             }
-            match outputs::dead_letter(binding, &received, &outcome, &self.cancel).await {
+            match outputs::dead_letter(binding, &received, &outcome, &trace, &self.cancel).await {
                 Ok(disposal) => outcome.disposal = Some(disposal),
                 Err(Interrupted) => return self.abandon(ticket),
             }
         }
         // Recorded before the offset is stored: a committed decision is always on record.
+        let (decision, attempts) = (outcome.decision.label(), outcome.attempts);
+        let failure = outcome.decision.failure().map(|(kind, _)| kind);
         if outputs::record(binding, outcome, &self.cancel).await.is_err() {
             return self.abandon(ticket);
         }
+        trace.finish(decision, attempts, failure);
         let consumer = self.consumer.as_ref();
         let store = self.store_offsets;
         self.tracker.finish(ticket, |partition, offset| {

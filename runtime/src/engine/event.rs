@@ -10,19 +10,19 @@ use crate::config::{FailurePolicy, Stage};
 use crate::records::audit::{Decision, Origin, Outcome};
 use crate::resolve::{Released, Requester, ResolveError};
 use crate::sandbox::{self, Handler};
-use crate::telemetry::{self, TraceContext};
+use crate::telemetry::{self, EventTrace};
 use std::time::{Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 /// Decides one event. `None` when shutdown or revocation interrupted it before a decision.
-/// `trace` is the event's trace context continued by keyhole, if it carried one; its reply
-/// carries it on.
+/// `trace` is the event's trace: each attempt's stages are its spans, and its context goes on
+/// with the reply.
 pub async fn decide(
     binding: &Binding,
     event: Result<ReferenceEvent, Refusal>,
     origin: Origin,
     key: Option<&[u8]>,
-    trace: Option<&TraceContext>,
+    trace: &EventTrace,
     cancel: &CancellationToken,
 ) -> Option<Outcome> {
     // The version this event runs on from its first attempt to its last, whatever is activated
@@ -107,7 +107,7 @@ struct Run<'a> {
     url: &'a url::Url,
     /// The record's key, which the reply keeps.
     key: Option<&'a [u8]>,
-    trace: Option<&'a TraceContext>,
+    trace: &'a EventTrace,
 }
 
 /// One attempt (`number`, from 1): ask the owner, record its answer in a receipt, run the
@@ -138,7 +138,21 @@ async fn attempt(
         purpose: &binding.settings.purpose,
         event_id: &event.id,
     };
+    let mut span = trace.resolve(binding.resolver.name(), number);
     let resolved = binding.resolver.fetch(url, &who).await;
+    match &resolved {
+        Ok(_) => span.set("keyhole.outcome", "released"),
+        Err(error) => {
+            span.set("keyhole.outcome", error.kind());
+            if let Some(status) = error.status() {
+                span.set("http.response.status_code", i64::from(status));
+            }
+            if !matches!(error, ResolveError::ConsentDenied { .. } | ResolveError::Gone { .. }) {
+                span.fail(error.kind());
+            }
+        }
+    }
+    drop(span);
     outputs::record_receipt(binding, handler, event, &resolved, number, cancel).await?;
     let released = match resolved {
         Ok(released) => {
@@ -179,11 +193,16 @@ async fn attempt(
     };
     let data_bytes = released.body.len() as u64;
     let started = Instant::now();
+    let mut span = trace.sandbox(handler.version(), number);
     let handled = handler.handle(&guest_event(event, released)).await;
     binding.metrics.handler_duration.record(started.elapsed().as_secs_f64());
     let reply = match handled {
-        Ok(reply) => reply,
+        Ok(reply) => {
+            span.set("keyhole.reply", if reply.is_some() { "yes" } else { "no" });
+            reply
+        }
         Err(error) => {
+            span.fail(error.kind());
             binding.metrics.counter(telemetry::HANDLER_ERRORS, Some(("kind", error.kind()))).increment(1);
             return Ok(Err(Failure::of_event(
                 Stage::Handler,
@@ -193,6 +212,7 @@ async fn attempt(
             )));
         }
     };
+    drop(span);
     let destination = match outputs::reply_destination(&binding.settings, event, reply.is_some()) {
         Ok(destination) => destination,
         Err(reason) => {

@@ -10,7 +10,7 @@ use crate::records::audit::{Disposal, Outcome};
 use crate::records::receipt::{self, Receipt};
 use crate::resolve::{Released, ResolveError};
 use crate::sandbox::{Handler, Reply};
-use crate::telemetry::{self, TraceContext};
+use crate::telemetry::{self, EventTrace};
 use std::future::Future;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -124,11 +124,12 @@ pub async fn publish_reply(
     topic: &str,
     event: &ReferenceEvent,
     key: Option<&[u8]>,
-    trace: Option<&TraceContext>,
+    trace: &EventTrace,
     reply: &Reply,
     cancel: &CancellationToken,
 ) -> Result<String, Interrupted> {
-    let request = kafka::reply::Request { who: handler.identity(), event, key, trace };
+    let request = kafka::reply::Request { who: handler.identity(), event, key, trace: trace.context() };
+    let _span = trace.send(topic, "reply");
     let id = until_confirmed(binding, &event.id, "Reply", cancel, || {
         kafka::reply::publish(&binding.producer, topic, &request, reply, SEND_TIMEOUT)
     })
@@ -142,6 +143,7 @@ pub async fn dead_letter(
     binding: &Binding,
     received: &Received,
     outcome: &Outcome,
+    trace: &EventTrace,
     cancel: &CancellationToken,
 ) -> Result<Disposal, Interrupted> {
     let (Some(stage), Some((class, message))) = (outcome.decision.failed_stage(), outcome.decision.failure())
@@ -162,10 +164,12 @@ pub async fn dead_letter(
     };
     let topic = &binding.settings.on_failure.dead_letter_topic;
     let event_id = outcome.event_id.as_deref().unwrap_or("-");
+    let mut span = trace.send(topic, "dead_letter");
     let (partition, offset) = until_confirmed(binding, event_id, "Dead letter", cancel, || {
         kafka::dead_letter::publish(&binding.producer, topic, received, &failure, SEND_TIMEOUT)
     })
     .await?;
+    span.placed(partition, offset);
     binding.metrics.counter(telemetry::DEAD_LETTERS, Some(("stage", stage.as_str()))).increment(1);
     Ok(Disposal::DeadLettered { topic: topic.clone(), partition, offset })
 }

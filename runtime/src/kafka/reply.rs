@@ -19,8 +19,8 @@ pub struct Request<'a> {
     /// The request's Kafka key, which the reply keeps.
     pub key: Option<&'a [u8]>,
     /// The request's trace context as keyhole continued it: the reply's `traceparent` names
-    /// keyhole's span as its parent. None when the request carried none: keyhole starts no
-    /// traces of its own (it exports none, so a new trace id would lead nowhere).
+    /// keyhole's span as its parent. None when the request carried none and span export is off
+    /// (a trace keyhole started would lead nowhere).
     pub trace: Option<&'a TraceContext>,
 }
 

@@ -1,13 +1,8 @@
-//! Logging set-up, the Prometheus metrics keyhole records, and W3C trace context.
-//!
-//! Metrics: every series is labelled `binding` (`<tenant>/<handler>`) and `tenant`, sometimes
-//! with a closed set of others (`outcome`, `kind`, `stage`, `topic`, `partition`); never with a
-//! subject, an event id or anything else that names a person. [`prometheus`] installs the
-//! recorder once per process; the `metrics` macros record nothing before it is installed.
-//!
-//! Trace context: keyhole has no trace exporter (no OpenTelemetry dependency). It continues an
-//! event's `traceparent` into the fields of its log spans and onto the event's reply, so that a
-//! tracing backend fed from the logs and the downstream services can stitch the trace together.
+//! The Prometheus metrics keyhole records. Every series is labelled `binding`
+//! (`<tenant>/<handler>`) and `tenant`, sometimes with a closed set of others (`outcome`, `kind`,
+//! `stage`, `topic`, `partition`); never with a subject, an event id or anything else that names
+//! a person. [`prometheus`] installs the recorder once per process; the `metrics` macros record
+//! nothing before it is installed.
 
 use metrics::{Label, SharedString};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -15,33 +10,6 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::sync::RwLock;
 use std::time::Duration;
-use tracing_subscriber::EnvFilter;
-
-/// The log output format.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line, for log pipelines.
-    Json,
-}
-
-/// Installs the global subscriber. The filter comes from `RUST_LOG`, else `default_filter`.
-/// Logs go to stderr so that stdout stays free for command output.
-pub fn init(format: LogFormat, default_filter: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    // A second initialisation (in tests) is harmless: the first subscriber stays.
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
-}
 
 /// Counter: records read from Kafka, by `binding`, `tenant`.
 pub const EVENTS_CONSUMED: &str = "keyhole_events_consumed_total";
@@ -271,155 +239,5 @@ pub struct InFlight(metrics::Gauge);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.decrement(1.0);
-    }
-}
-
-/// An event's W3C trace context (the CloudEvents distributed-tracing extension), continued by
-/// keyhole: the caller's trace id and flags, the caller's span as parent, and a span of
-/// keyhole's own.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TraceContext {
-    /// 32 lowercase hex digits, not all zero.
-    pub trace_id: String,
-    /// The caller's span: 16 lowercase hex digits, not all zero.
-    pub parent_span_id: String,
-    /// keyhole's span for this event: 16 lowercase hex digits, random.
-    pub span_id: String,
-    /// The trace flags (2 hex digits), passed on unchanged: keyhole does not sample.
-    pub flags: String,
-    /// The `tracestate` extension, passed on unchanged.
-    pub tracestate: Option<String>,
-}
-
-impl TraceContext {
-    /// Continues the trace of an event's `traceparent` and `tracestate` extensions (as
-    /// name–value pairs). `None` when there is no `traceparent` or it is not a valid version-00
-    /// header: trace context is advice, never a reason to refuse an event.
-    pub fn continue_from(extensions: &[(String, String)]) -> Option<Self> {
-        let value = |name: &str| extensions.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
-        let (trace_id, parent_span_id, flags) = parse_traceparent(value("traceparent")?)?;
-        // The value is passed on as it came; its length is bounded by the envelope's header
-        // limits, and a header that is not printable ASCII is dropped rather than forwarded.
-        let tracestate = value("tracestate")
-            .filter(|s| !s.is_empty() && s.bytes().all(|b| b == b' ' || b.is_ascii_graphic()))
-            .map(str::to_string);
-        Some(TraceContext {
-            trace_id: trace_id.to_string(),
-            parent_span_id: parent_span_id.to_string(),
-            span_id: new_span_id(),
-            flags: flags.to_string(),
-            tracestate,
-        })
-    }
-
-    /// The `traceparent` for what keyhole sends on: the same trace, keyhole's span as parent.
-    pub fn traceparent(&self) -> String {
-        format!("00-{}-{}-{}", self.trace_id, self.span_id, self.flags)
-    }
-}
-
-/// `(trace-id, parent-id, flags)` of a `traceparent`, lowercase hex checked. A version above
-/// 00 is read as 00 and may carry more fields after the flags, as the W3C recommendation asks
-/// of a receiver that knows only version 00; version ff is invalid.
-fn parse_traceparent(text: &str) -> Option<(&str, &str, &str)> {
-    let hex =
-        |s: &str, len: usize| s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    let mut parts = text.split('-');
-    let (version, trace_id, parent_id, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let more = parts.next().is_some();
-    let valid = hex(version, 2)
-        && version != "ff"
-        && !(version == "00" && more)
-        && hex(trace_id, 32)
-        && hex(parent_id, 16)
-        && hex(flags, 2)
-        && trace_id.bytes().any(|b| b != b'0')
-        && parent_id.bytes().any(|b| b != b'0');
-    valid.then_some((trace_id, parent_id, flags))
-}
-
-/// A random, non-zero span id.
-fn new_span_id() -> String {
-    let id = rand::random::<u64>().max(1);
-    format!("{id:016x}")
-}
-
-/// The span an event is handled in: the binding and event id, and the trace fields when the
-/// event carried a trace context, so every log line of the event can be found by trace id.
-pub fn event_span(binding: &str, event_id: Option<&str>, trace: Option<&TraceContext>) -> tracing::Span {
-    let span = tracing::info_span!(
-        "event",
-        binding,
-        event_id,
-        trace_id = tracing::field::Empty,
-        span_id = tracing::field::Empty,
-        parent_span_id = tracing::field::Empty,
-    );
-    if let Some(trace) = trace {
-        span.record("trace_id", trace.trace_id.as_str());
-        span.record("span_id", trace.span_id.as_str());
-        span.record("parent_span_id", trace.parent_span_id.as_str());
-    }
-    span
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
-    use super::*;
-
-    fn ext(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
-    }
-
-    const PARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-
-    #[test]
-    fn a_valid_traceparent_is_continued_with_a_new_span() {
-        let trace = TraceContext::continue_from(&ext(&[
-            ("traceparent", PARENT),
-            ("tracestate", "congo=t61rcWkgMzE"),
-        ]))
-        .unwrap();
-        assert_eq!(trace.trace_id, "0af7651916cd43dd8448eb211c80319c");
-        assert_eq!(trace.parent_span_id, "b7ad6b7169203331");
-        assert_ne!(trace.span_id, trace.parent_span_id);
-        assert_eq!(trace.span_id.len(), 16);
-        assert_eq!(trace.tracestate.as_deref(), Some("congo=t61rcWkgMzE"));
-        let sent = trace.traceparent();
-        assert!(sent.starts_with("00-0af7651916cd43dd8448eb211c80319c-"), "{sent}");
-        assert!(sent.ends_with("-01"), "{sent}");
-        assert!(!sent.contains("b7ad6b7169203331"), "{sent}");
-    }
-
-    #[test]
-    fn invalid_traceparents_are_ignored() {
-        for bad in [
-            "",
-            "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
-            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
-            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
-            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
-            "00-0af7651916cd43dd8448eb211c8031-b7ad6b7169203331-01",
-            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
-        ] {
-            assert_eq!(TraceContext::continue_from(&ext(&[("traceparent", bad)])), None, "{bad}");
-        }
-        assert_eq!(TraceContext::continue_from(&ext(&[("tracestate", "a=b")])), None);
-    }
-
-    #[test]
-    fn a_later_version_is_read_as_version_00() {
-        let later = "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-what-comes-next";
-        let trace = TraceContext::continue_from(&ext(&[("traceparent", later)])).unwrap();
-        assert!(trace.traceparent().starts_with("00-0af7651916cd43dd8448eb211c80319c-"));
-    }
-
-    #[test]
-    fn a_non_printable_tracestate_is_dropped() {
-        let trace =
-            TraceContext::continue_from(&ext(&[("traceparent", PARENT), ("tracestate", "a=\u{7}")])).unwrap();
-        assert_eq!(trace.tracestate, None);
     }
 }
