@@ -40,6 +40,12 @@ SCENARIOS = {
     "latency-5ms": dict(events=30_000, partitions=1, keys=1000, latency_ms=5, replies=True, order=True),
     "at-most-once": dict(events=50_000, partitions=4, keys=1000, latency_ms=0, replies=True,
                          delivery="at-most-once"),
+    # Span export on (docs/observability.md): to a collector that accepts every batch (the owner's
+    # nginx answers /v1/traces with 200), and to one that is down (nothing listens).
+    "instant-traced": dict(events=50_000, partitions=4, keys=1000, latency_ms=0, replies=True,
+                           telemetry="live"),
+    "instant-collector-down": dict(events=50_000, partitions=4, keys=1000, latency_ms=0, replies=True,
+                                   telemetry="down"),
     "backlog-10k": dict(events=10_000, partitions=4, keys=1000, latency_ms=0, replies=True),
     "backlog-100k": dict(events=100_000, partitions=4, keys=1000, latency_ms=0, replies=True),
     "backlog-1m": dict(events=1_000_000, partitions=4, keys=1000, latency_ms=0, replies=True),
@@ -119,6 +125,7 @@ http {{
   server {{
     listen 127.0.0.1:{self.port} backlog=4096;
     location /api/ {{ default_type application/json; {answer} }}
+    location = /v1/traces {{ return 200; }}
   }}
 }}
 """
@@ -129,6 +136,8 @@ http {{
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port, "nginx")
         self.base_url = f"http://127.0.0.1:{self.port}/api/"
+        # An OTLP/HTTP collector that accepts everything.
+        self.collector_url = f"http://127.0.0.1:{self.port}"
 
     def http_rate(self, connections, seconds):
         """Requests/s wrk gets at `connections` concurrent connections."""
@@ -202,7 +211,10 @@ def peak_rss_mib(pid):
 def keyhole_config(workdir, broker, owner, scenario, echo):
     reply = 'reply_topic = "replies"' if scenario["replies"] else ""
     delivery = f'delivery = "{scenario["delivery"]}"' if "delivery" in scenario else ""
-    config = f"""
+    collector = {"live": owner.collector_url, "down": f"http://127.0.0.1:{free_port()}"}.get(scenario.get("telemetry"))
+    telemetry = f'[telemetry]\notlp_endpoint = "{collector}"' if collector else ""
+    config = f"""{telemetry}
+
 [kafka]
 bootstrap_servers = "{broker.bootstrap}"
 group_id = "bench"
