@@ -6,13 +6,15 @@
 //! everything at trace level but the compiler's), against the real broker. Afterwards the canary must be nowhere in
 //! keyhole's log, its audit file or any record it wrote — except in the payload of the reply the
 //! handler built. A token in a reference's query string and the owner's bearer token must be
-//! nowhere at all.
+//! nowhere at all. Spans are exported to a collector on loopback meanwhile: none of it may be in
+//! any byte the collector receives either.
 // A test fails loudly on anything unexpected; unwrap is how it says so.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::common;
 
 use common::broker::{self, create_topic, publish, reference, with_type};
+use common::collector::Collector;
 use common::owner::{Answer, Owner};
 use rdkafka::Message;
 use rdkafka::message::{Headers, OwnedMessage};
@@ -61,6 +63,11 @@ async fn personal_data_reaches_nothing_keyhole_writes_except_the_handlers_reply(
     .replace(&echo, &leaky);
     // [handler.retry] is the last table.
     toml.push_str("max_attempts = 2\n\n[audit]\npath = \"audit.jsonl\"\n");
+    let collector = Collector::start().await;
+    toml.push_str(&format!(
+        "\n[telemetry]\notlp_endpoint = \"{}\"\nbatch_delay_ms = 100\n",
+        collector.base_url()
+    ));
     let config = dir.join("keyhole.toml");
     std::fs::write(&config, toml).unwrap();
 
@@ -101,6 +108,15 @@ async fn personal_data_reaches_nothing_keyhole_writes_except_the_handlers_reply(
 
     let log = std::fs::read_to_string(&log_path).unwrap();
     let audit = std::fs::read_to_string(&audit_path).unwrap();
+    // The spans were flushed at shutdown: one `process` span per event.
+    let spans = collector.spans();
+    assert_eq!(
+        spans.iter().filter(|s| s.span.name.starts_with("process ")).count(),
+        events.len(),
+        "{spans:#?}"
+    );
+    let exported: Vec<u8> = collector.raw().iter().flat_map(|b| b.to_vec()).collect();
+    let exported = String::from_utf8_lossy(&exported).into_owned();
     let dead = broker::read(&dead_letters, 4).await;
     let reply = broker::read(&replies, 1).await.remove(0);
 
@@ -114,6 +130,7 @@ async fn personal_data_reaches_nothing_keyhole_writes_except_the_handlers_reply(
     for secret in [DATA_CANARY, QUERY_CANARY, common::owner::TOKEN] {
         assert!(!log.contains(secret), "{secret} in keyhole's log ({})", log_path.display());
         assert!(!audit.contains(secret), "{secret} in the audit file");
+        assert!(!exported.contains(secret), "{secret} in an exported span");
         for letter in &dead {
             assert!(!everything(letter).contains(secret), "{secret} in a dead letter");
         }

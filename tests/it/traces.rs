@@ -64,7 +64,8 @@ fn start(dir: &Path, env: &[(&str, String)]) -> Child {
         .env("RUST_LOG", "warn,keyhole=info,opentelemetry_sdk=warn")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("keyhole.log")).unwrap());
-    for var in ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_SERVICE_NAME"] {
+    // Only what the test sets: none of the OTEL_* variables of whoever runs it.
+    for (var, _) in std::env::vars().filter(|(name, _)| name.starts_with("OTEL_")) {
         command.env_remove(var);
     }
     command.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
@@ -273,14 +274,32 @@ async fn a_collector_that_is_dead_or_never_answers_holds_no_event_back() {
                 .await;
         }
         // A small queue, filled within the first events: the rest of the spans are dropped.
+        let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let telemetry = format!(
             "[telemetry]\notlp_endpoint = \"http://{endpoint}\"\nexport_timeout_ms = 1000\n\
-             max_queue_spans = 64\nmax_batch_spans = 32\nbatch_delay_ms = 100"
+             max_queue_spans = 64\nmax_batch_spans = 32\nbatch_delay_ms = 100\n\n\
+             [admin]\nlisten = \"{admin}\""
         );
         let dir = configure("keyhole-dead-collector", &group, &topic, &replies, &owner, &telemetry);
         let keyhole = start(&dir, &[]);
         decided(&dir, EVENTS, Duration::from_secs(60)).await;
         assert_eq!(broker::read(&replies, EVENTS).await.len(), EVENTS, "the collector {what}");
+        // The failed exports are counted.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let metrics =
+                reqwest::get(format!("http://{admin}/metrics")).await.unwrap().text().await.unwrap();
+            let failed = metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(r#"keyhole_trace_exports_total{outcome="failed"} "#))
+                .map(|n| n.parse::<f64>().unwrap());
+            if failed.is_some_and(|n| n >= 1.0) {
+                assert!(metrics.contains(r#"keyhole_trace_exports_total{outcome="ok"} 0"#), "{metrics}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "the collector {what}: failed exports not counted\n{metrics}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let (status, took) = terminate(keyhole);
         let log = std::fs::read_to_string(dir.join("keyhole.log")).unwrap();
         assert!(status.success(), "the collector {what}: {status}\n{log}");

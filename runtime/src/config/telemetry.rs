@@ -57,6 +57,9 @@ fn default_batch_delay_ms() -> u64 {
     5_000
 }
 
+/// The largest span queue: the SDK allocates it whole at start, a few hundred bytes a span.
+const MAX_QUEUE_SPANS: usize = 65_536;
+
 /// The only OTLP protocol keyhole sends.
 const PROTOCOL: &str = "http/protobuf";
 
@@ -81,10 +84,12 @@ pub(super) fn validate_telemetry(
     };
     let before = problems.len();
     check_endpoint(key, &endpoint, problems);
-    for variable in ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"] {
-        if let Some(protocol) = env(variable).filter(|p| p != PROTOCOL) {
-            problems.add(variable, format!("{protocol:?}: keyhole exports over {PROTOCOL} only"));
-        }
+    // The traces variable wins over the general one, which may be meant for other signals.
+    let protocol = ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"]
+        .into_iter()
+        .find_map(|variable| env(variable).filter(|p| !p.is_empty()).map(|p| (variable, p)));
+    if let Some((variable, protocol)) = protocol.filter(|(_, p)| p != PROTOCOL) {
+        problems.add(variable, format!("{protocol:?}: keyhole exports over {PROTOCOL} only"));
     }
     let service_name = telemetry
         .service_name
@@ -103,6 +108,12 @@ pub(super) fn validate_telemetry(
         if value == 0 {
             problems.add(key, "must be greater than 0");
         }
+    }
+    if telemetry.max_queue_spans > MAX_QUEUE_SPANS {
+        problems.add(
+            "telemetry.max_queue_spans",
+            format!("at most {MAX_QUEUE_SPANS}: the queue is allocated whole at start"),
+        );
     }
     if telemetry.max_batch_spans > telemetry.max_queue_spans {
         problems.add("telemetry.max_batch_spans", "must not exceed telemetry.max_queue_spans");
@@ -209,6 +220,18 @@ mod tests {
         let (_, problems) =
             resolve(&with_endpoint("http://c:4318"), &[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]);
         assert_eq!(problems, ["OTEL_EXPORTER_OTLP_PROTOCOL"]);
+        // The traces variable wins over a general one meant for other signals.
+        let (export, problems) = resolve(
+            &with_endpoint("http://c:4318"),
+            &[
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+            ],
+        );
+        assert!(export.is_some() && problems.is_empty(), "{problems:?}");
+        let (_, problems) =
+            resolve(&TelemetryConfig { max_queue_spans: 1 << 24, ..with_endpoint("http://c:4318") }, &[]);
+        assert_eq!(problems, ["telemetry.max_queue_spans"]);
         let zero = TelemetryConfig {
             export_timeout_ms: 0,
             max_queue_spans: 10,

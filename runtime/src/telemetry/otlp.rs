@@ -11,7 +11,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_http::{HttpClient, HttpError, Request, Response};
-use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig, WithHttpConfig};
+use opentelemetry_otlp::{Protocol, RetryPolicy, SpanExporter, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider};
 use std::sync::OnceLock;
@@ -37,7 +37,8 @@ pub struct TraceExport {
     pub batch_delay: Duration,
 }
 
-/// Counter: span export requests, by `outcome` (`ok`, `failed`).
+/// Counter: span export requests (one per batch), by `outcome` (`ok`, `failed`). The process's,
+/// not a binding's: it has no `binding` or `tenant` label.
 pub const TRACE_EXPORTS: &str = "keyhole_trace_exports_total";
 
 /// The installed exporter; flushes on [`Exporting::shutdown`].
@@ -71,6 +72,9 @@ pub fn install(export: &TraceExport, runtime: tokio::runtime::Handle) -> Result<
         .with_protocol(Protocol::HttpBinary)
         .with_endpoint(export.endpoint.clone())
         .with_timeout(export.timeout)
+        // One request per batch, bounded by the timeout: a batch retried against a struggling
+        // collector only makes the spans behind it wait; the queue drops what cannot wait.
+        .with_retry_policy(RetryPolicy::disabled())
         .build()
         .map_err(|e| failed(e.to_string()))?;
     let batches = BatchConfigBuilder::default()
@@ -87,6 +91,9 @@ pub fn install(export: &TraceExport, runtime: tokio::runtime::Handle) -> Result<
     let provider =
         SdkTracerProvider::builder().with_span_processor(processor).with_resource(resource).build();
     let _ = TRACER.set(provider.tracer("keyhole"));
+    // The recorder first, so that both series show from the start (at 0).
+    super::prometheus();
+    metrics::describe_counter!(TRACE_EXPORTS, "Span export requests to the OTLP collector, by outcome.");
     metrics::counter!(TRACE_EXPORTS, "outcome" => "ok").absolute(0);
     metrics::counter!(TRACE_EXPORTS, "outcome" => "failed").absolute(0);
     tracing::info!(endpoint = %export.endpoint, service = %export.service_name, "Exporting spans over OTLP.");

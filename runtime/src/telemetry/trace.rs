@@ -131,10 +131,7 @@ impl EventTrace {
     /// onto the reply; an event without a trace context starts a trace there.
     pub fn start(consumed: &Consumed<'_>, extensions: Option<&[(String, String)]>) -> Self {
         let incoming = extensions.and_then(Incoming::parse);
-        let Some(tracer) = otlp::tracer() else {
-            let context = incoming.map(|i| i.continued(new_span_id(), i.flags.to_string()));
-            return EventTrace { context, span: None };
-        };
+        let Some(tracer) = otlp::tracer() else { return EventTrace::unexported(incoming) };
         let parent = incoming.as_ref().map(Incoming::remote_parent).unwrap_or_default();
         let mut attributes = vec![
             KeyValue::new("messaging.system", "kafka"),
@@ -155,6 +152,10 @@ impl EventTrace {
             .with_attributes(attributes);
         let span = tracer.build_with_context(builder, &parent);
         let ids = opentelemetry::trace::Span::span_context(&span).clone();
+        // A provider already shut down answers with an empty context: no ids to send on.
+        if !ids.is_valid() {
+            return EventTrace::unexported(incoming);
+        }
         let span_id = ids.span_id().to_string();
         let flags = format!("{:02x}", ids.trace_flags().to_u8());
         let context = match &incoming {
@@ -169,6 +170,12 @@ impl EventTrace {
         };
         let recording = opentelemetry::trace::Span::is_recording(&span);
         EventTrace { context: Some(context), span: recording.then(|| Context::new().with_span(span)) }
+    }
+
+    /// A trace that exports nothing: the incoming context continued with a random span id.
+    fn unexported(incoming: Option<Incoming<'_>>) -> Self {
+        let context = incoming.map(|i| i.continued(new_span_id(), i.flags.to_string()));
+        EventTrace { context, span: None }
     }
 
     /// The context the event's reply carries on; `None` when the event carried none and span
