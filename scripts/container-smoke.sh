@@ -3,7 +3,8 @@
 # the test suite built, so no network is needed) and runs it as operators do — read-only root,
 # every capability dropped, no-new-privileges, a tmpfs for /var/lib/keyhole — against the tansu
 # broker and a data owner on the host: a reference event in, the handler's reply out, a healthy
-# health check, exit 0 on SIGTERM. Then removes the container and the image.
+# health check, its spans at an OTLP collector named by OTEL_EXPORTER_OTLP_ENDPOINT, exit 0 on
+# SIGTERM. Then removes the container and the image.
 #
 # Called by scripts/test.sh after the tests (it uses their broker and binary); on its own:
 #   KEYHOLE_TEST_BROKER=127.0.0.1:9092 scripts/container-smoke.sh
@@ -31,6 +32,7 @@ cleanup() {
     [ -n "$container" ] && podman rm -f "$container" >/dev/null 2>&1 || true
     podman rmi -f "$image" >/dev/null 2>&1 || true
     [ -n "${owner_pid:-}" ] && kill "$owner_pid" 2>/dev/null || true
+    [ -n "${sink_pid:-}" ] && kill "$sink_pid" 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -41,6 +43,10 @@ python3 scripts/sample_owner.py --token "$owner_token" > "$work/owner.port" &
 owner_pid=$!
 for _ in $(seq 1 50); do [ -s "$work/owner.port" ] && break; sleep 0.1; done
 owner_port=$(head -1 "$work/owner.port")
+python3 scripts/otlp_sink.py > "$work/otlp.log" &
+sink_pid=$!
+for _ in $(seq 1 50); do [ -s "$work/otlp.log" ] && break; sleep 0.1; done
+sink_port=$(head -1 "$work/otlp.log")
 suffix="$$-$RANDOM"
 refs="smoke-refs-$suffix" replies="smoke-replies-$suffix"
 for topic in "$refs" "$replies" "smoke-$suffix.acme.echo.dlq"; do
@@ -89,6 +95,7 @@ container=$(podman run -d --network host \
     --read-only --cap-drop=ALL --security-opt no-new-privileges \
     --tmpfs /var/lib/keyhole:U \
     -e KEYHOLE_OPERATOR_TOKEN="smoke-operator-token-$$" \
+    -e OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$sink_port" -e OTEL_SERVICE_NAME=keyhole-smoke \
     -v "$work/keyhole.toml:/etc/keyhole/keyhole.toml:ro" \
     -v "$work/owner-token:/run/secrets/owner-token:ro" \
     -v "$root/guest-examples/dist/echo.wasm:/etc/keyhole/echo.wasm:ro" \
@@ -124,4 +131,11 @@ if [ "$status" != "0" ]; then
     podman logs "$container" >&2 || true
     exit 1
 fi
+step "Its spans reached the collector OTEL_EXPORTER_OTLP_ENDPOINT names (flushed at SIGTERM)"
+if ! tail -n +2 "$work/otlp.log" | grep -q '^application/x-protobuf [1-9]'; then
+    echo "no span export reached the collector; the container's log:" >&2
+    podman logs "$container" >&2 || true
+    exit 1
+fi
+tail -n +2 "$work/otlp.log" | sed 's/^/    export: /'
 step "Container smoke test passed"
