@@ -129,6 +129,10 @@ fn a_broken_config_reports_every_problem_with_its_path() {
         topics = []
         data_source = "crm"
         purpose = "p"
+
+        [telemetry]
+        otlp_endpoint = "otel-collector:4318"
+        max_queue_spans = 0
         "#,
     )
     .unwrap();
@@ -142,6 +146,8 @@ fn a_broken_config_reports_every_problem_with_its_path() {
         "handler[0].name",
         "handler[0].component",
         "handler[0].topics",
+        "telemetry.otlp_endpoint",
+        "telemetry.max_queue_spans",
     ] {
         assert!(paths.contains(&expected), "{expected} missing from {paths:?}");
     }
