@@ -15,7 +15,7 @@ use crate::common;
 
 use common::broker::{self, create_topic, publish, reference, with_type};
 use common::collector::Collector;
-use common::owner::{Answer, Owner};
+use common::owner::Owner;
 use rdkafka::Message;
 use rdkafka::message::{Headers, OwnedMessage};
 use std::process::{Command, Stdio};
@@ -38,10 +38,7 @@ fn everything(message: &OwnedMessage) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn personal_data_reaches_nothing_keyhole_writes_except_the_handlers_reply() {
-    let owner = Owner::start().await;
-    let record = format!("{{\"name\":\"Ada\",\"secret\":\"{DATA_CANARY}\"}}").into_bytes();
-    owner.set("customers/1", Answer::Release("application/json", record));
-    owner.set("customers/2", Answer::Status(403));
+    let owner = Owner::releasing_canary(DATA_CANARY).await;
     let topic = create_topic(1).await;
     let replies = create_topic(1).await;
     let group = broker::unique("keyhole");

@@ -7,7 +7,7 @@
 
 use crate::common::{self, broker, collector, owner};
 use broker::{create_topic, publish, reference};
-use collector::{Collector, Exported, HungCollector};
+use collector::{Collector, Exported, hung_collector};
 use owner::{Answer, Owner};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -95,10 +95,7 @@ fn terminate(mut keyhole: Child) -> (std::process::ExitStatus, Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_reach_a_collector_with_the_messaging_conventions_parent_links_and_nothing_of_a_person() {
-    let owner = Owner::start().await;
-    let record = format!("{{\"name\":\"Ada\",\"secret\":\"{DATA_CANARY}\"}}").into_bytes();
-    owner.set("customers/1", Answer::Release("application/json", record));
-    owner.set("customers/2", Answer::Status(403));
+    let owner = Owner::releasing_canary(DATA_CANARY).await;
     let collector = Collector::start().await;
     let (topic, replies) = (create_topic(1).await, create_topic(1).await);
     let group = broker::unique("keyhole");
@@ -259,7 +256,7 @@ async fn a_collector_that_is_dead_or_never_answers_holds_no_event_back() {
     const EVENTS: usize = 200;
     let owner = Owner::start().await;
     owner.set("customers/1", Answer::Release("application/json", b"{}".to_vec()));
-    let hung = HungCollector::start().await;
+    let hung = hung_collector().await;
     let closed = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap()

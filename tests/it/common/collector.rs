@@ -12,17 +12,13 @@ use prost::Message as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use super::served::{Served, serve};
+
 /// A running collector. Dropping it stops the server.
 pub struct Collector {
     pub addr: SocketAddr,
     bodies: Arc<Mutex<Vec<Bytes>>>,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
+    _server: Served,
 }
 
 /// One exported span with its resource's attributes.
@@ -90,12 +86,8 @@ impl Collector {
         let bodies = Arc::new(Mutex::new(Vec::new()));
         let app =
             axum::Router::new().route("/v1/traces", axum::routing::post(export)).with_state(bodies.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
-        Collector { addr, bodies, server }
+        let server = serve(app).await;
+        Collector { addr: server.addr, bodies, _server: server }
     }
 
     /// The OTLP/HTTP base URL (what `OTEL_EXPORTER_OTLP_ENDPOINT` names).
@@ -127,27 +119,13 @@ impl Collector {
 }
 
 /// A collector that accepts connections and never answers: every export waits for its timeout.
-pub struct HungCollector {
-    pub addr: SocketAddr,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for HungCollector {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
-impl HungCollector {
-    pub async fn start() -> HungCollector {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((socket, _)) = listener.accept().await {
-                held.push(socket);
-            }
-        });
-        HungCollector { addr, server }
-    }
+pub async fn hung_collector() -> Served {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    Served::spawn(addr, async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    })
 }

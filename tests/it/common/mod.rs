@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod collector;
 pub mod owner;
 pub mod running;
+pub mod served;
 
 use keyhole::sandbox::{Event, Extension, Handler, HandlerIdentity, Limits, Sandbox, SandboxConfig};
 use std::path::PathBuf;

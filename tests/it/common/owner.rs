@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::served::{Served, serve_on};
+
 /// What the owner answers for a path.
 #[derive(Clone, Debug)]
 pub enum Answer {
@@ -44,13 +46,7 @@ struct Table {
 pub struct Owner {
     pub addr: SocketAddr,
     table: Arc<Table>,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Owner {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
+    _server: Served,
 }
 
 pub const TOKEN: &str = "keyhole-test-token";
@@ -63,6 +59,16 @@ impl Owner {
     }
 
     /// Starts on a given address (to come back after being down).
+    /// Starts an owner that releases a record holding `canary` for `customers/1` and refuses
+    /// `customers/2` (403): the canary tests' data.
+    pub async fn releasing_canary(canary: &str) -> Owner {
+        let owner = Self::start().await;
+        let record = format!("{{\"name\":\"Ada\",\"secret\":\"{canary}\"}}").into_bytes();
+        owner.set("customers/1", Answer::Release("application/json", record));
+        owner.set("customers/2", Answer::Status(403));
+        owner
+    }
+
     pub async fn start_on(addr: SocketAddr) -> Owner {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         Self::serve(listener)
@@ -73,11 +79,8 @@ impl Owner {
         *table.token.lock().unwrap() = TOKEN.to_string();
         let app =
             axum::Router::new().route("/api/{*path}", axum::routing::get(answer)).with_state(table.clone());
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app).await.ok();
-        });
-        Owner { addr, table, server }
+        let server = serve_on(listener, app);
+        Owner { addr: server.addr, table, _server: server }
     }
 
     /// The base URL to configure: `http://127.0.0.1:PORT/api/`.
