@@ -10,10 +10,12 @@ mod common;
 
 mod admin;
 mod architecture;
+mod brokers;
 mod canary;
 mod check_cli;
 mod cluster;
 mod config;
+mod crashes;
 mod dev;
 mod exactly_once;
 mod failures;

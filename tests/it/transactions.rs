@@ -12,9 +12,8 @@
 
 use crate::common;
 
+use common::noida::Noida;
 use common::owner::{Answer, Owner};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -24,55 +23,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 const PARTITIONS: i32 = 2;
-
-/// noida-db's Kafka service in a process of the test's own, on a free port.
-struct Noida {
-    child: std::process::Child,
-    bootstrap: String,
-    _data: PathBuf,
-}
-
-impl Noida {
-    async fn start() -> Noida {
-        let binary = std::env::var("KEYHOLE_TEST_NOIDA").expect(
-            "KEYHOLE_TEST_NOIDA is not set: run the tests with scripts/test.sh, which installs noida-db",
-        );
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let data = std::env::temp_dir().join(common::broker::unique("noida"));
-        let child = Command::new(binary)
-            .args(["start", "--only", "kafka", "--host", "127.0.0.1", "--kafka-port", &port.to_string()])
-            .arg("--data-dir")
-            .arg(&data)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let bootstrap = format!("127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(&bootstrap).await.is_err() {
-            assert!(Instant::now() < deadline, "noida-db did not start on {bootstrap}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Noida { child, bootstrap, _data: data }
-    }
-
-    async fn create_topics(&self, topics: &[(&str, i32)]) {
-        let admin: AdminClient<DefaultClientContext> =
-            ClientConfig::new().set("bootstrap.servers", &self.bootstrap).create().unwrap();
-        let new: Vec<NewTopic<'_>> =
-            topics.iter().map(|(name, n)| NewTopic::new(name, *n, TopicReplication::Fixed(1))).collect();
-        for result in admin.create_topics(&new, &AdminOptions::new()).await.unwrap() {
-            result.unwrap_or_else(|(topic, e)| panic!("create {topic}: {e}"));
-        }
-    }
-}
-
-impl Drop for Noida {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-    }
-}
 
 /// A directory with `keyhole.toml`: the exactly-once echo binding on `refs`, replies to
 /// `replies`, receipts to the `receipts` topic (in the binding's transactions), an audit file.
@@ -236,6 +186,7 @@ async fn a_fencing_restart_aborts_the_open_batch_which_is_handled_again_with_con
     // The same configuration, so the same transactional.id: its start fences the first
     // instance's producer, and the open transaction is aborted.
     let mut second = common::run_keyhole(&dir.join("keyhole.toml"));
+    let second_started = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(60);
     let fenced = loop {
         if let Some(status) = first.try_wait().unwrap() {
@@ -245,6 +196,10 @@ async fn a_fencing_restart_aborts_the_open_batch_which_is_handled_again_with_con
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(!fenced.success(), "a fenced instance stops with an error");
+    // Its pending sends fail at once rather than at their timeout (a minute): it stops within
+    // the drain and commit bounds of a shutdown, however its sends stood when it was fenced.
+    let took = second_started.elapsed();
+    assert!(took < Duration::from_secs(20), "the fenced instance took {took:?} to stop");
     let log = std::fs::read_to_string(dir.join("keyhole.log")).unwrap();
     assert!(log.to_lowercase().contains("fenced"), "the log says it was fenced:\n{log}");
     Command::new("kill").args(["-TERM", &second.id().to_string()]).status().unwrap();

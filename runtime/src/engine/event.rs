@@ -10,6 +10,7 @@ use crate::config::{FailurePolicy, Stage};
 use crate::records::audit::{Decision, Origin, Outcome};
 use crate::resolve::{Released, Requester, ResolveError};
 use crate::sandbox::{self, Handler};
+use crate::telemetry::trace::StageSpan;
 use crate::telemetry::{self, EventTrace};
 use std::time::{Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
@@ -140,18 +141,7 @@ async fn attempt(
     };
     let mut span = trace.resolve(binding.resolver.name(), number);
     let resolved = binding.resolver.fetch(url, &who).await;
-    match &resolved {
-        Ok(_) => span.set("keyhole.outcome", "released"),
-        Err(error) => {
-            span.set("keyhole.outcome", error.kind());
-            if let Some(status) = error.status() {
-                span.set("http.response.status_code", i64::from(status));
-            }
-            if !matches!(error, ResolveError::ConsentDenied { .. } | ResolveError::Gone { .. }) {
-                span.fail(error.kind());
-            }
-        }
-    }
+    note_answer(&mut span, &resolved);
     drop(span);
     outputs::record_receipt(binding, handler, event, &resolved, number, cancel).await?;
     let released = match resolved {
@@ -228,6 +218,23 @@ async fn attempt(
         _ => None,
     };
     Ok(Ok(Decision::Delivered { reply, data_bytes, published }))
+}
+
+/// The owner's answer on its `resolve` span: its kind and status. A refusal of consent or an
+/// absence is the owner's decision, not a failure of the request.
+fn note_answer(span: &mut StageSpan, answer: &Result<Released, ResolveError>) {
+    match answer {
+        Ok(_) => span.set("keyhole.outcome", "released"),
+        Err(error) => {
+            span.set("keyhole.outcome", error.kind());
+            if let Some(status) = error.status() {
+                span.set("http.response.status_code", i64::from(status));
+            }
+            if !matches!(error, ResolveError::ConsentDenied { .. } | ResolveError::Gone { .. }) {
+                span.fail(error.kind());
+            }
+        }
+    }
 }
 
 fn refused(binding: &Binding, kind: &'static str, reason: String) -> Decision {

@@ -60,7 +60,15 @@ impl Reader<'_> {
     pub fn begin(&self, read: Read) -> Result<Work, OwnedSemaphorePermit> {
         let Read { generation, origin, received, event, permit, in_flight } = read;
         match self.tracker.begin_at((origin.topic.clone(), origin.partition), origin.offset, generation) {
-            Some(ticket) => Ok(Work { ticket, origin, received, event, permit, in_flight }),
+            Some(ticket) => {
+                if ticket.first_in_assignment {
+                    // Where each assignment starts reading, once per partition: after a crash
+                    // or a rebalance, compare with the group's committed offset.
+                    tracing::info!(binding = %self.name, topic = %origin.topic, partition = origin.partition,
+                        offset = origin.offset, "Reading the partition from this offset.");
+                }
+                Ok(Work { ticket, origin, received, event, permit, in_flight })
+            }
             None => Err(permit),
         }
     }

@@ -21,6 +21,9 @@ pub struct Ticket {
     pub partition: Partition,
     /// The event's offset.
     pub offset: i64,
+    /// Whether it is the first event begun in this assignment of its partition: where the
+    /// consumer started reading it (the committed offset, or `auto.offset.reset` without one).
+    pub first_in_assignment: bool,
     generation: u64,
 }
 
@@ -115,8 +118,9 @@ impl OffsetTracker {
         state.next = Some(state.next.map_or(offset + 1, |n| n.max(offset + 1)));
         // The first event read shows where the group's committed position is: storing it again
         // would change nothing.
+        let first_in_assignment = state.stored.is_none();
         state.stored.get_or_insert(offset);
-        Some(Ticket { generation: state.generation, partition, offset })
+        Some(Ticket { generation: state.generation, partition, offset, first_in_assignment })
     }
 
     /// Whether the ticket's partition is still assigned in the same generation. A revoked

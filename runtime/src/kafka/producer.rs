@@ -9,7 +9,7 @@ use crate::config::KafkaSettings;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::{FutureProducer, Producer, PurgeConfig};
 use rdkafka::{Offset, TopicPartitionList};
 use std::time::Duration;
 
@@ -110,4 +110,19 @@ impl TransactionError {
 /// Blocks.
 pub fn abort(producer: &FutureProducer) -> KafkaResult<()> {
     producer.abort_transaction(TRANSACTION_TIMEOUT)
+}
+
+/// Whether the producer failed for good (fenced by a newer instance with its transactional
+/// id, or another fatal error): it will never send again.
+pub fn failed_for_good(producer: &FutureProducer) -> bool {
+    producer.client().fatal_error().is_some()
+}
+
+/// Fails every send queued in or in flight from a producer that failed for good, now. Without
+/// this, librdkafka fails them only when `message.timeout.ms` passes (capped at
+/// `transaction.timeout.ms`, a minute by default), and each event waiting on one holds its batch
+/// and the binding's shutdown that long.
+pub fn fail_pending(producer: &FutureProducer) {
+    // Non-blocking: this runs on an async worker; the failed sends are reported as they go.
+    producer.purge(PurgeConfig::default().queue().inflight().non_blocking());
 }

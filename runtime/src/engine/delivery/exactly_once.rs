@@ -46,6 +46,9 @@ pub async fn read(
                 drop(acquired);
                 false
             }
+            // Fenced meanwhile: the sends the batch waits on fail now rather than at their
+            // timeout; its events are abandoned, the permits come back, and the batch is given up.
+            never = fail_pending_once_fenced(name, &producer) => match never {},
             () = async {
                 reader.cancel.cancelled().await;
                 tokio::time::sleep(limits.drain).await;
@@ -116,6 +119,19 @@ pub async fn read(
             .map_err(|e| failed(format!("cannot rewind {topic}[{partition}] after an abort: {e}")))?;
         }
     }
+}
+
+/// Watches the producer while a batch runs; once it has failed for good, fails its pending
+/// sends (see [`kafka::producer::fail_pending`]) and waits forever.
+async fn fail_pending_once_fenced(name: &str, producer: &FutureProducer) -> std::convert::Infallible {
+    /// How often the producer's fatal state is read: a lock in librdkafka, nothing sent.
+    const EVERY: Duration = Duration::from_millis(50);
+    while !kafka::producer::failed_for_good(producer) {
+        tokio::time::sleep(EVERY).await;
+    }
+    tracing::error!(binding = %name, "The transactional producer failed for good; failing its pending sends.");
+    kafka::producer::fail_pending(producer);
+    std::future::pending().await
 }
 
 /// A transactional producer call: it blocks until the broker answers, so it runs on a
