@@ -23,6 +23,8 @@ import urllib.request
 
 OPERATOR = "local-cluster-operator-token"
 OWNER_TOKEN = "local-cluster-owner-token"
+# Signs every registry record (docs/cluster.md#signed-records); the same on every replica.
+SIGNING_KEY = "local-cluster-registry-signing-key-0123456789"
 
 
 def free_port():
@@ -141,6 +143,7 @@ state_dir = "{directory}/state"
 store = "kafka"
 create_topics = true
 replication_factor = 1
+signing_keys = [{{ id = "local", secret = {{ value = "{SIGNING_KEY}" }} }}]
 
 [[data_source]]
 name = "owner"

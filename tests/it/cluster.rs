@@ -362,3 +362,91 @@ async fn with_the_broker_gone_writes_are_refused_a_stale_replica_trusts_no_token
     let status = cluster.terminate(0, Duration::from_secs(30)).await;
     assert!(status.success(), "exit {status}:\n{}", cluster.log(0));
 }
+
+/// Produces a registry record straight to the registry topic, as anyone with write access to it
+/// could: `command` in the log's envelope, with the given `keyhole-signature` header (if any).
+async fn forge(cluster: &Cluster, command: Value, signature: Option<String>) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::FutureRecord;
+    let id = uuid::Uuid::new_v4().to_string();
+    let key = format!("command/{id}");
+    let value =
+        serde_json::to_vec(&json!({ "id": id, "at": "2026-12-06T00:00:00Z", "command": command })).unwrap();
+    let signature =
+        signature.map(|s| s.replace("{record}", &hmac_hex(common::cluster::SIGNING_KEY, &key, &value)));
+    let mut headers = OwnedHeaders::new();
+    if let Some(signature) = &signature {
+        headers = headers.insert(Header { key: "keyhole-signature", value: Some(signature.as_str()) });
+    }
+    let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&cluster.registry_topic)
+        .partition(0)
+        .key(key.as_str())
+        .payload(value.as_slice())
+        .headers(headers);
+    broker::producer().send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+}
+
+/// HMAC-SHA256 of a registry record as docs/cluster.md describes it: the key's length (8 bytes,
+/// big-endian), the key, the value; hex.
+fn hmac_hex(secret: &str, key: &str, value: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(&(key.len() as u64).to_be_bytes());
+    mac.update(key.as_bytes());
+    mac.update(value);
+    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_written_to_the_registry_topic_without_a_replicas_key_change_nothing() {
+    use sha2::Digest;
+    let owner = owner().await;
+    let topic = create_topic(1).await;
+    let cluster = Cluster::start(&owner.base_url(), 1).await;
+    let acme = cluster.tenant(0, "acme", &[&topic], json!({})).await;
+
+    // What an attack review produced straight to the topic: a tenant the API refuses (a dot in
+    // its name, huge limits, the registry topic as its reply topic), and a token of its own
+    // for an existing tenant.
+    let mallory = |name: &str, source: &str| {
+        json!({ "command": "put_tenant", "tenant": name, "grant": {
+            "topics": [topic], "data_sources": [source], "purposes": ["testing"],
+            "reply_topics": [cluster.registry_topic],
+            "limits": { "max_handlers": 1000, "max_memory_bytes": 1u64 << 40 } } })
+    };
+    let forged_token = "kh_a-token-the-attacker-made-up-for-acme";
+    let digest: String = sha2::Sha256::digest(forged_token).iter().map(|b| format!("{b:02x}")).collect();
+    let issue = json!({ "command": "issue_token", "tenant": "acme",
+        "token": { "id": "f0f0f0f0f0f0", "sha256": digest, "created_at": "2026-12-06T00:00:00Z" } });
+    forge(&cluster, mallory("mallory.x", "owner"), None).await;
+    forge(&cluster, issue.clone(), None).await;
+    forge(&cluster, issue.clone(), Some(format!("test:{}", "0".repeat(64)))).await;
+    forge(&cluster, issue.clone(), Some("stolen-id:{record}".into())).await;
+    forge(&cluster, issue.clone(), Some("test:nothex".into())).await;
+    // Signed with the replicas' key, and still invalid as the API would judge it: refused.
+    forge(&cluster, mallory("mallory.x", "owner"), Some("test:{record}".into())).await;
+    forge(&cluster, mallory("mallory", "no-such-source"), Some("test:{record}".into())).await;
+
+    // A change through the API lands after them: the replica read past every forged record.
+    cluster.tenant(0, "globex", &[&topic], json!({})).await;
+    let tenants = cluster.ok(0, 200, "GET", "/v1/tenants", Some(OPERATOR), Body::None).await;
+    let names: Vec<&str> =
+        tenants.as_array().unwrap().iter().map(|t| t["tenant"].as_str().unwrap()).collect();
+    assert_eq!(names, ["acme", "globex"], "{tenants}");
+    assert_eq!(cluster.call(0, "GET", "/v1/tenants/acme", Some(forged_token), Body::None).await.status, 401);
+    assert_eq!(cluster.call(0, "GET", "/v1/tenants/acme", Some(&acme), Body::None).await.status, 200);
+
+    let metrics =
+        reqwest::get(format!("{}/metrics", cluster.replicas[0].url)).await.unwrap().text().await.unwrap();
+    for (reason, n) in [("unsigned", 2), ("mismatch", 1), ("unknown_key", 1), ("malformed", 1)] {
+        let line = format!("keyhole_registry_records_rejected_total{{reason=\"{reason}\"}} {n}");
+        assert!(metrics.contains(&line), "no `{line}` in /metrics:\n{metrics}");
+    }
+    let log = cluster.log(0);
+    assert_eq!(
+        log.matches("A registry record is not signed with any of registry.signing_keys").count(),
+        5,
+        "{log}"
+    );
+    assert_eq!(log.matches("A registry change was refused where it landed in the log").count(), 2, "{log}");
+}

@@ -134,7 +134,7 @@ impl Crashes {
         Crashes { broker, owner, refs, replies, group, dir }
     }
 
-    fn start(&self) -> std::process::Child {
+    fn start(&self) -> common::Keyhole {
         common::run_keyhole(&self.dir.join("keyhole.toml"))
     }
 

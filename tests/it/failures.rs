@@ -45,7 +45,7 @@ async fn failed_events_are_dead_lettered_as_received_with_error_headers() {
     let mut malformed = reference("x", "customers/1");
     malformed.retain(|(name, _)| name != "ce_id");
     let sent = [
-        (malformed, Some(&b"kept as is"[..])),
+        (malformed, Some(&b"{\"email\":\"inline-canary@example.com\"}"[..])),
         (reference("down", "customers/down?token=s3cret"), None),
         (with_type(reference("reject", "customers/1"), "leak.reject"), None),
         (with_type(reference("retry", "customers/1"), "leak.retry"), None),
@@ -99,10 +99,12 @@ async fn failed_events_are_dead_lettered_as_received_with_error_headers() {
         assert!(error("time").unwrap().starts_with("20"));
         assert!(!error("exception.message").unwrap().is_empty());
         // The original record, as received: key, value and headers in order (the error headers
-        // follow them), except a dataref's query string.
+        // follow them), except a dataref's query string and data written inline (the value of
+        // a binary-mode event).
         let (original, value) = &sent[offset as usize];
         assert_eq!(letter.key(), Some(format!("key-{offset}").as_bytes()));
-        assert_eq!(letter.payload(), *value);
+        let value = if offset == 0 { None } else { *value };
+        assert_eq!(letter.payload(), value);
         let headers = headers_of(letter);
         for (i, (name, value)) in original.iter().enumerate() {
             let expected =
@@ -119,6 +121,8 @@ async fn failed_events_are_dead_lettered_as_received_with_error_headers() {
     }
     let redacted = broker::header(letter_of(1), "__keyhole.errors.redacted");
     assert_eq!(redacted.as_deref(), Some("dataref query string"));
+    let redacted = broker::header(letter_of(0), "__keyhole.errors.redacted");
+    assert_eq!(redacted.as_deref(), Some("inline data"));
     let retried = broker::header(letter_of(3), "__keyhole.errors.exception.message").unwrap();
     assert!(retried.contains("gave up after 3 attempts"), "{retried}");
     let poisoned = broker::header(letter_of(1), "__keyhole.errors.exception.message").unwrap();
@@ -248,4 +252,85 @@ async fn a_refused_event_keeps_its_id_and_an_overlong_dataref_is_refused_unreque
     let text = std::fs::read_to_string(&audit).unwrap();
     assert!(!text.contains(&"a".repeat(1024)), "the overlong reference reached the audit file");
     std::fs::remove_file(&audit).ok();
+}
+
+/// `keyhole run --log-format <format>` on `config`, logging to `keyhole.log` beside it.
+fn run_with_log_format(config: &std::path::Path, format: &str) -> std::process::Child {
+    let log = std::fs::File::create(config.with_file_name("keyhole.log")).unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_keyhole"))
+        .args(["--log-format", format, "run", "--config"])
+        .arg(config)
+        .env("KEYHOLE_TEST_OWNER_TOKEN", common::owner::TOKEN)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_with_a_newline_is_refused_and_forges_no_log_line_in_either_format() {
+    const FORGED: &str = "1999-01-01T00:00:00.000000Z  INFO keyhole::app: forged by a producer";
+    let owner = Owner::start().await;
+    owner.set("customers/1", Answer::Release("text/plain", b"one".to_vec()));
+    for format in ["text", "json"] {
+        let topic = broker::create_topic(1).await;
+        let group = broker::unique("keyhole");
+        let dir = std::env::temp_dir().join(broker::unique("keyhole-injection"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let identity = r#"{ bearer_token = { env = "KEYHOLE_TEST_OWNER_TOKEN" } }"#;
+        let mut toml = common::echo_config(&group, &topic, &owner.base_url(), identity, "");
+        toml.push_str("\n[audit]\npath = \"audit.jsonl\"\n");
+        let config = dir.join("keyhole.toml");
+        std::fs::write(&config, toml).unwrap();
+        let dead_letters = format!("{group}.acme.echo.dlq");
+        broker::create_named_topic(&dead_letters, 1).await;
+
+        let producer = broker::producer();
+        let forged_id = format!("evt-1\n{FORGED}\r\n{FORGED}");
+        publish(&producer, &topic, Some(0), Some("k1"), &reference(&forged_id, "customers/1"), None).await;
+        let structured = serde_json::to_vec(&serde_json::json!({
+            "specversion": "1.0", "id": format!("evt-2\n{FORGED}"), "source": "s", "type": "t",
+            "dataref": "customers/1", "subject": format!("x\u{85}{FORGED}"),
+        }))
+        .unwrap();
+        let content_type = vec![("content-type".to_string(), b"application/cloudevents+json".to_vec())];
+        publish(&producer, &topic, Some(0), Some("k2"), &content_type, Some(&structured)).await;
+        publish(&producer, &topic, Some(0), Some("k3"), &reference("evt-3", "customers/1"), None).await;
+
+        let mut keyhole = run_with_log_format(&config, format);
+        let audit = dir.join("audit.jsonl");
+        let deadline = std::time::Instant::now() + WITHIN;
+        while std::fs::read_to_string(&audit).unwrap_or_default().lines().count() < 3 {
+            assert!(std::time::Instant::now() < deadline, "three decisions were not made");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        std::process::Command::new("kill").args(["-TERM", &keyhole.id().to_string()]).status().unwrap();
+        assert_eq!(keyhole.wait().unwrap().code(), Some(0));
+
+        let log = std::fs::read_to_string(dir.join("keyhole.log")).unwrap();
+        for line in log.lines() {
+            assert!(!line.starts_with("1999-01-01"), "{format}: a forged line in the log:\n{log}");
+            if format == "json" {
+                serde_json::from_str::<serde_json::Value>(line)
+                    .unwrap_or_else(|e| panic!("{format}: not one JSON object per line ({e}): {line}"));
+            }
+        }
+        let records: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        let refused: Vec<&serde_json::Value> =
+            records.iter().filter(|r| r["decision"] == "refused").collect();
+        assert_eq!(refused.len(), 2, "{format}: {records:#?}");
+        for record in &refused {
+            assert!(record.to_string().contains("control_character"), "{format}: {record}");
+            assert!(record["event_id"].is_null(), "{format}: the forged id was recorded: {record}");
+        }
+        assert!(records.iter().any(|r| r["event_id"] == "evt-3" && r["decision"] == "delivered"));
+        // Refused, not lost: both are dead lettered, as received.
+        assert_eq!(broker::read(&dead_letters, 2).await.len(), 2);
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }

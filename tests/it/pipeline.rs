@@ -177,6 +177,11 @@ async fn hostile_references_never_reach_anyone() {
         "customers/%252e%252e/admin".to_string(),
         "/etc/passwd".to_string(),
         "file:///etc/passwd".to_string(),
+        // Dots to owners that decode overlong UTF-8 or full-width dots, or trim dots and spaces.
+        "%c0%ae%c0%ae/secret".to_string(),
+        "%ef%bc%8e%ef%bc%8e/secret".to_string(),
+        "a/..%20/secret".to_string(),
+        ".../secret".to_string(),
     ];
     for (i, dataref) in hostile.iter().enumerate() {
         publish(&producer, &s.topic, Some(0), None, &reference(&format!("ev-{i}"), dataref), None).await;

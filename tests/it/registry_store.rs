@@ -8,6 +8,7 @@
 use crate::common;
 
 use common::broker;
+use common::cluster::SIGNING_KEY;
 use keyhole::registry::{Catalog, Grant, HandlerSpec, Registry, TenantLimits};
 use keyhole::sandbox::ComponentReport;
 use std::path::{Path, PathBuf};
@@ -45,6 +46,7 @@ fn config(dir: &Path, registry: &str, blobs: &str, create_topics: bool) -> PathB
         blob_topic = "{blobs}"
         create_topics = {create_topics}
         replication_factor = 1
+        signing_keys = [{{ id = "test", secret = {{ value = "{SIGNING_KEY}" }} }}]
         "#,
         bootstrap = broker::bootstrap(),
         group = broker::unique("keyhole"),

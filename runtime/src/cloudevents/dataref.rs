@@ -66,31 +66,37 @@ impl DataRef {
             None => self.path.clone(),
         };
         let joined = base.join(&relative).map_err(|_| forbidden(DatarefRefusal::NotJoinable))?;
-
         // Defence in depth: `parse` already refused everything that could change the origin
         // or climb out of the base path, but the request goes wherever the `url` crate says,
         // so check what it says.
-        if joined.scheme() != base.scheme()
-            || joined.host_str() != base.host_str()
-            || joined.port_or_known_default() != base.port_or_known_default()
-            || joined.username() != base.username()
-            || joined.password() != base.password()
-        {
-            return Err(forbidden(DatarefRefusal::OtherHost));
-        }
-        if joined.fragment().is_some() {
-            return Err(forbidden(DatarefRefusal::Fragment));
-        }
-        let below_base = joined
-            .path()
-            .strip_prefix(base.path())
-            .filter(|rest| !rest.is_empty())
-            .ok_or_else(|| forbidden(DatarefRefusal::EscapesBasePath))?;
-        // The part below the base must still pass the path rules after the crate's own
-        // normalisation and encoding.
-        check_path(below_base).map_err(forbidden)?;
+        check_below(&base, &joined).map_err(forbidden)?;
         Ok(joined)
     }
+}
+
+/// Whether `url` is below `base` (whose path ends with '/') as a reference's URL must be: the
+/// same scheme, host, port and user, no fragment, a path below the base's whose rest passes
+/// the reference path rules. Redirects the data source answers with are checked by it too.
+pub fn check_below(base: &url::Url, url: &url::Url) -> Result<(), DatarefRefusal> {
+    if url.scheme() != base.scheme()
+        || url.host_str() != base.host_str()
+        || url.port_or_known_default() != base.port_or_known_default()
+        || url.username() != base.username()
+        || url.password() != base.password()
+    {
+        return Err(DatarefRefusal::OtherHost);
+    }
+    if url.fragment().is_some() {
+        return Err(DatarefRefusal::Fragment);
+    }
+    let below_base = url
+        .path()
+        .strip_prefix(base.path())
+        .filter(|rest| !rest.is_empty() && base.path().ends_with('/'))
+        .ok_or(DatarefRefusal::EscapesBasePath)?;
+    // The part below the base must still pass the path rules after the crate's own
+    // normalisation and encoding.
+    check_path(below_base)
 }
 
 impl fmt::Debug for DataRef {
@@ -123,10 +129,12 @@ pub enum DatarefRefusal {
     ControlOrSpace,
     /// The reference has a non-ASCII character (it must be percent-encoded).
     NonAscii,
-    /// A path segment is `.` or `..` (also `..;param`).
+    /// A path segment is made of dots only (`.`, `..`, `...`; also `..;param`).
     DotSegment,
     /// The path has a percent-escape for '.', '/', '\\', '%' or a control character.
     EncodedDotOrSlash,
+    /// The path has a percent-escape of a non-ASCII byte, a space or DEL.
+    EncodedNonAscii,
     /// A '%' is not followed by two hex digits.
     MalformedPercentEscape,
     /// The `url` crate could not join the reference onto the base URL.
@@ -156,6 +164,7 @@ impl fmt::Display for DatarefRefusal {
             DatarefRefusal::NonAscii => "non-ASCII character (must be percent-encoded)",
             DatarefRefusal::DotSegment => "dot segment (path escapes the base path)",
             DatarefRefusal::EncodedDotOrSlash => "percent-encoded dot or slash",
+            DatarefRefusal::EncodedNonAscii => "percent-encoded non-ASCII byte, space or DEL in the path",
             DatarefRefusal::MalformedPercentEscape => "malformed percent-escape",
             DatarefRefusal::NotJoinable => "cannot be joined onto the base URL",
             DatarefRefusal::OtherHost => "other host",
@@ -241,7 +250,8 @@ fn check_path(path: &str) -> Result<(), DatarefRefusal> {
         let end =
             [lowered.find(';'), lowered.find("%3b")].into_iter().flatten().min().unwrap_or(segment.len());
         let head = segment.get(..end).unwrap_or(segment);
-        if head == "." || head == ".." {
+        // `...` too: servers that trim trailing dots (Windows, some proxies) read it as `..`.
+        if !head.is_empty() && head.bytes().all(|b| b == b'.') {
             return Err(DatarefRefusal::DotSegment);
         }
     }
@@ -267,6 +277,11 @@ fn check_percent_escapes(part: &str, in_path: bool) -> Result<(), DatarefRefusal
         let decoded = high * 16 + low;
         if in_path && (matches!(decoded, b'.' | b'/' | b'\\' | b'%') || decoded.is_ascii_control()) {
             return Err(DatarefRefusal::EncodedDotOrSlash);
+        }
+        // Overlong UTF-8 (`%c0%ae`), full-width dots (`%ef%bc%8e`) and an escaped space or DEL
+        // (`..%20`) are dots or nothing to owners that decode leniently or trim.
+        if in_path && (decoded >= 0x80 || decoded == b' ' || decoded == 0x7f) {
+            return Err(DatarefRefusal::EncodedNonAscii);
         }
         index += 3;
     }

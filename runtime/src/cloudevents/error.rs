@@ -88,6 +88,14 @@ pub enum EnvelopeError {
         /// The limit.
         limit: usize,
     },
+    /// An attribute holds a control character (U+0000-U+001F, U+007F-U+009F), which the
+    /// CloudEvents type system forbids in every String attribute: an `id` with a newline would
+    /// otherwise forge lines in a text log.
+    #[error("attribute `{attribute}` contains a control character")]
+    ControlCharacter {
+        /// The attribute's name, escaped and truncated for logs.
+        attribute: String,
+    },
     /// The structured-mode value is not a usable JSON CloudEvent.
     #[error("structured event: {detail}")]
     MalformedStructuredEvent {
@@ -109,6 +117,7 @@ impl EnvelopeError {
         "forbidden_dataref",
         "malformed_structured_event",
         "too_long",
+        "control_character",
     ];
 
     /// A short stable label for metrics and logs.
@@ -125,6 +134,7 @@ impl EnvelopeError {
             EnvelopeError::ForbiddenDataref { .. } => "forbidden_dataref",
             EnvelopeError::MalformedStructuredEvent { .. } => "malformed_structured_event",
             EnvelopeError::TooLong { .. } => "too_long",
+            EnvelopeError::ControlCharacter { .. } => "control_character",
         }
     }
 }
@@ -134,6 +144,16 @@ const MAX_NAME_CHARS_SHOWN: usize = 64;
 
 pub(super) fn malformed_header(header: &str, problem: HeaderProblem) -> EnvelopeError {
     EnvelopeError::MalformedHeader { header: printable_name(header), problem }
+}
+
+pub(super) fn control_character(attribute: &str) -> EnvelopeError {
+    EnvelopeError::ControlCharacter { attribute: printable_name(attribute) }
+}
+
+/// Whether `value` holds a character the CloudEvents type system forbids in a String:
+/// U+0000-U+001F and U+007F-U+009F.
+pub(super) fn has_control_character(value: &str) -> bool {
+    value.chars().any(|c| matches!(c, '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}'))
 }
 
 pub(super) fn malformed_event(detail: String) -> EnvelopeError {

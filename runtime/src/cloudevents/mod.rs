@@ -28,7 +28,7 @@ mod structured;
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests;
 
-pub use dataref::{DataRef, DatarefRefusal};
+pub use dataref::{DataRef, DatarefRefusal, check_below};
 pub use error::{EnvelopeError, HeaderProblem};
 
 use std::collections::BTreeMap;
@@ -37,7 +37,7 @@ use std::fmt;
 use serde_json::Value;
 
 use binary::parse_binary;
-use error::malformed_header;
+use error::{control_character, has_control_character, malformed_header};
 use structured::parse_structured;
 
 /// A Kafka record as keyhole sees it, independent of rdkafka so that parsing is testable without
@@ -144,7 +144,8 @@ pub fn readable_id(record: &RawRecord<'_>) -> Option<String> {
             value.get("id")?.as_str()?.to_owned()
         }
     };
-    (!id.is_empty() && id.len() <= MAX_ID_BYTES).then_some(id)
+    // An id that breaks the type system is not recorded either: it would reach the log.
+    (!id.is_empty() && id.len() <= MAX_ID_BYTES && !has_control_character(&id)).then_some(id)
 }
 
 /// Reads a Kafka record as a reference event, in whichever content mode it was written.
@@ -173,7 +174,7 @@ const CORE_ATTRIBUTES: [&str; 10] = [
 ];
 
 /// Tells binary from structured mode by the `content-type` header, as the binding requires.
-fn content_mode(record: &RawRecord<'_>) -> Result<ContentMode, EnvelopeError> {
+pub fn content_mode(record: &RawRecord<'_>) -> Result<ContentMode, EnvelopeError> {
     let mut content_type: Option<&[u8]> = None;
     let mut seen = false;
     for (name, value) in &record.headers {
@@ -215,6 +216,12 @@ fn assemble(
     }
     if inline_data {
         return Err(EnvelopeError::InlineData { mode });
+    }
+    // `dataref` has its own, stricter, rule (no control character and no space).
+    if let Some((name, _)) =
+        attributes.iter().find(|(name, value)| *name != "dataref" && has_control_character(value))
+    {
+        return Err(control_character(name));
     }
     let id = required(&mut attributes, "id")?;
     if id.len() > MAX_ID_BYTES {

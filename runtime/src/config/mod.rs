@@ -16,7 +16,7 @@ pub use uploaded::UploadedBinding;
 
 pub use settings::{
     AdminSettings, BindingSettings, ConfigError, FailurePolicies, KafkaRegistrySettings, KafkaSettings,
-    Problem, ReceiptSink, RegistryStore, Settings,
+    Problem, ReceiptSink, RegistryStore, Settings, SigningKey,
 };
 
 use crate::sandbox::{Limits, SandboxConfig};
@@ -86,6 +86,21 @@ pub struct RegistryConfig {
     /// revocation is effective everywhere within this time.
     #[serde(default = "default_max_staleness_ms")]
     pub max_staleness_ms: u64,
+    /// The keys that sign every registry record (HMAC-SHA256) and verify it before it is
+    /// applied; required with `store = "kafka"`. The first signs, every one verifies.
+    #[serde(default)]
+    pub signing_keys: Vec<SigningKeyConfig>,
+}
+
+/// One of `registry.signing_keys`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningKeyConfig {
+    /// Names the key in each record's signature, so that replicas can hold two during a
+    /// rotation.
+    pub id: String,
+    /// At least 32 bytes, held only by the replicas.
+    pub secret: Secret,
 }
 
 impl Default for RegistryConfig {
@@ -98,6 +113,7 @@ impl Default for RegistryConfig {
             replication_factor: default_replication_factor(),
             write_timeout_ms: default_write_timeout_ms(),
             max_staleness_ms: default_max_staleness_ms(),
+            signing_keys: Vec::new(),
         }
     }
 }

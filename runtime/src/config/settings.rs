@@ -170,6 +170,23 @@ pub struct KafkaRegistrySettings {
     pub write_timeout: std::time::Duration,
     /// How long a replica that cannot read the log accepts tenants' tokens.
     pub max_staleness: std::time::Duration,
+    /// Sign and verify registry records; never empty.
+    pub signing_keys: Vec<SigningKey>,
+}
+
+/// A key that signs and verifies registry records.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SigningKey {
+    /// Its name, carried in each signature.
+    pub id: String,
+    /// The HMAC key.
+    pub secret: Vec<u8>,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey").field("id", &self.id).field("secret", &"<redacted>").finish()
+    }
 }
 
 impl fmt::Debug for AdminSettings {

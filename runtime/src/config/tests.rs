@@ -117,3 +117,31 @@ fn secrets_are_not_debug_printed() {
     let settings = parse(MINIMAL).validate(Path::new(".")).unwrap();
     assert!(!format!("{settings:?}").contains("t0ken"));
 }
+
+#[test]
+fn the_kafka_registry_needs_signing_keys_of_32_bytes_with_unique_ids() {
+    let admin = "\n    [admin]\n    operator_token = { value = \"an-operator-token\" }\n";
+    let kafka_registry =
+        |keys: &str| format!("{MINIMAL}{admin}\n    [registry]\n    store = \"kafka\"\n    {keys}\n");
+    let paths = |text: &str| -> Vec<String> {
+        parse(text).validate(Path::new(".")).unwrap_err().into_iter().map(|p| p.path).collect()
+    };
+    assert_eq!(paths(&kafka_registry("")), ["registry.signing_keys"]);
+    let short = r#"signing_keys = [{ id = "k1", secret = { value = "too short" } }]"#;
+    assert_eq!(paths(&kafka_registry(short)), ["registry.signing_keys[0].secret"]);
+    let long = "x".repeat(32);
+    let twice = format!(
+        r#"signing_keys = [{{ id = "k1", secret = {{ value = "{long}" }} }}, {{ id = "k1", secret = {{ value = "{long}" }} }}, {{ id = "bad id", secret = {{ value = "{long}" }} }}]"#
+    );
+    assert_eq!(
+        paths(&kafka_registry(&twice)),
+        ["registry.signing_keys[1].id", "registry.signing_keys[2].id"]
+    );
+    let good = format!(r#"signing_keys = [{{ id = "2026-12.a_b", secret = {{ value = "{long}" }} }}]"#);
+    let settings = parse(&kafka_registry(&good)).validate(Path::new(".")).unwrap();
+    let Some(RegistryStore::Kafka(registry)) = settings.admin.map(|a| a.registry) else {
+        panic!("not kafka")
+    };
+    assert_eq!(registry.signing_keys[0].id, "2026-12.a_b");
+    assert!(!format!("{registry:?}").contains(&long), "the secret is not in the Debug output");
+}

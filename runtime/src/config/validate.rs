@@ -5,7 +5,7 @@
 use super::{
     AdminConfig, AdminSettings, Config, ConfigError, DEFAULT_RECEIPTS_PATH, KafkaRegistrySettings,
     KafkaSettings, Problem, ReceiptSink, ReceiptSinkKind, RegistryConfig, RegistryStore, RegistryStoreKind,
-    Secret, Settings,
+    Secret, Settings, SigningKey, SigningKeyConfig,
 };
 use crate::model::names::{is_dotted_name, is_topic};
 use std::collections::BTreeMap;
@@ -207,6 +207,7 @@ fn validate_registry(
             problems.add(key, "must be greater than 0");
         }
     }
+    let signing_keys = signing_keys(&registry.signing_keys, problems);
     (problems.len() == before).then(|| {
         RegistryStore::Kafka(KafkaRegistrySettings {
             topic: registry.topic.clone(),
@@ -215,8 +216,49 @@ fn validate_registry(
             replication_factor: registry.replication_factor,
             write_timeout: Duration::from_millis(registry.write_timeout_ms),
             max_staleness: Duration::from_millis(registry.max_staleness_ms),
+            signing_keys,
         })
     })
+}
+
+/// The fewest bytes a registry signing key may have: HMAC-SHA256's own output size.
+const MIN_SIGNING_KEY_BYTES: usize = 32;
+
+/// `registry.signing_keys`, resolved: at least one, unique ids, secrets of at least
+/// [`MIN_SIGNING_KEY_BYTES`].
+fn signing_keys(keys: &[SigningKeyConfig], problems: &mut Problems) -> Vec<SigningKey> {
+    if keys.is_empty() {
+        problems.add(
+            "registry.signing_keys",
+            "required with store = \"kafka\": every replica signs the records it writes and applies \
+             only records signed with one of these keys (anyone who can write to the registry topic \
+             could otherwise create tenants and tokens)",
+        );
+    }
+    let mut resolved = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let at = |field: &str| format!("registry.signing_keys[{i}].{field}");
+        let id_ok = !key.id.is_empty()
+            && key.id.len() <= 64
+            && key.id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !id_ok {
+            problems.add(at("id"), "must be 1-64 ASCII letters, digits, '-', '_' or '.'");
+        }
+        if keys[..i].iter().any(|earlier| earlier.id == key.id) {
+            problems.add(at("id"), format!("{:?} is used by an earlier key", key.id));
+        }
+        match key.secret.resolve() {
+            Ok(secret) if secret.len() >= MIN_SIGNING_KEY_BYTES => {
+                resolved.push(SigningKey { id: key.id.clone(), secret: secret.into_bytes() });
+            }
+            Ok(secret) => problems.add(
+                at("secret"),
+                format!("must be at least {MIN_SIGNING_KEY_BYTES} bytes (it has {})", secret.len()),
+            ),
+            Err(error) => problems.add(at("secret"), error),
+        }
+    }
+    resolved
 }
 
 fn validate_admin(

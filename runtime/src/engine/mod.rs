@@ -74,11 +74,13 @@ impl Engine {
             .data_sources
             .iter()
             .enumerate()
-            .map(|(i, source)| match Resolver::new(source.clone()) {
-                Ok(resolver) => Some(Arc::new(resolver)),
-                Err(e) => {
-                    problems.push(problem(format!("data_source[{i}]"), e.to_string()));
-                    None
+            .map(|(i, source)| {
+                match Resolver::new(source.clone()).map(|r| r.with_redirect_rule(redirect_below_base)) {
+                    Ok(resolver) => Some(Arc::new(resolver)),
+                    Err(e) => {
+                        problems.push(problem(format!("data_source[{i}]"), e.to_string()));
+                        None
+                    }
                 }
             })
             .collect();
@@ -224,4 +226,10 @@ impl Engine {
         .await
         .map_err(|e| e.to_string())?
     }
+}
+
+/// A redirect from a data owner is followed only to where a reference could lead: the rules of
+/// `dataref` paths, applied to the target's path below the base URL.
+fn redirect_below_base(base: &url::Url, target: &url::Url) -> bool {
+    crate::cloudevents::check_below(base, target).is_ok()
 }

@@ -2,9 +2,11 @@
 //! binding's dead-letter topic, with headers that say where it came from and why it failed, in
 //! the style of Kafka Connect's (`__connect.errors.*`).
 //!
-//! A dead letter holds the reference, never resolved data: the value and headers are the
-//! original record's, byte for byte, except that a `dataref`'s query string (which may carry a
-//! token) is cut off, and a header says so.
+//! A dead letter holds the reference, never resolved data nor data a producer wrote inline: the
+//! key and headers are the original record's, byte for byte, except that a `dataref`'s query
+//! string (which may carry a token) is cut off; a binary-mode value (which is the event's data)
+//! is dropped, and so are a structured-mode event's `data` and `data_base64` members. A header
+//! says what was cut.
 
 use crate::cloudevents::RawRecord;
 use crate::config::Stage;
@@ -115,12 +117,28 @@ fn dead_letter(
         };
         headers = headers.insert(Header { key: name, value });
     }
-    let value = match received.value.as_deref().map(redact_structured) {
-        Some((value, cut)) => {
-            redacted |= cut;
-            Some(value)
-        }
+    let mut cut = Vec::new();
+    if redacted {
+        cut.push("dataref query string");
+    }
+    let value = match received.value.as_deref() {
         None => None,
+        Some(value) if is_structured(&received.headers) => {
+            let (value, query, data) = redact_structured(value);
+            if query {
+                cut.push("dataref query string");
+            }
+            if data {
+                cut.push("inline data");
+            }
+            value
+        }
+        // Binary mode: the value is the event's data, personal data written inline.
+        Some([]) => Some(Vec::new()),
+        Some(_) => {
+            cut.push("inline data");
+            None
+        }
     };
     let error = |name: &str| format!("{HEADER_PREFIX}{name}");
     let mut add = |name: &str, value: &str| {
@@ -142,8 +160,9 @@ fn dead_letter(
     if let Some(id) = failure.event_id {
         add("event.id", id);
     }
-    if redacted {
-        add("redacted", "dataref query string");
+    if !cut.is_empty() {
+        cut.dedup();
+        add("redacted", &cut.join(", "));
     }
     (headers, value)
 }
@@ -154,23 +173,37 @@ fn without_query(reference: &[u8]) -> Option<&[u8]> {
     Some(&reference[..cut])
 }
 
-/// A structured-mode value with its `dataref`'s query string cut off, and whether anything was
-/// cut. A value that is not a JSON object with a string `dataref` holding a query is kept as is.
-fn redact_structured(value: &[u8]) -> (Vec<u8>, bool) {
+/// Whether the record is a structured-mode CloudEvent, by the binding's rule: a `content-type`
+/// starting with `application/cloudevents` (case-insensitive).
+fn is_structured(headers: &[(String, Option<Vec<u8>>)]) -> bool {
+    let borrowed: Vec<(&str, Option<&[u8]>)> =
+        headers.iter().map(|(name, value)| (name.as_str(), value.as_deref())).collect();
+    crate::cloudevents::content_mode(&RawRecord { key: None, value: None, headers: borrowed })
+        .is_ok_and(|mode| mode == crate::cloudevents::ContentMode::Structured)
+}
+
+/// A structured-mode value without its `data` and `data_base64` members and with its
+/// `dataref`'s query string cut off; whether a query and whether data were cut. A value that is
+/// not a JSON object cannot be told apart from data: it is dropped (`None`, data cut).
+fn redact_structured(value: &[u8]) -> (Option<Vec<u8>>, bool, bool) {
     let Ok(serde_json::Value::Object(mut event)) = serde_json::from_slice::<serde_json::Value>(value) else {
-        return (value.to_vec(), false);
+        return (None, false, true);
     };
-    let Some(serde_json::Value::String(reference)) = event.get_mut("dataref") else {
-        return (value.to_vec(), false);
-    };
-    let Some(cut) = without_query(reference.as_bytes()).map(<[u8]>::len) else {
-        return (value.to_vec(), false);
-    };
-    reference.truncate(cut);
+    let data = event.remove("data").is_some() | event.remove("data_base64").is_some();
+    let mut query = false;
+    if let Some(serde_json::Value::String(reference)) = event.get_mut("dataref")
+        && let Some(cut) = without_query(reference.as_bytes()).map(<[u8]>::len)
+    {
+        reference.truncate(cut);
+        query = true;
+    }
+    if !data && !query {
+        return (Some(value.to_vec()), false, false);
+    }
     match serde_json::to_vec(&event) {
-        Ok(rewritten) => (rewritten, true),
-        // Unreachable for a value that was just parsed; drop it rather than keep the query.
-        Err(_) => (Vec::new(), true),
+        Ok(rewritten) => (Some(rewritten), query, data),
+        // Unreachable for a value that was just parsed; drop it rather than keep what was cut.
+        Err(_) => (None, query, true),
     }
 }
 
@@ -231,9 +264,52 @@ mod tests {
         assert!(header(&headers, "__keyhole.errors.redacted").is_some());
 
         let structured = br#"{"specversion":"1.0","dataref":"customers/1?token=s3cret","id":"x"}"#;
-        let received = Received { value: Some(structured.to_vec()), ..Received::default() };
+        let received = Received {
+            value: Some(structured.to_vec()),
+            headers: vec![("content-type".into(), Some(b"application/cloudevents+json".to_vec()))],
+            ..Received::default()
+        };
         let (_, value) = dead_letter(&received, &failure(&origin), SystemTime::UNIX_EPOCH);
         let value = String::from_utf8(value.unwrap()).unwrap();
         assert!(!value.contains("s3cret") && value.contains(r#""dataref":"customers/1""#), "{value}");
+    }
+
+    #[test]
+    fn inline_data_never_reaches_a_dead_letter_in_either_mode() {
+        let origin = Origin { topic: "refs".into(), partition: 0, offset: 0 };
+        let canary = "canary-4b1d@example.com";
+        let binary = Received {
+            value: Some(format!(r#"{{"email":"{canary}"}}"#).into_bytes()),
+            headers: vec![("ce_id".into(), Some(b"e-1".to_vec()))],
+            ..Received::default()
+        };
+        let (headers, value) = dead_letter(&binary, &failure(&origin), SystemTime::UNIX_EPOCH);
+        assert_eq!(value, None);
+        assert_eq!(header(&headers, "ce_id"), Some(&b"e-1"[..]), "the attributes are kept");
+        assert_eq!(header(&headers, "__keyhole.errors.redacted"), Some(&b"inline data"[..]));
+
+        let content_type = ("Content-Type".to_string(), Some(b"application/CloudEvents+json".to_vec()));
+        for member in ["data", "data_base64"] {
+            let event = format!(
+                r#"{{"specversion":"1.0","id":"e-2","dataref":"c/1?t=x","{member}":{{"email":"{canary}"}}}}"#
+            );
+            let structured = Received {
+                value: Some(event.into_bytes()),
+                headers: vec![content_type.clone()],
+                ..Received::default()
+            };
+            let (headers, value) = dead_letter(&structured, &failure(&origin), SystemTime::UNIX_EPOCH);
+            let value = String::from_utf8(value.unwrap()).unwrap();
+            assert!(!value.contains(canary) && value.contains(r#""id":"e-2""#), "{value}");
+            let redacted = header(&headers, "__keyhole.errors.redacted").unwrap();
+            assert_eq!(redacted, b"dataref query string, inline data");
+        }
+        // Not JSON at all: nothing tells its data apart, so none of it is kept.
+        let garbage = Received {
+            value: Some(canary.as_bytes().to_vec()),
+            headers: vec![content_type],
+            ..Received::default()
+        };
+        assert_eq!(dead_letter(&garbage, &failure(&origin), SystemTime::UNIX_EPOCH).1, None);
     }
 }

@@ -10,9 +10,10 @@
 //! travels in it, so that applying it twice, on two replicas, gives the same result.
 
 use super::model::{BlobRef, HandlerRecord, State, TenantRecord, TokenRecord};
-use super::rules::{check_spec, handler_record_mut};
+use super::rules::{check_grant, check_spec, handler_record_mut, hex_of};
 use super::views::{handler_view, tenant_view};
 use super::{Catalog, Grant, HandlerSpec, HandlerView, RegistryError, TenantView, VersionInfo};
+use crate::model::names::{NAME_RULE, is_name};
 use serde::{Deserialize, Serialize};
 
 /// One change to the registry, as the log carries it. Never holds a token in clear: only its
@@ -103,9 +104,61 @@ impl Command {
     }
 }
 
+impl Command {
+    /// The checks that need no state, exactly as the admin API makes them: names, the grant
+    /// (topics, data sources, purposes, limits), version digests, token digests.
+    pub fn validate(&self, catalog: &Catalog) -> Result<(), RegistryError> {
+        let name = |kind: &str, value: &str| {
+            if is_name(value) {
+                Ok(())
+            } else {
+                Err(RegistryError::Invalid(format!("{kind} name {value:?} must be {NAME_RULE}")))
+            }
+        };
+        match self {
+            Command::PutTenant { tenant, grant } => {
+                name("tenant", tenant)?;
+                check_grant(catalog, grant)
+            }
+            Command::PutHandler { tenant, handler, .. } => {
+                name("tenant", tenant)?;
+                name("handler", handler)
+            }
+            Command::IssueToken { tenant, token } => {
+                name("tenant", tenant)?;
+                let digest_ok = token.sha256.len() == 64
+                    && token.sha256.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+                if digest_ok && !token.id.is_empty() && token.id.len() <= 64 {
+                    Ok(())
+                } else {
+                    Err(RegistryError::Invalid("a token record must hold a SHA-256 digest and an id".into()))
+                }
+            }
+            Command::AddVersion { info, .. } => hex_of(&info.version).map(drop),
+            Command::Activate { version, .. } | Command::DeleteVersion { version, .. } => {
+                hex_of(version).map(drop)
+            }
+            Command::SetActivation { active, previous, only_if_active, .. } => {
+                for version in active.iter().chain(previous).chain(only_if_active) {
+                    hex_of(version)?;
+                }
+                Ok(())
+            }
+            // Deletions, revocations and rollbacks name what exists; `apply` finds it or refuses.
+            Command::DeleteTenant { .. }
+            | Command::RevokeToken { .. }
+            | Command::DeleteHandler { .. }
+            | Command::Rollback { .. } => Ok(()),
+        }
+    }
+}
+
 /// Applies `command` to `state` if its preconditions hold there; on refusal `state` is left as
 /// it was. Deterministic: the same state and command give the same result on every replica.
 pub fn apply(state: &mut State, catalog: &Catalog, command: &Command) -> Result<Applied, RegistryError> {
+    // The admin API checks every request; a record in the registry log is checked again here,
+    // whoever wrote it, so that no path changes the state in a way the API would refuse.
+    command.validate(catalog)?;
     let mut next = state.clone();
     let applied = decide(&mut next, catalog, command)?;
     *state = next;

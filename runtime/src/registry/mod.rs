@@ -27,14 +27,13 @@ pub use error::RegistryError;
 pub use token::matches as token_matches;
 
 use crate::config::{AdminSettings, KafkaSettings, RegistryStore};
-use crate::model::names::{NAME_RULE, is_name, is_topic};
-use crate::model::purpose::is_purpose;
+use crate::model::names::{NAME_RULE, is_name};
 use crate::sandbox::ComponentReport;
 use command::Answer;
 use kafka::KafkaStore;
 use local::Store;
 use model::State;
-use rules::{check_spec, contract_of, handler_record, hex_of, normalise, now};
+use rules::{check_grant, check_spec, contract_of, handler_record, hex_of, normalise, now};
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -194,7 +193,7 @@ impl Registry {
         if !is_name(tenant) {
             return Err(RegistryError::Invalid(format!("tenant name {tenant:?} must be {NAME_RULE}")));
         }
-        self.check_grant(&grant)?;
+        check_grant(&self.catalog, &grant)?;
         match self.submit(Command::PutTenant { tenant: tenant.into(), grant }).await? {
             Answer::Tenant(view, created) => Ok((view, created)),
             other => Err(unexpected(&other)),
@@ -529,38 +528,6 @@ impl Registry {
             }
         })
         .await;
-    }
-
-    fn check_grant(&self, grant: &Grant) -> Result<(), RegistryError> {
-        for topic in grant.topics.iter().chain(&grant.reply_topics) {
-            if !is_topic(topic) {
-                return Err(RegistryError::Invalid(format!("{topic:?} is not a valid topic name")));
-            }
-        }
-        for source in &grant.data_sources {
-            if !self.catalog.data_sources.contains(source) {
-                return Err(RegistryError::Invalid(format!(
-                    "no data source named {source:?} is configured (configured: {})",
-                    self.catalog.data_sources.join(", ")
-                )));
-            }
-        }
-        for purpose in &grant.purposes {
-            if !is_purpose(purpose) {
-                return Err(RegistryError::Invalid(format!(
-                    "purpose {purpose:?} must be 1-512 printable ASCII characters (it travels in an HTTP header)"
-                )));
-            }
-        }
-        let l = &grant.limits;
-        if l.max_component_bytes == 0
-            || l.max_in_flight == 0
-            || l.max_memory_bytes == 0
-            || l.max_deadline_ms == 0
-        {
-            return Err(RegistryError::Invalid("limits must be greater than 0".into()));
-        }
-        Ok(())
     }
 }
 

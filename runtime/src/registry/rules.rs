@@ -3,7 +3,39 @@
 
 use super::model::{HandlerRecord, State};
 use super::{Catalog, Grant, HandlerSpec, RegistryError};
+use crate::model::names::is_topic;
+use crate::model::purpose::is_purpose;
 use crate::sandbox::ComponentReport;
+
+/// Checks a grant as the admin API does: topic names, configured data sources, purposes, limits.
+pub(super) fn check_grant(catalog: &Catalog, grant: &Grant) -> Result<(), RegistryError> {
+    for topic in grant.topics.iter().chain(&grant.reply_topics) {
+        if !is_topic(topic) {
+            return Err(RegistryError::Invalid(format!("{topic:?} is not a valid topic name")));
+        }
+    }
+    for source in &grant.data_sources {
+        if !catalog.data_sources.contains(source) {
+            return Err(RegistryError::Invalid(format!(
+                "no data source named {source:?} is configured (configured: {})",
+                catalog.data_sources.join(", ")
+            )));
+        }
+    }
+    for purpose in &grant.purposes {
+        if !is_purpose(purpose) {
+            return Err(RegistryError::Invalid(format!(
+                "purpose {purpose:?} must be 1-512 printable ASCII characters (it travels in an HTTP header)"
+            )));
+        }
+    }
+    let l = &grant.limits;
+    if l.max_component_bytes == 0 || l.max_in_flight == 0 || l.max_memory_bytes == 0 || l.max_deadline_ms == 0
+    {
+        return Err(RegistryError::Invalid("limits must be greater than 0".into()));
+    }
+    Ok(())
+}
 
 /// Checks a spec against the tenant's grant and limits.
 pub(super) fn check_spec(

@@ -23,7 +23,7 @@ mod client;
 mod error;
 
 pub use backoff::{Backoff, RETRY_AFTER_CEILING};
-pub use client::{MAX_REDIRECTS, Resolver};
+pub use client::{MAX_REDIRECTS, RedirectRule, Resolver};
 pub use error::{Disposition, ResolveError, ResolverBuildError};
 
 use std::fmt;

@@ -53,6 +53,10 @@ pub const BINDING_PAUSED: &str = "keyhole_binding_paused";
 /// by `binding`, `tenant`, `topic` and `partition`. 0 for a partition this instance no longer
 /// holds.
 pub const CONSUMER_LAG: &str = "keyhole_consumer_lag";
+/// Counter: registry records skipped because their signature did not check out, by `reason`
+/// (`unsigned`, `malformed`, `unknown_key`, `mismatch`). Any increase means someone other than
+/// a keyhole replica wrote to the registry topic.
+pub const REGISTRY_RECORDS_REJECTED: &str = "keyhole_registry_records_rejected_total";
 
 /// Upper bounds, in seconds, of the handler duration histogram: a fresh instance costs tens of
 /// microseconds; the default deadline is one second, the longest a few more.
@@ -124,6 +128,10 @@ fn describe() {
     describe_counter!(AUDIT_ERRORS, "Audit record writes that failed and were tried again.");
     describe_gauge!(BINDING_PAUSED, "1 while the binding is paused because its data source cannot answer.");
     describe_gauge!(CONSUMER_LAG, "Messages not yet consumed, per partition.");
+    describe_counter!(
+        REGISTRY_RECORDS_REJECTED,
+        "Registry records skipped because their signature did not check out, by reason."
+    );
 }
 
 /// The labels every series of a binding carries: `binding` and `tenant`.

@@ -2,17 +2,19 @@
 //! operators run replicas: each with its own admin port, state directory and audit file.
 
 use super::admin::{Answer, Body, OPERATOR};
+
+/// The key every test replica signs and verifies registry records with.
+pub const SIGNING_KEY: &str = "registry-signing-key-for-the-tests-0123456789";
 use super::{broker, owner};
 use serde_json::Value;
 use std::path::PathBuf;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 /// One replica: its directory (configuration, state, audit file, log), admin URL and process.
 pub struct Replica {
     pub dir: PathBuf,
     pub url: String,
-    child: Option<Child>,
+    child: Option<super::Keyhole>,
 }
 
 /// Replicas sharing a consumer group prefix and the registry's topics.
@@ -83,6 +85,7 @@ impl Cluster {
             replication_factor = 1
             write_timeout_ms = 3000
             max_staleness_ms = 3000
+            signing_keys = [{{ id = "test", secret = {{ value = "{SIGNING_KEY}" }} }}]
             "#,
             common = super::kafka_and_owner_toml(
                 &self.group,

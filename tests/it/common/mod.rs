@@ -130,9 +130,35 @@ pub fn kafka_and_owner_toml(group: &str, owner_base: &str, identity: &str) -> St
     )
 }
 
+/// A running keyhole, killed if a failing assertion leaves it behind: the suite leaves nothing
+/// running.
+pub struct Keyhole(std::process::Child);
+
+impl std::ops::Deref for Keyhole {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Keyhole {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Keyhole {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            self.0.kill().ok();
+            self.0.wait().ok();
+        }
+    }
+}
+
 /// `keyhole run --config <config>` as a child process, the owner's token in its environment,
 /// logging to `keyhole.log` beside the configuration.
-pub fn run_keyhole(config: &std::path::Path) -> std::process::Child {
+pub fn run_keyhole(config: &std::path::Path) -> Keyhole {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -146,5 +172,6 @@ pub fn run_keyhole(config: &std::path::Path) -> std::process::Child {
         .stdout(std::process::Stdio::null())
         .stderr(log)
         .spawn()
+        .map(Keyhole)
         .unwrap()
 }

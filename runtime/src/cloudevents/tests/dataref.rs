@@ -45,6 +45,16 @@ fn hostile_references_are_refused_with_their_reason() {
         ("customers/%zz", R::MalformedPercentEscape),
         ("customers/%2", R::MalformedPercentEscape),
         ("customers/42?q=%", R::MalformedPercentEscape),
+        // Read as a traversal by owners that decode overlong UTF-8 or full-width dots, or trim
+        // trailing dots and spaces (an attack review's four vectors).
+        ("%c0%ae%c0%ae/secret", R::EncodedNonAscii),
+        ("%ef%bc%8e%ef%bc%8e/secret", R::EncodedNonAscii),
+        ("a/..%20/secret", R::EncodedNonAscii),
+        (".../secret", R::DotSegment),
+        ("customers/....;x", R::DotSegment),
+        ("customers/caf%C3%A9", R::EncodedNonAscii),
+        ("customers/a%20b", R::EncodedNonAscii),
+        ("customers/...", R::DotSegment),
     ];
     for (reference, expected) in cases {
         assert_eq!(refusal(reference), expected, "{reference:?}");
@@ -56,10 +66,10 @@ fn plain_references_are_accepted() {
     for reference in [
         "customers/42",
         "customers/42/",
-        "customers/caf%C3%A9",
-        "customers/a%20b",
-        "customers/...",
+        "customers/a%22b",
+        "customers/a..b",
         "customers/.hidden",
+        "customers/42?name=caf%C3%A9&q=a%20b",
         "customers/42:profile",
         "customers/42?next=../admin&path=%2e%2e%2f",
         "42",
@@ -184,5 +194,28 @@ fn every_kind_label_is_stable() {
     ];
     for (error, kind) in errors {
         assert_eq!(error.kind(), kind);
+    }
+}
+
+#[test]
+fn a_redirect_is_followed_only_where_a_reference_could_lead() {
+    let base = url::Url::parse("http://127.0.0.1:8080/owner/").unwrap();
+    let at = |target: &str| check_below(&base, &url::Url::parse(target).unwrap());
+    assert_eq!(at("http://127.0.0.1:8080/owner/customers/42"), Ok(()));
+    for (target, reason) in [
+        ("http://127.0.0.1:8080/owner/%c0%ae%c0%ae/secret", DatarefRefusal::EncodedNonAscii),
+        ("http://127.0.0.1:8080/owner/.../secret", DatarefRefusal::DotSegment),
+        ("http://127.0.0.1:8080/owner/a/..%20/secret", DatarefRefusal::EncodedNonAscii),
+        // The `url` crate reads `%2e%2e` as `..` and climbs out.
+        ("http://127.0.0.1:8080/owner/%2e%2e/secret", DatarefRefusal::EscapesBasePath),
+        ("http://127.0.0.1:8080/owner", DatarefRefusal::EscapesBasePath),
+        ("http://127.0.0.1:8080/ownerx/a", DatarefRefusal::EscapesBasePath),
+        ("http://127.0.0.1:8080/admin", DatarefRefusal::EscapesBasePath),
+        ("http://user@127.0.0.1:8080/owner/a", DatarefRefusal::OtherHost),
+        ("http://127.0.0.1:8081/owner/a", DatarefRefusal::OtherHost),
+        ("https://127.0.0.1:8080/owner/a", DatarefRefusal::OtherHost),
+        ("http://127.0.0.1:8080/owner/a#x", DatarefRefusal::Fragment),
+    ] {
+        assert_eq!(at(target), Err(reason), "{target}");
     }
 }

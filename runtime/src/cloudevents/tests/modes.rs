@@ -390,3 +390,37 @@ fn structured_ignores_ce_headers() {
     .unwrap();
     assert_eq!(event.dataref.path(), "a/1");
 }
+
+// --- control characters (CloudEvents type system) ---
+
+#[test]
+fn an_attribute_with_a_control_character_is_refused_in_either_mode_and_its_id_is_not_kept() {
+    let forged: &'static [u8] = b"evt-1\n2026-12-06T00:00:00.000000Z  INFO keyhole: forged line";
+    let headers = with(without(binary_headers(), "ce_id"), "ce_id", Some(forged));
+    let record = RawRecord { key: None, value: None, headers };
+    let refusal = read(&record).unwrap_err();
+    assert_eq!(refusal.error, EnvelopeError::ControlCharacter { attribute: "id".into() });
+    assert_eq!(refusal.error.kind(), "control_character");
+    assert_eq!(refusal.id, None, "an id that could forge a log line is not recorded");
+    // C1 controls and DEL too, in any attribute, extensions included.
+    for value in ["a\u{7f}b", "a\u{85}b", "a\u{9f}", "\u{0}", "tab\there"] {
+        let leaked: &'static str = Box::leak(value.to_string().into_boxed_str());
+        let headers = with(binary_headers(), "ce_subject", Some(leaked.as_bytes()));
+        assert_eq!(
+            binary(headers).unwrap_err(),
+            EnvelopeError::ControlCharacter { attribute: "subject".into() },
+            "{value:?}"
+        );
+    }
+    let json = r#"{"specversion":"1.0","id":"evt-1","source":"/crm","type":"t","dataref":"customers/1","note":"a\u000db"}"#;
+    assert_eq!(structured(json).unwrap_err(), EnvelopeError::ControlCharacter { attribute: "note".into() });
+    let json = r#"{"specversion":"1.0","id":"evt\n1","source":"/crm","type":"t","dataref":"customers/1"}"#;
+    let record = RawRecord {
+        key: None,
+        value: Some(json.as_bytes()),
+        headers: vec![("content-type", Some(b"application/cloudevents+json".as_slice()))],
+    };
+    assert_eq!(read(&record).unwrap_err().id, None);
+    // Printable non-ASCII stays allowed.
+    assert!(binary(with(binary_headers(), "ce_subject", Some("Zoë – 日本".as_bytes()))).is_ok());
+}

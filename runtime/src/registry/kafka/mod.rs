@@ -5,9 +5,12 @@
 //! replica applies in log order, and the blob topic ([`blob`]), where component bytes are kept
 //! in chunks. A write appends its command and returns only once this replica has read it back
 //! and applied it: the caller is answered with what the log decided (read-your-writes), and
-//! conflicting writes on two replicas end in the same state everywhere.
+//! conflicting writes on two replicas end in the same state everywhere. Every command record is
+//! signed by the replica that writes it, and applied only when its signature checks out
+//! ([`signature`]): writing to the topic is not enough to change the registry.
 
 mod blob;
+mod signature;
 mod tail;
 mod topics;
 
@@ -15,6 +18,7 @@ use super::command::{Applied, Command};
 use super::model::{BlobRef, State};
 use super::{Catalog, RegistryError};
 use crate::config::{KafkaRegistrySettings, KafkaSettings};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use serde::{Deserialize, Serialize};
@@ -37,6 +41,8 @@ pub(crate) struct KafkaStore {
     settings: KafkaRegistrySettings,
     kafka: KafkaSettings,
     producer: FutureProducer,
+    /// Signs the commands this replica writes (the tail verifies every record with it too).
+    signer: Arc<signature::Signer>,
     tail: Arc<Tail>,
     /// Stops the tailing tasks when the registry is dropped.
     _stop: tokio_util::sync::DropGuard,
@@ -54,13 +60,20 @@ impl KafkaStore {
         topics::ensure(kafka, settings).await.map_err(RegistryError::Unavailable)?;
         let producer = crate::kafka::producer::own(kafka, "keyhole-registry")
             .map_err(|e| RegistryError::Unavailable(format!("cannot create the registry's producer: {e}")))?;
+        let signer =
+            signature::Signer::new(settings.signing_keys.clone()).map(Arc::new).ok_or_else(|| {
+                RegistryError::Unavailable(
+                    "registry.signing_keys is empty: the Kafka store needs a key".into(),
+                )
+            })?;
         let cancel = CancellationToken::new();
-        let (tail, announced) = Tail::start(kafka, settings, state, catalog, cancel.clone())?;
+        let (tail, announced) = Tail::start(kafka, settings, state, catalog, signer.clone(), cancel.clone())?;
         tail.replayed(settings.write_timeout.max(REPLAY_TIMEOUT)).await?;
         let store = KafkaStore {
             settings: settings.clone(),
             kafka: kafka.clone(),
             producer,
+            signer,
             tail,
             _stop: cancel.drop_guard(),
         };
@@ -75,7 +88,10 @@ impl KafkaStore {
         let payload = serde_json::to_vec(&envelope).map_err(|e| RegistryError::Invalid(e.to_string()))?;
         let decision = self.tail.await_decision(&id);
         let key = format!("command/{id}");
-        let record = FutureRecord::to(&self.settings.topic).key(&key).payload(&payload).partition(0);
+        let signature = self.signer.sign(key.as_bytes(), &payload);
+        let headers = OwnedHeaders::new().insert(Header { key: signature::HEADER, value: Some(&signature) });
+        let record =
+            FutureRecord::to(&self.settings.topic).key(&key).payload(&payload).headers(headers).partition(0);
         let timeout = self.settings.write_timeout;
         let answer = tokio::time::timeout(timeout, async {
             self.producer.send(record, Timeout::After(timeout)).await.map_err(|(error, _)| {

@@ -2,13 +2,14 @@
 //! applies it to its state ([`command::apply`]). The writer of a record learns what it decided
 //! here, when its own replica reads it back.
 
+use super::signature::{self, Signer};
 use super::{Announced, Envelope};
 use crate::config::{KafkaRegistrySettings, KafkaSettings};
 use crate::registry::command::{self, Applied, Command};
 use crate::registry::model::State;
 use crate::registry::{Catalog, RegistryError};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers as _, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -31,6 +32,8 @@ pub(super) struct Tail {
     consumer: Arc<StreamConsumer>,
     state: Arc<Mutex<State>>,
     catalog: Arc<Catalog>,
+    /// Checks each record's signature before it is applied.
+    signer: Arc<Signer>,
     /// This replica's writes waiting to be read back, by record id.
     waiters: Mutex<Waiters>,
     /// The next offset to apply: every record before it is applied.
@@ -51,6 +54,7 @@ impl Tail {
         settings: &KafkaRegistrySettings,
         state: Arc<Mutex<State>>,
         catalog: Arc<Catalog>,
+        signer: Arc<Signer>,
         cancel: CancellationToken,
     ) -> Result<(Arc<Tail>, mpsc::Receiver<Announced>), RegistryError> {
         let consumer: StreamConsumer = crate::kafka::client_config(kafka, "keyhole-registry-reader")
@@ -66,12 +70,18 @@ impl Tail {
             .add_partition_offset(&settings.topic, 0, Offset::Beginning)
             .and_then(|()| consumer.assign(&assignment))
             .map_err(|e| RegistryError::Unavailable(format!("cannot read {}: {e}", settings.topic)))?;
+        // Every reason at 0 from the start: an alert on an increase needs a series to compare.
+        for rejected in signature::Rejected::ALL {
+            metrics::counter!(crate::telemetry::REGISTRY_RECORDS_REJECTED, "reason" => rejected.label())
+                .increment(0);
+        }
         let (announced, announcements) = mpsc::channel(ANNOUNCED_CAPACITY);
         let tail = Arc::new(Tail {
             topic: settings.topic.clone(),
             consumer: Arc::new(consumer),
             state,
             catalog,
+            signer,
             waiters: Mutex::default(),
             applied: watch::Sender::new(0),
             current_at: Mutex::default(),
@@ -170,7 +180,23 @@ impl Tail {
             };
             match message {
                 Ok(message) => {
-                    self.apply(message.offset(), message.payload());
+                    let signatures: Vec<&[u8]> = message
+                        .headers()
+                        .map(|headers| {
+                            headers
+                                .iter()
+                                .filter(|h| h.key == signature::HEADER)
+                                .map(|h| h.value.unwrap_or_default())
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let (key, payload) = (message.key().unwrap_or_default(), message.payload());
+                    // A tombstone (no value) changes nothing and needs no signature.
+                    let checked = payload.map(|value| self.signer.verify(key, value, &signatures));
+                    match checked {
+                        Some(Err(rejected)) => self.reject(message.offset(), rejected),
+                        _ => self.apply(message.offset(), payload),
+                    }
                 }
                 Err(error) => {
                     tracing::warn!(topic = %self.topic, %error, "Cannot read the registry log; retrying.");
@@ -201,6 +227,16 @@ impl Tail {
                     "A registry record is not a command this keyhole knows; skipped (is every replica the same version?)."),
             }
         }
+        self.applied.send_replace(offset + 1);
+    }
+
+    /// Skips a record whose signature does not check out, on every replica alike: it was not
+    /// written by a replica holding a signing key.
+    fn reject(&self, offset: i64, rejected: signature::Rejected) {
+        metrics::counter!(crate::telemetry::REGISTRY_RECORDS_REJECTED, "reason" => rejected.label())
+            .increment(1);
+        tracing::error!(topic = %self.topic, offset, reason = %rejected,
+            "A registry record is not signed with any of registry.signing_keys; skipped. Someone other than a keyhole replica writes to the registry topic: check its ACLs.");
         self.applied.send_replace(offset + 1);
     }
 
