@@ -426,3 +426,21 @@ async fn uploads_must_be_application_wasm() {
     }
     admin.running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_grant_may_name_keyholes_own_topics() {
+    let owner = Owner::start().await;
+    let admin = Admin::start(&owner.base_url()).await;
+    // Every binding's default dead-letter topic, uploaded ones included: `<group_id>.<t>.<h>.dlq`.
+    let dead_letters = format!("{}.globex.scorer.dlq", admin.group);
+    for (topics, replies) in [(vec![dead_letters.as_str()], vec![]), (vec!["t"], vec![dead_letters.as_str()])]
+    {
+        let grant = json!({ "topics": topics, "data_sources": ["owner"], "purposes": ["testing"], "reply_topics": replies });
+        let answer = admin.call("PUT", "/v1/tenants/mallory", Some(OPERATOR), Body::Json(grant)).await;
+        assert_problem(&answer, 422, "invalid", "a dead-letter topic in a grant");
+        assert!(answer.body["detail"].as_str().unwrap().contains("keyhole's own topics"), "{answer:#?}");
+    }
+    let tenants = admin.ok(200, "GET", "/v1/tenants", Some(OPERATOR), Body::None).await;
+    assert_eq!(tenants.as_array().unwrap().len(), 0, "{tenants}");
+    admin.running.stop().await;
+}

@@ -427,6 +427,13 @@ async fn records_written_to_the_registry_topic_without_a_replicas_key_change_not
     forge(&cluster, mallory("mallory.x", "owner"), Some("test:{record}".into())).await;
     forge(&cluster, mallory("mallory", "no-such-source"), Some("test:{record}".into())).await;
 
+    // Through the API, the registry topic cannot be granted either (a reply's value is the
+    // handler's bytes: it could write registry records).
+    let grant = json!({ "topics": [topic], "data_sources": ["owner"], "purposes": ["testing"],
+        "reply_topics": [cluster.registry_topic] });
+    let answer = cluster.call(0, "PUT", "/v1/tenants/mallory", Some(OPERATOR), Body::Json(grant)).await;
+    assert_eq!(answer.status, 422, "{answer:?}");
+    assert!(answer.body["detail"].as_str().unwrap().contains("the registry log"), "{answer:?}");
     // A change through the API lands after them: the replica read past every forged record.
     cluster.tenant(0, "globex", &[&topic], json!({})).await;
     let tenants = cluster.ok(0, 200, "GET", "/v1/tenants", Some(OPERATOR), Body::None).await;

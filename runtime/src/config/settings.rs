@@ -28,6 +28,8 @@ pub struct Settings {
     pub data_sources: Vec<DataSourceSettings>,
     /// The bindings.
     pub bindings: Vec<BindingSettings>,
+    /// keyhole's own topics, which no handler or grant may name.
+    pub own_topics: crate::model::names::OwnTopics,
     /// The admin API, when configured.
     pub admin: Option<AdminSettings>,
     /// Span export, when a collector is named.

@@ -145,3 +145,21 @@ fn the_kafka_registry_needs_signing_keys_of_32_bytes_with_unique_ids() {
     assert_eq!(registry.signing_keys[0].id, "2026-12.a_b");
     assert!(!format!("{registry:?}").contains(&long), "the secret is not in the Debug output");
 }
+
+#[test]
+fn a_configured_handler_may_not_consume_or_reply_to_keyholes_own_topics() {
+    let text = format!(
+        "{}\n    reply_topic = \"keyhole-registry\"\n    reply_topics_allowed = [\"keyhole.acme.other.dlq\"]\n\n    [receipts]\n    sink = \"kafka\"\n    topic = \"receipts\"\n\n    [admin]\n    operator_token = {{ value = \"an-operator-token\" }}\n\n    [registry]\n    store = \"kafka\"\n    signing_keys = [{{ id = \"k\", secret = {{ value = \"{}\" }} }}]\n",
+        MINIMAL.replace(r#"topics = ["refs"]"#, r#"topics = ["refs", "keyhole-registry-blobs"]"#),
+        "k".repeat(32)
+    );
+    let problems = parse(&text).validate(Path::new(".")).unwrap_err();
+    let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["handler[0].topics[1]", "handler[0].reply_topic", "handler[0].reply_topics_allowed[0]"],
+        "{problems:#?}"
+    );
+    assert!(problems[0].message.contains("blob topic"), "{}", problems[0].message);
+    assert!(problems[2].message.contains("dead-letter topic"), "{}", problems[2].message);
+}

@@ -3,11 +3,11 @@
 //! data sources and handlers in [`super::bindings`].
 
 use super::{
-    AdminConfig, AdminSettings, Config, ConfigError, DEFAULT_RECEIPTS_PATH, KafkaRegistrySettings,
-    KafkaSettings, Problem, ReceiptSink, ReceiptSinkKind, RegistryConfig, RegistryStore, RegistryStoreKind,
-    Secret, Settings, SigningKey, SigningKeyConfig,
+    AdminConfig, AdminSettings, BindingSettings, Config, ConfigError, DEFAULT_RECEIPTS_PATH,
+    KafkaRegistrySettings, KafkaSettings, Problem, ReceiptSink, ReceiptSinkKind, RegistryConfig,
+    RegistryStore, RegistryStoreKind, Secret, Settings, SigningKey, SigningKeyConfig,
 };
-use crate::model::names::{is_dotted_name, is_topic};
+use crate::model::names::{OwnTopics, is_dotted_name, is_topic};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -68,7 +68,10 @@ impl Config {
             |name| std::env::var(name).ok(),
             &mut problems,
         );
+        let own_topics = self.own_topics(&kafka, &bindings, &receipts);
+        self.refuse_own_topics(&own_topics, &mut problems);
         problems.into_result(|| Settings {
+            own_topics,
             trace_export,
             admin,
             kafka,
@@ -80,6 +83,51 @@ impl Config {
             data_sources: sources.into_iter().flatten().collect(),
             bindings,
         })
+    }
+
+    /// keyhole's own topics under this configuration.
+    fn own_topics(
+        &self,
+        kafka: &KafkaSettings,
+        bindings: &[BindingSettings],
+        receipts: &ReceiptSink,
+    ) -> OwnTopics {
+        let mut own = OwnTopics::new(&kafka.group_id);
+        if self.registry.store == RegistryStoreKind::Kafka {
+            own.add(&self.registry.topic, "the registry log");
+            own.add(&self.registry.blob_topic, "the registry's blob topic");
+        }
+        if let ReceiptSink::Kafka { topic } = receipts {
+            own.add(topic, "the receipts topic");
+        }
+        for binding in bindings {
+            own.add(&binding.on_failure.dead_letter_topic, "a dead-letter topic");
+        }
+        own
+    }
+
+    /// A configured handler may not consume or reply to keyhole's own topics either.
+    fn refuse_own_topics(&self, own: &OwnTopics, problems: &mut Problems) {
+        for (i, h) in self.handlers.iter().enumerate() {
+            let topics = h.topics.iter().enumerate().map(|(t, topic)| (format!("topics[{t}]"), topic));
+            let replies = h.reply_topic.iter().map(|topic| ("reply_topic".to_string(), topic));
+            let allowed = h
+                .reply_topics_allowed
+                .iter()
+                .enumerate()
+                .map(|(t, topic)| (format!("reply_topics_allowed[{t}]"), topic));
+            for (key, topic) in topics.chain(replies).chain(allowed) {
+                // Its own dead-letter topic among its inputs is refused with its own reason.
+                let own_dead_letters =
+                    key.starts_with("topics[") && h.on_failure.dead_letter_topic.as_ref() == Some(topic);
+                if let Some(what) = own.owner(topic).filter(|_| !own_dead_letters) {
+                    problems.add(
+                        format!("handler[{i}].{key}"),
+                        format!("{topic:?} is {what}, one of keyhole's own topics: a handler may not consume or reply to it"),
+                    );
+                }
+            }
+        }
     }
 
     fn validate_kafka(&self, problems: &mut Problems) -> KafkaSettings {

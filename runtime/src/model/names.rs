@@ -79,3 +79,37 @@ mod tests {
         assert!(is_dotted_name("crm.eu") && !is_dotted_name(".") && !is_dotted_name(".."));
     }
 }
+
+/// keyhole's own topics: the registry's two, the receipts topic and every dead-letter topic. A
+/// reply's value is the handler's bytes, so a handler that could reply to one of them could
+/// write registry commands or forge receipts; one that could consume one would read what is not
+/// its tenant's. No grant, handler spec or configured handler may name them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OwnTopics {
+    /// Topics by name, with what each one is.
+    named: std::collections::BTreeMap<String, &'static str>,
+    /// `<kafka.group_id>.`: with `.dlq`, the default dead-letter topic of any binding, uploaded
+    /// ones included.
+    dead_letter_prefix: Option<String>,
+}
+
+impl OwnTopics {
+    /// Own topics whose default dead-letter topics are `<group_id>.<tenant>.<handler>.dlq`.
+    pub fn new(group_id: &str) -> Self {
+        OwnTopics { named: Default::default(), dead_letter_prefix: Some(format!("{group_id}.")) }
+    }
+
+    /// Adds `topic`, described as `what` ("the registry log").
+    pub fn add(&mut self, topic: &str, what: &'static str) {
+        self.named.entry(topic.to_string()).or_insert(what);
+    }
+
+    /// What `topic` is when it is one of keyhole's own.
+    pub fn owner(&self, topic: &str) -> Option<&'static str> {
+        if let Some(what) = self.named.get(topic) {
+            return Some(what);
+        }
+        let prefix = self.dead_letter_prefix.as_deref()?;
+        (topic.starts_with(prefix) && topic.ends_with(".dlq")).then_some("a dead-letter topic")
+    }
+}

@@ -48,6 +48,8 @@ pub struct Catalog {
     /// `(tenant, handler)` of the handlers in the configuration file, whose names (and consumer
     /// groups) the registry may not reuse.
     pub configured: HashSet<(String, String)>,
+    /// keyhole's own topics, which no grant may name.
+    pub own_topics: crate::model::names::OwnTopics,
 }
 
 impl Catalog {
@@ -56,6 +58,7 @@ impl Catalog {
         Catalog {
             data_sources: settings.data_sources.iter().map(|s| s.name.clone()).collect(),
             configured: settings.bindings.iter().map(|b| (b.tenant.clone(), b.handler.clone())).collect(),
+            own_topics: settings.own_topics.clone(),
         }
     }
 }

@@ -13,6 +13,7 @@ pub(super) fn check_grant(catalog: &Catalog, grant: &Grant) -> Result<(), Regist
         if !is_topic(topic) {
             return Err(RegistryError::Invalid(format!("{topic:?} is not a valid topic name")));
         }
+        own_topic(catalog, topic)?;
     }
     for source in &grant.data_sources {
         if !catalog.data_sources.contains(source) {
@@ -37,6 +38,16 @@ pub(super) fn check_grant(catalog: &Catalog, grant: &Grant) -> Result<(), Regist
     Ok(())
 }
 
+/// Refuses keyhole's own topics (the registry's, receipts, dead letters) to tenants.
+fn own_topic(catalog: &Catalog, topic: &str) -> Result<(), RegistryError> {
+    match catalog.own_topics.owner(topic) {
+        Some(what) => Err(RegistryError::Invalid(format!(
+            "{topic:?} is {what}, one of keyhole's own topics: no tenant may consume or reply to it"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Checks a spec against the tenant's grant and limits.
 pub(super) fn check_spec(
     tenant: &str,
@@ -48,6 +59,10 @@ pub(super) fn check_spec(
         |what, value: &str| RegistryError::NotGranted { tenant: tenant.into(), what, value: value.into() };
     if spec.topics.is_empty() {
         return Err(RegistryError::Invalid("topics must name at least one topic".into()));
+    }
+    // Also here: a grant stored before the rule existed may still name one.
+    for topic in spec.topics.iter().chain(&spec.reply_topic) {
+        own_topic(catalog, topic)?;
     }
     for topic in &spec.topics {
         if !grant.topics.contains(topic) {

@@ -154,6 +154,7 @@ fn settings(bootstrap: &str, owner: url::Url, handler: &Path, fixtures: &Fixture
     properties.insert("fetch.wait.max.ms".to_string(), "10".to_string());
     Settings {
         admin: None,
+        own_topics: crate::model::names::OwnTopics::new("keyhole-dev"),
         trace_export: None,
         kafka: KafkaSettings {
             bootstrap_servers: bootstrap.to_string(),
