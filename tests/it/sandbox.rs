@@ -109,9 +109,19 @@ async fn a_panic_is_a_trap() {
 
 #[tokio::test]
 async fn a_malformed_return_is_refused() {
-    let error = load("hostile-malformed-reply", limits()).handle(&event("m", b"{}")).await.unwrap_err();
+    // Forwarded output: the host's own words on what was wrong.
+    let forwarded =
+        load("hostile-malformed-reply", limits()).with_output(keyhole::sandbox::GuestOutput::Forward);
+    let error = forwarded.handle(&event("m", b"{}")).await.unwrap_err();
     assert!(
         matches!(error, GuestError::MalformedReturn(ref m) if m.contains("utf-8") || m.contains("UTF-8")),
+        "{error:?}"
+    );
+    // Withheld (the default): only the category, since the error chain can carry what the
+    // guest chose.
+    let error = load("hostile-malformed-reply", limits()).handle(&event("m", b"{}")).await.unwrap_err();
+    assert!(
+        matches!(error, GuestError::MalformedReturn(ref m) if m == "(withheld, see guest_output)"),
         "{error:?}"
     );
     assert_serves_normal_event().await;
@@ -232,7 +242,7 @@ async fn reply_size_violated() {
     let limits = Limits { max_reply_bytes: 1 << 20, ..limits() };
     let error = load("hostile-oversized-reply", limits).handle(&event("r", b"{}")).await.unwrap_err();
     assert!(
-        matches!(error, GuestError::ReplyTooLarge { size, limit } if size == 16 << 20 && limit == 1 << 20),
+        matches!(error, GuestError::ReplyTooLarge { size, limit } if size.is_none() && limit == 1 << 20),
         "{error:?}"
     );
     assert_serves_normal_event().await;
@@ -383,4 +393,34 @@ async fn deadlines_fire_after_the_sandbox_that_loaded_the_handler_is_dropped() {
     drop(sandbox);
     let error = handler.handle(&event("d", b"{}")).await.unwrap_err();
     assert!(matches!(error, GuestError::DeadlineExceeded { .. }), "{error:?}");
+}
+
+/// A handler that turns the data it was given into a number the host might report (an exit
+/// code, the length of its error message, the size of its reply): with its output withheld, no
+/// such number leaves the sandbox; forwarded, each does (so the test can fail).
+#[tokio::test]
+async fn numbers_a_guest_chooses_reach_no_error_when_its_output_is_withheld() {
+    use keyhole::sandbox::GuestOutput;
+    let leaky = load("hostile-leaky", limits());
+    let forwarded = load("hostile-leaky", limits()).with_output(GuestOutput::Forward);
+    // Each channel with a number the data encodes (the reply one above the 1 MiB reply limit).
+    let smuggling = |type_: &str, secret: &str| {
+        let mut smuggling = event("n", secret.as_bytes());
+        smuggling.type_ = type_.into();
+        smuggling
+    };
+    // The length of its error message (reported as "(N bytes withheld)" before).
+    let withheld = leaky.handle(&smuggling("leak.length", "73106")).await.unwrap_err().to_string();
+    assert_eq!(withheld, "the handler rejected the event: (withheld, see guest_output)");
+    // The size of its reply.
+    let withheld = leaky.handle(&smuggling("leak.size", "1073107")).await.unwrap_err().to_string();
+    assert!(!withheld.contains("1073107"), "{withheld:?}");
+    let shown = forwarded.handle(&smuggling("leak.size", "1073107")).await.unwrap_err().to_string();
+    assert!(shown.contains("1073107"), "the channel exists when forwarded: {shown:?}");
+    // WASI preview 2 narrows an exit code to success or failure; withheld, not even that bit.
+    let mut exiting = event("e", b"73105");
+    exiting.type_ = "leak.exit".into();
+    let withheld = leaky.handle(&exiting).await.unwrap_err().to_string();
+    assert_eq!(withheld, "the handler trapped: the handler called exit");
+    assert_serves_normal_event().await;
 }

@@ -90,10 +90,11 @@ pub enum GuestError {
     #[error("the handler could not be instantiated within its limits: {0}")]
     InstantiationLimit(String),
     /// The handler's reply is larger than its limit.
-    #[error("the handler's reply of {size} bytes exceeds its limit of {limit} bytes")]
+    #[error("the handler's reply{} exceeds its limit of {limit} bytes", .size.map(|s| format!(" of {s} bytes")).unwrap_or_default())]
     ReplyTooLarge {
-        /// The reply's size, in bytes.
-        size: u64,
+        /// The reply's size, in bytes; `None` when the handler's output is withheld (the guest
+        /// chooses it, and a number can carry data).
+        size: Option<u64>,
         /// The limit, in bytes.
         limit: u64,
     },

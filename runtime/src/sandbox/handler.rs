@@ -118,7 +118,7 @@ impl Handler {
             Ok(bindings) => {
                 Ok(GuestInstance { store, bindings, limits: self.limits.clone(), output: self.output })
             }
-            Err(error) => Err(classify(store.data(), &self.limits, &error, Stage::Instantiate)),
+            Err(error) => Err(classify(store.data(), &self.limits, &error, Stage::Instantiate, self.output)),
         }
     }
 }
@@ -142,6 +142,7 @@ impl GuestInstance {
             Ok(Ok(Some(reply))) => {
                 let size = reply.data.len() as u64;
                 if size > self.limits.max_reply_bytes {
+                    let size = (self.output == GuestOutput::Forward).then_some(size);
                     return Err(GuestError::ReplyTooLarge { size, limit: self.limits.max_reply_bytes });
                 }
                 Ok(Some(reply))
@@ -153,7 +154,7 @@ impl GuestInstance {
             Ok(Err(HandlerError::Permanent(message))) => {
                 Err(GuestError::HandlerRejected(self.own_text(message)))
             }
-            Err(error) => Err(classify(self.store.data(), &self.limits, &error, Stage::Call)),
+            Err(error) => Err(classify(self.store.data(), &self.limits, &error, Stage::Call, self.output)),
         }
     }
 }
@@ -164,7 +165,8 @@ impl GuestInstance {
     fn own_text(&self, message: String) -> String {
         match self.output {
             GuestOutput::Forward => cut(message),
-            GuestOutput::Withhold => format!("({} bytes withheld, see guest_output)", message.len()),
+            // Not even its length: the guest chooses it, and a number can carry data.
+            GuestOutput::Withhold => WITHHELD.to_string(),
         }
     }
 }
@@ -175,8 +177,22 @@ enum Stage {
     Call,
 }
 
-/// Turns a wasmtime failure into what it means, using what the store saw happen.
-fn classify(state: &GuestState, limits: &Limits, error: &wasmtime::Error, stage: Stage) -> GuestError {
+/// What stands for text the guest could choose when its output is withheld.
+const WITHHELD: &str = "(withheld, see guest_output)";
+
+/// Turns a wasmtime failure into what it means, using what the store saw happen. With the
+/// output withheld, a failure is told by its category and keyhole's own limits only: the error
+/// chain of a failed call can carry what the guest chose (an exit code, the length it asked a
+/// host function for, symbol names in a backtrace), and any of it can encode personal data.
+fn classify(
+    state: &GuestState,
+    limits: &Limits,
+    error: &wasmtime::Error,
+    stage: Stage,
+    output: GuestOutput,
+) -> GuestError {
+    let forwarded = output == GuestOutput::Forward;
+    let detail = || if forwarded { describe(error) } else { WITHHELD.to_string() };
     match state.limiter.hit {
         Some(LimitHit::Memory) => return GuestError::MemoryExceeded { limit_bytes: limits.max_memory_bytes },
         Some(LimitHit::TableElements) => {
@@ -190,6 +206,7 @@ fn classify(state: &GuestState, limits: &Limits, error: &wasmtime::Error, stage:
     if let Some(trap) = error.downcast_ref::<Trap>() {
         return match trap {
             Trap::Interrupt => GuestError::DeadlineExceeded { limit_ms: limits.deadline_ms },
+            // A trap code's text is wasmtime's own, one per code; the backtrace is left out.
             other => GuestError::Trapped(other.to_string()),
         };
     }
@@ -197,13 +214,17 @@ fn classify(state: &GuestState, limits: &Limits, error: &wasmtime::Error, stage:
         return GuestError::NoCapacity(describe(error));
     }
     if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
-        return GuestError::Trapped(format!("the handler called exit({})", exit.0));
+        return GuestError::Trapped(if forwarded {
+            format!("the handler called exit({})", exit.0)
+        } else {
+            "the handler called exit".to_string()
+        });
     }
     match stage {
-        Stage::Instantiate => GuestError::InstantiationLimit(describe(error)),
+        Stage::Instantiate => GuestError::InstantiationLimit(detail()),
         // Anything else that fails a call without a trap is the host refusing to lift what
-        // the guest returned.
-        Stage::Call => GuestError::MalformedReturn(describe(error)),
+        // the guest returned, or a host function refusing what the guest asked of it.
+        Stage::Call => GuestError::MalformedReturn(detail()),
     }
 }
 

@@ -102,7 +102,7 @@ impl GuestState {
             if bytes.is_empty() {
                 continue;
             }
-            // Withheld: only the size is logged.
+            // Withheld: not even the size, which the guest chooses (a number can carry data).
             let shown = (self.output == GuestOutput::Forward).then(|| String::from_utf8_lossy(&bytes));
             tracing::debug!(
                 target: "keyhole::guest",
@@ -110,7 +110,7 @@ impl GuestState {
                 handler = %self.identity.handler,
                 event_id = %self.event_id,
                 stream,
-                bytes = bytes.len(),
+                bytes = shown.as_ref().map(|_| bytes.len()),
                 output = shown.as_deref().map(tracing::field::debug),
                 "{}",
                 if shown.is_some() { "Handler output." } else { "Handler output withheld." }
@@ -137,7 +137,7 @@ impl bindings::keyhole::handler::log::Host for GuestState {
         self.log_budget -= size;
         let (tenant, handler, event_id) = (&self.identity.tenant, &self.identity.handler, &self.event_id);
         if self.output == GuestOutput::Withhold {
-            tracing::debug!(target: "keyhole::guest", %tenant, %handler, %event_id, level = ?level, bytes = size, "Handler log withheld.");
+            tracing::debug!(target: "keyhole::guest", %tenant, %handler, %event_id, level = ?level, "Handler log withheld.");
             return Ok(());
         }
         // `?message` escapes control characters, so a guest cannot forge log lines.

@@ -6,6 +6,8 @@
 //! - `leak.reject`: a permanent error carrying the data;
 //! - `leak.retry`: a retryable error carrying the data;
 //! - `leak.panic`: a panic whose message is the data;
+//! - `leak.exit`, `leak.length`, `leak.size`: the data read as a number N, smuggled out as a
+//!   number the host might report: `exit(N)`, an error message of N bytes, a reply of N bytes;
 //! - anything else: no reply.
 //!
 //! keyhole's canary test asserts that the data reaches nothing keyhole writes except the reply.
@@ -31,9 +33,21 @@ impl Guest for Leaky {
             "leak.reject" => Err(HandlerError::Permanent(format!("rejected {data}"))),
             "leak.retry" => Err(HandlerError::Retryable(format!("try again {data}"))),
             "leak.panic" => panic!("panicking with {data}"),
+            "leak.exit" => std::process::exit(number(&data)),
+            "leak.length" => Err(HandlerError::Permanent("x".repeat(number(&data) as usize))),
+            "leak.size" => Ok(Some(Reply {
+                type_: "leak.size".into(),
+                datacontenttype: "application/octet-stream".into(),
+                data: vec![0; number(&data) as usize],
+            })),
             _ => Ok(None),
         }
     }
+}
+
+/// The data as a number (0 when it is not one).
+fn number(data: &str) -> i32 {
+    data.trim().parse().unwrap_or(0)
 }
 
 keyhole_guest::export_handler!(Leaky);
