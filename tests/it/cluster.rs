@@ -358,6 +358,12 @@ async fn with_the_broker_gone_writes_are_refused_a_stale_replica_trusts_no_token
     let ready = cluster.call(0, "GET", "/readyz", None, Body::None).await;
     assert_eq!(ready.status, 503, "{ready:#?}");
     assert!(ready.body["detail"].as_str().unwrap().contains("registry"), "{ready:#?}");
+    // A request no token could authenticate is refused before any round trip to the broker:
+    // 401, not the 503 of a registry sync that cannot reach it.
+    for token in [None, Some("not-a-token"), Some("kh_too-short")] {
+        let answer = cluster.call(0, "GET", "/v1/tenants", token, Body::None).await;
+        assert_eq!(answer.status, 401, "{token:?}: {answer:#?}");
+    }
     // And SIGTERM still stops it, within its drain and commit bounds.
     let status = cluster.terminate(0, Duration::from_secs(30)).await;
     assert!(status.success(), "exit {status}:\n{}", cluster.log(0));

@@ -142,12 +142,17 @@ pub fn router(api: Api) -> Router {
 }
 
 /// Every registry request waits for the registry to be current on this replica first (see
-/// [`Registry::sync`]): a client load-balanced over replicas reads its own writes.
+/// [`Registry::sync`]): a client load-balanced over replicas reads its own writes. A request no
+/// token could authenticate is refused before: without a token, it costs no round trip to the
+/// broker.
 async fn registry_synced(
     State(api): State<Api>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    if let Err(refused) = auth::could_be_anyone(&api, request.headers()) {
+        return refused.into_response();
+    }
     match api.registry.sync().await {
         Ok(()) => next.run(request).await,
         Err(error) => Problem::from(error).into_response(),

@@ -96,19 +96,26 @@ fn a_kafka_receipt_sink_needs_a_topic_no_handler_consumes() {
     };
     let ok = with("[receipts]\n        sink = \"kafka\"\n        topic = \"receipts\"").unwrap();
     assert_eq!(ok.receipts, ReceiptSink::Kafka { topic: "receipts".into() });
-    for (receipts, path) in [
-        ("[receipts]\n        sink = \"kafka\"", "receipts.topic"),
-        ("[receipts]\n        sink = \"kafka\"\n        topic = \"refs\"", "receipts.topic"),
-        ("[receipts]\n        sink = \"kafka\"\n        topic = \"a b\"", "receipts.topic"),
+    for (receipts, paths) in [
+        ("[receipts]\n        sink = \"kafka\"", &["receipts.topic"][..]),
+        // Consumed by a handler: wrong from both sides (the handler may not read receipts).
+        (
+            "[receipts]\n        sink = \"kafka\"\n        topic = \"refs\"",
+            &["receipts.topic", "handler[0].topics[0]"][..],
+        ),
+        ("[receipts]\n        sink = \"kafka\"\n        topic = \"a b\"", &["receipts.topic"][..]),
         (
             "[receipts]\n        sink = \"kafka\"\n        topic = \"r\"\n        path = \"x\"",
-            "receipts.path",
+            &["receipts.path"][..],
         ),
-        ("[receipts]\n        topic = \"r\"", "receipts.topic"),
-        ("[audit]\n        path = \"same\"\n        [receipts]\n        path = \"same\"", "receipts.path"),
+        ("[receipts]\n        topic = \"r\"", &["receipts.topic"][..]),
+        (
+            "[audit]\n        path = \"same\"\n        [receipts]\n        path = \"same\"",
+            &["receipts.path"][..],
+        ),
     ] {
         let problems = with(receipts).unwrap_err();
-        assert_eq!(problems.iter().map(|p| p.path.as_str()).collect::<Vec<_>>(), [path], "{receipts}");
+        assert_eq!(problems.iter().map(|p| p.path.as_str()).collect::<Vec<_>>(), paths, "{receipts}");
     }
 }
 

@@ -24,7 +24,7 @@ pub use model::{
 };
 
 pub use error::RegistryError;
-pub use token::matches as token_matches;
+pub use token::{is_tenant_token_shaped, matches as token_matches};
 
 use crate::config::{AdminSettings, KafkaSettings, RegistryStore};
 use crate::model::names::{NAME_RULE, is_name};

@@ -66,3 +66,11 @@ mod tests {
         assert!(a.token.starts_with("kh_") && a.token.len() == 46, "{}", a.token);
     }
 }
+
+/// Whether `presented` has the shape of a token [`issue`] makes (`kh_` and 43 URL-safe base64
+/// characters): what is not cannot be any tenant's token, whatever the registry holds.
+pub fn is_tenant_token_shaped(presented: &str) -> bool {
+    presented.strip_prefix("kh_").is_some_and(|rest| {
+        rest.len() == 43 && rest.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+    })
+}
