@@ -44,6 +44,8 @@ fn the_container_config_loads_with_its_secrets_from_a_file_and_the_environment()
     unsafe {
         std::env::set_var("KEYHOLE_REGISTRY_SIGNING_KEY", "a-registry-signing-key-of-at-least-32-bytes")
     };
+    // SAFETY: as above.
+    unsafe { std::env::set_var("KEYHOLE_KAFKA_PASSWORD", "a-kafka-password") };
     let settings = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
     let admin = settings.admin.unwrap();
     assert_eq!(admin.listen.to_string(), "0.0.0.0:9090");
@@ -66,7 +68,7 @@ fn the_kubernetes_config_map_holds_a_valid_configuration_within_the_grace_period
         .collect();
     let dir = std::env::temp_dir().join(common::broker::unique("keyhole-configmap"));
     std::fs::create_dir_all(&dir).unwrap();
-    for secret in ["operator-token", "crm-token", "registry-signing-key"] {
+    for secret in ["operator-token", "crm-token", "registry-signing-key", "kafka-password"] {
         std::fs::write(dir.join(secret), "a-secret-from-a-mounted-file-of-at-least-32-bytes\n").unwrap();
     }
     let path = dir.join("keyhole.toml");

@@ -181,7 +181,7 @@ pub async fn upload(
 const DISCARD_BYTES: usize = 4 << 20;
 const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
-async fn discard(body: Body) {
+pub(super) async fn discard(body: Body) {
     use futures_util::StreamExt as _;
     let mut stream = body.into_data_stream();
     let mut read = 0;

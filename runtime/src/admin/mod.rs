@@ -151,6 +151,9 @@ async fn registry_synced(
     next: axum::middleware::Next,
 ) -> Response {
     if let Err(refused) = auth::could_be_anyone(&api, request.headers()) {
+        // As a refused upload does: a client still sending its body then reads the 401 rather
+        // than a reset connection.
+        handlers::discard(request.into_body()).await;
         return refused.into_response();
     }
     match api.registry.sync().await {

@@ -49,6 +49,18 @@ impl Config {
                 }
                 let identity =
                     validate_identity(&source.identity, base, &|k| at(&format!("identity.{k}")), problems);
+                let in_clear =
+                    base_url.as_ref().is_some_and(|url| url.scheme() == "http" && !is_loopback(url));
+                if in_clear
+                    && matches!(identity, Some(Identity::Bearer(_)))
+                    && !source.allow_plaintext_credentials
+                {
+                    problems.add(
+                        at("base_url"),
+                        "a bearer token would cross the network in clear over http: use https, or set \
+                         allow_plaintext_credentials = true if the network itself is trusted",
+                    );
+                }
                 match (base_url, problems.len() == before) {
                     (Some(base_url), true) => Some(DataSourceSettings {
                         name: source.name.clone(),
@@ -318,4 +330,15 @@ pub(super) fn parse_base_url(text: &str) -> Result<url::Url, String> {
         url.set_path(&path);
     }
     Ok(url)
+}
+
+/// Whether a data source is on this host (`localhost`, `127.0.0.0/8`, `::1`): a token sent
+/// there does not cross a network.
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
 }

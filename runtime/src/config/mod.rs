@@ -303,6 +303,10 @@ pub struct DataSourceConfig {
     /// Requests in flight to this owner at once, across all handlers.
     #[serde(default = "default_max_concurrent_requests")]
     pub max_concurrent_requests: usize,
+    /// Send a bearer token over plain `http` to a host other than loopback. Off: the token, the
+    /// references and the released data would cross the network in clear.
+    #[serde(default)]
+    pub allow_plaintext_credentials: bool,
 }
 
 fn default_timeout_ms() -> u64 {

@@ -170,3 +170,23 @@ fn a_configured_handler_may_not_consume_or_reply_to_keyholes_own_topics() {
     assert!(problems[0].message.contains("blob topic"), "{}", problems[0].message);
     assert!(problems[2].message.contains("dead-letter topic"), "{}", problems[2].message);
 }
+
+#[test]
+fn a_bearer_token_over_plain_http_to_another_host_is_refused_unless_allowed() {
+    let remote = MINIMAL.replace("http://127.0.0.1:8080/api", "http://crm.internal:8080/api");
+    let problems = parse(&remote).validate(Path::new(".")).unwrap_err();
+    assert_eq!(problems.iter().map(|p| p.path.as_str()).collect::<Vec<_>>(), ["data_source[0].base_url"]);
+    assert!(problems[0].message.contains("in clear"), "{}", problems[0].message);
+    let allowed = remote.replace(
+        r#"identity = { bearer_token = { value = "t0ken" } }"#,
+        "identity = { bearer_token = { value = \"t0ken\" } }\n    allow_plaintext_credentials = true",
+    );
+    assert!(parse(&allowed).validate(Path::new(".")).is_ok());
+    // https, loopback (the token never leaves the host) and no token at all are fine.
+    for base in ["https://crm.internal/api", "http://localhost:8080/api", "http://[::1]:8080/api"] {
+        let text = MINIMAL.replace("http://127.0.0.1:8080/api", base);
+        assert!(parse(&text).validate(Path::new(".")).is_ok(), "{base}");
+    }
+    let tokenless = remote.replace(r#"identity = { bearer_token = { value = "t0ken" } }"#, "");
+    assert!(parse(&tokenless).validate(Path::new(".")).is_ok());
+}
