@@ -47,6 +47,14 @@ pub(crate) fn find<'a, T>(
     found
 }
 
+/// Whether `presented` has the shape of a token [`issue`] makes (`kh_` and 43 URL-safe base64
+/// characters): what is not cannot be any tenant's token, whatever the registry holds.
+pub fn is_tenant_token_shaped(presented: &str) -> bool {
+    presented.strip_prefix("kh_").is_some_and(|rest| {
+        rest.len() == 43 && rest.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+    })
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -65,12 +73,14 @@ mod tests {
         assert_ne!(a.token, b.token);
         assert!(a.token.starts_with("kh_") && a.token.len() == 46, "{}", a.token);
     }
-}
 
-/// Whether `presented` has the shape of a token [`issue`] makes (`kh_` and 43 URL-safe base64
-/// characters): what is not cannot be any tenant's token, whatever the registry holds.
-pub fn is_tenant_token_shaped(presented: &str) -> bool {
-    presented.strip_prefix("kh_").is_some_and(|rest| {
-        rest.len() == 43 && rest.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
-    })
+    #[test]
+    fn only_an_issued_token_is_tenant_shaped() {
+        assert!(is_tenant_token_shaped(&issue().token));
+        for other in
+            ["", "kh_", "kh_too-short", "operator-token-for-the-tests", &format!("kh_{}", "a".repeat(44))]
+        {
+            assert!(!is_tenant_token_shaped(other), "{other:?}");
+        }
+    }
 }
