@@ -103,7 +103,8 @@ fn from_hex(hex: &str) -> Option<[u8; 32]> {
 /// The MAC of a record: the key's length first, so that no (key, value) pair can pass for
 /// another with the boundary moved.
 fn mac(secret: &[u8], key: &[u8], value: &[u8]) -> HmacSha256 {
-    // An HMAC key may have any length: `new_from_slice` does not fail for HMAC.
+    // invariant: HMAC takes a key of any length (RFC 2104 hashes a longer one), so
+    // `new_from_slice` cannot fail for it; no input reaches this with another outcome.
     let mut mac = <HmacSha256 as Mac>::new_from_slice(secret).unwrap_or_else(|_| unreachable!());
     mac.update(&(key.len() as u64).to_be_bytes());
     mac.update(key);
