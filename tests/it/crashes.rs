@@ -71,10 +71,12 @@ struct Crashes {
     replies: String,
     group: String,
     dir: PathBuf,
+    /// The binding's `delivery`.
+    mode: &'static str,
 }
 
 impl Crashes {
-    async fn setup(broker: Broker, delivery: &str) -> Crashes {
+    async fn setup(broker: Broker, delivery: &'static str) -> Crashes {
         let (refs, replies, group) = (unique("refs"), unique("replies"), unique("keyhole"));
         let receipts = unique("receipts");
         broker.create_topics(&[(&refs, PARTITIONS), (&replies, PARTITIONS), (&receipts, PARTITIONS)]).await;
@@ -131,7 +133,7 @@ impl Crashes {
             assert!(toml.contains("group.instance.id"), "the properties line changed: {toml}");
         }
         std::fs::write(dir.join("keyhole.toml"), toml).unwrap();
-        Crashes { broker, owner, refs, replies, group, dir }
+        Crashes { broker, owner, refs, replies, group, dir, mode: delivery }
     }
 
     fn start(&self) -> common::Keyhole {
@@ -235,7 +237,8 @@ impl Crashes {
 
     /// Kills keyhole `KILLS` times, each after 8 to 24 owner requests, then lets it finish.
     /// Returns replies and releases per event.
-    async fn run(self, mode: &str) -> (HashMap<String, usize>, HashMap<String, usize>) {
+    async fn run(self) -> (HashMap<String, usize>, HashMap<String, usize>) {
+        let mode = self.mode;
         let (mut lost, mut per_kill) = (0, Vec::new());
         for kill in 1..=KILLS {
             let requests = rand::rng().random_range(8..=24);
@@ -317,33 +320,33 @@ fn assert_exactly_once(replies: &HashMap<String, usize>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_sigkills_at_least_once_on_tansu_lose_nothing() {
-    let (replies, _) = Crashes::setup(Broker::Tansu, "at-least-once").await.run("at-least-once").await;
+    let (replies, _) = Crashes::setup(Broker::Tansu, "at-least-once").await.run().await;
     assert_at_least_once(&replies);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_sigkills_at_most_once_on_tansu_lose_at_most_the_in_flight_and_repeat_nothing() {
-    let (replies, released) = Crashes::setup(Broker::Tansu, "at-most-once").await.run("at-most-once").await;
+    let (replies, released) = Crashes::setup(Broker::Tansu, "at-most-once").await.run().await;
     assert_at_most_once(&replies, &released);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_sigkills_at_least_once_on_noida_lose_nothing() {
     let broker = Broker::Noida(Noida::start().await);
-    let (replies, _) = Crashes::setup(broker, "at-least-once").await.run("at-least-once").await;
+    let (replies, _) = Crashes::setup(broker, "at-least-once").await.run().await;
     assert_at_least_once(&replies);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_sigkills_at_most_once_on_noida_lose_at_most_the_in_flight_and_repeat_nothing() {
     let broker = Broker::Noida(Noida::start().await);
-    let (replies, released) = Crashes::setup(broker, "at-most-once").await.run("at-most-once").await;
+    let (replies, released) = Crashes::setup(broker, "at-most-once").await.run().await;
     assert_at_most_once(&replies, &released);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_sigkills_exactly_once_on_noida_reply_to_each_event_once() {
     let broker = Broker::Noida(Noida::start().await);
-    let (replies, _) = Crashes::setup(broker, "exactly-once").await.run("exactly-once").await;
+    let (replies, _) = Crashes::setup(broker, "exactly-once").await.run().await;
     assert_exactly_once(&replies);
 }
