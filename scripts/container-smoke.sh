@@ -2,9 +2,10 @@
 # Builds keyhole's image from the Dockerfile with podman (target runtime-prebuilt: the binary
 # the test suite built, so no network is needed) and runs it as operators do — read-only root,
 # every capability dropped, no-new-privileges, a tmpfs for /var/lib/keyhole — against the tansu
-# broker and a data owner on the host: a reference event in, the handler's reply out, a healthy
-# health check, its spans at an OTLP collector named by OTEL_EXPORTER_OTLP_ENDPOINT, exit 0 on
-# SIGTERM. Then removes the container and the image.
+# broker and a data owner on the host: a reference event in, the handler's reply out, its audit
+# record on the audit topic (as the shipped configuration does), a healthy health check, its spans
+# at an OTLP collector named by OTEL_EXPORTER_OTLP_ENDPOINT, exit 0 on SIGTERM. Then removes the
+# container and the image.
 #
 # Called by scripts/test.sh after the tests (it uses their broker and binary); on its own:
 #   KEYHOLE_TEST_BROKER=127.0.0.1:9092 scripts/container-smoke.sh
@@ -48,8 +49,8 @@ sink_pid=$!
 for _ in $(seq 1 50); do [ -s "$work/otlp.log" ] && break; sleep 0.1; done
 sink_port=$(head -1 "$work/otlp.log")
 suffix="$$-$RANDOM"
-refs="smoke-refs-$suffix" replies="smoke-replies-$suffix"
-for topic in "$refs" "$replies" "smoke-$suffix.acme.echo.dlq"; do
+refs="smoke-refs-$suffix" replies="smoke-replies-$suffix" audit="smoke-audit-$suffix"
+for topic in "$refs" "$replies" "$audit" "smoke-$suffix.acme.echo.dlq"; do
     "$TANSU_BIN" topic create "$topic" --broker "tcp://$broker" --partitions 1 >/dev/null
 done
 admin_port=$(free_port)
@@ -60,7 +61,8 @@ group_id = "smoke-$suffix"
 properties = { "fetch.wait.max.ms" = "10" }
 
 [audit]
-path = "/var/lib/keyhole/audit.jsonl"
+sink = "kafka"
+topic = "$audit"
 
 [receipts]
 path = "/var/lib/keyhole/receipts.jsonl"
@@ -119,6 +121,22 @@ reply=$("$binary" request --bootstrap-servers "$broker" --topic "$refs" --datare
 echo "$reply"
 if ! grep -q 'Ada 7' <<<"$reply"; then
     echo "the reply does not carry what the owner released; the container's log:" >&2
+    podman logs "$container" >&2 || true
+    exit 1
+fi
+
+step "The event's audit record is on the audit topic"
+audited=""
+for _ in $(seq 1 20); do
+    if "$TANSU_BIN" cat consume "$audit" --broker "tcp://$broker" --max-wait-time-ms 500 2>/dev/null \
+        | grep -q '"decision":"delivered"'; then
+        audited=yes
+        break
+    fi
+    sleep 0.5
+done
+if [ -z "$audited" ]; then
+    echo "no audit record on $audit; the container's log:" >&2
     podman logs "$container" >&2 || true
     exit 1
 fi

@@ -7,7 +7,7 @@
 
 use crate::common;
 
-use keyhole::config::{Config, ConfigError, ReceiptSink};
+use keyhole::config::{AuditSink, Config, ConfigError, ReceiptSink};
 
 #[test]
 fn the_example_config_loads() {
@@ -20,7 +20,7 @@ fn the_example_config_loads() {
     assert_eq!(binding.group_id, "keyhole.acme.age-band");
     assert_eq!(binding.topics, ["customer-references"]);
     assert_eq!(settings.data_sources[binding.data_source].base_url.as_str(), "http://127.0.0.1:8080/api/");
-    assert!(settings.audit_path.unwrap().ends_with("keyhole-audit.jsonl"));
+    assert!(settings.audit.path().unwrap().ends_with("keyhole-audit.jsonl"));
     assert!(
         matches!(&settings.receipts, ReceiptSink::File(path) if path.ends_with("keyhole-receipts.jsonl")),
         "{:?}",
@@ -52,7 +52,8 @@ fn the_container_config_loads_with_its_secrets_from_a_file_and_the_environment()
     assert!(admin.operator_token_sha256.is_some());
     assert!(matches!(admin.registry, keyhole::config::RegistryStore::Kafka(_)));
     assert!(admin.state_dir.starts_with("/var/lib/keyhole"));
-    assert!(settings.audit_path.unwrap().starts_with("/var/lib/keyhole"));
+    // The audit trail outlives the pod: on a topic, not in the emptyDir.
+    assert_eq!(settings.audit, AuditSink::Kafka { topic: "keyhole-audit".into() });
 }
 
 #[test]
@@ -75,6 +76,8 @@ fn the_kubernetes_config_map_holds_a_valid_configuration_within_the_grace_period
     std::fs::write(&path, toml.replace("/run/secrets/keyhole", dir.to_str().unwrap())).unwrap();
     let settings = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
     assert!(matches!(settings.admin.unwrap().registry, keyhole::config::RegistryStore::Kafka(_)));
+    // The audit trail outlives the pod: on a topic, not in the emptyDir.
+    assert_eq!(settings.audit, AuditSink::Kafka { topic: "keyhole-audit".into() });
     let deployment = std::fs::read_to_string(root.join("deploy/kubernetes/deployment.yaml")).unwrap();
     let grace: u64 = deployment
         .lines()

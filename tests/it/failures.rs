@@ -201,7 +201,7 @@ async fn a_refused_event_keeps_its_id_and_an_overlong_dataref_is_refused_unreque
     let dead_letters = s.settings.bindings[0].on_failure.dead_letter_topic.clone();
     let audit = std::env::temp_dir().join(format!("{}.audit.jsonl", broker::unique("keyhole")));
     let mut settings = s.settings;
-    settings.audit_path = Some(audit.clone());
+    settings.audit = keyhole::config::AuditSink::File(audit.clone());
     let producer = broker::producer();
     let long = format!("customers/{}", "a".repeat(100 * 1024));
     let structured_hostile = vec![("content-type".to_string(), b"application/cloudevents+json".to_vec())];

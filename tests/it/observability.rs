@@ -1,5 +1,6 @@
-//! What keyhole tells operators and data owners: access receipts (file and Kafka sinks), trace
-//! context carried from a request onto its reply, and the Prometheus series. Real broker (tansu),
+//! What keyhole tells operators and data owners: access receipts (file and Kafka sinks), the
+//! audit trail on a Kafka topic, trace context carried from a request onto its reply, and the
+//! Prometheus series. Real broker (tansu),
 //! real owner on loopback, real sandbox.
 // A test fails loudly on anything unexpected; unwrap is how it says so.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -9,7 +10,7 @@ use crate::common;
 use common::broker::{self, publish, reference, with_type};
 use common::owner::{Answer, Owner, TOKEN};
 use common::running::{Running, by_id, setup, setup_handler};
-use keyhole::config::{Delivery, ReceiptSink, Settings};
+use keyhole::config::{AuditSink, Delivery, ReceiptSink, Settings};
 use keyhole::records::audit::Decision;
 use keyhole::telemetry;
 use rdkafka::Message;
@@ -159,6 +160,63 @@ async fn receipts_go_to_a_kafka_topic_keyed_by_subject() {
     assert!(!payload.contains("query-canary"), "{payload}");
     // The file sink was not used.
     assert!(!s.receipts.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_goes_to_a_kafka_topic_one_record_per_event_without_personal_data() {
+    let owner = Owner::start().await;
+    owner.set("customers/1", Answer::Release("application/json", b"{\"name\":\"Zoe-canary\"}".to_vec()));
+    owner.set("customers/2", Answer::Status(403));
+    let mut s = setup(&owner.base_url(), 1, "").await;
+    let topic = broker::unique("audit");
+    broker::create_named_topic(&topic, 1).await;
+    s.settings.audit = AuditSink::Kafka { topic: topic.clone() };
+    let producer = broker::producer();
+    let events = [
+        ("delivered", reference("delivered", "customers/1?email=query-canary")),
+        ("denied", reference("denied", "customers/2")),
+        // Refused before anyone is asked (a dot segment): dead lettered.
+        ("refused", reference("refused", "../customers/1?email=query-canary")),
+    ];
+    for (_, headers) in &events {
+        publish(&producer, &s.topic, Some(0), None, headers, None).await;
+    }
+    let mut keyhole = Running::start(s.settings);
+    let outcomes = keyhole.take(events.len(), WITHIN).await;
+    keyhole.stop().await;
+    assert!(matches!(by_id(&outcomes)["refused"].decision, Decision::Refused { .. }), "{outcomes:#?}");
+
+    // Each outcome was announced only after its record was confirmed: all are on the topic.
+    let records = broker::read(&topic, events.len()).await;
+    let reader: rdkafka::consumer::BaseConsumer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", broker::bootstrap()).create().unwrap();
+    let (_, end) =
+        rdkafka::consumer::Consumer::fetch_watermarks(&reader, &topic, 0, Duration::from_secs(10)).unwrap();
+    assert_eq!(end, events.len() as i64, "one record per event, none twice");
+    let mut decisions = std::collections::HashMap::new();
+    for record in &records {
+        let payload = String::from_utf8(record.payload().unwrap().to_vec()).unwrap();
+        for canary in ["Zoe-canary", "query-canary", "email=", TOKEN] {
+            assert!(!payload.contains(canary), "{canary} in an audit record: {payload}");
+        }
+        let value: Value = serde_json::from_str(&payload).unwrap();
+        let key = format!("{}/0", s.topic);
+        assert_eq!(record.key(), Some(key.as_bytes()), "keyed by the event's topic and partition");
+        assert_eq!(broker::header(record, "content-type").as_deref(), Some("application/json"));
+        assert_eq!((value["tenant"].as_str(), value["handler"].as_str()), (Some("acme"), Some("echo")));
+        assert_eq!(value["topic"].as_str(), Some(s.topic.as_str()));
+        decisions.insert(value["event_id"].as_str().unwrap().to_string(), value);
+    }
+    assert_eq!(decisions["delivered"]["decision"], "delivered");
+    assert_eq!(decisions["delivered"]["dataref"], "customers/1", "the path, never the query");
+    assert!(decisions["delivered"]["data_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(
+        (decisions["denied"]["decision"].as_str(), decisions["denied"]["status"].as_u64()),
+        (Some("consent_denied"), Some(403))
+    );
+    assert_eq!(decisions["refused"]["decision"], "refused");
+    assert!(decisions["refused"]["dead_letter_topic"].is_string(), "{}", decisions["refused"]);
+    std::fs::remove_file(&s.receipts).ok();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

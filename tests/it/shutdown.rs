@@ -264,7 +264,7 @@ async fn an_unwritable_audit_file_holds_the_offsets_back() {
     let s = common::running::setup(&owner.base_url(), 1, "").await;
     let mut settings = s.settings;
     // Every write to /dev/full fails (ENOSPC), as on a full disk.
-    settings.audit_path = Some(PathBuf::from("/dev/full"));
+    settings.audit = keyhole::config::AuditSink::File(PathBuf::from("/dev/full"));
     let producer = broker::producer();
     for i in 0..3 {
         publish(

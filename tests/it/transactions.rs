@@ -212,3 +212,92 @@ async fn a_fencing_restart_aborts_the_open_batch_which_is_handled_again_with_con
     }
     assert!(asks.values().any(|n| *n > 1), "the aborted batch's data was not asked for again: {asks:?}");
 }
+
+/// The audit records on `topic` that a reader with `isolation` sees, read until `quiet` passes
+/// with nothing new.
+async fn audit_records(
+    bootstrap: &str,
+    topic: &str,
+    isolation: &str,
+    quiet: Duration,
+) -> Vec<serde_json::Value> {
+    use rdkafka::Message as _;
+    use rdkafka::consumer::StreamConsumer;
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", common::broker::unique("reader"))
+        .set("isolation.level", isolation)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut records = Vec::new();
+    while let Ok(message) = tokio::time::timeout(quiet, consumer.recv()).await {
+        records.push(serde_json::from_slice(message.unwrap().payload().unwrap()).unwrap());
+    }
+    records
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exactly_once_bindings_audit_records_are_committed_with_its_batch() {
+    const EVENTS: usize = 80;
+    let noida = Noida::start().await;
+    let group = common::broker::unique("keyhole");
+    let dlq = format!("{group}.acme.echo.dlq");
+    noida
+        .create_topics(&[("refs", PARTITIONS), ("replies", 1), ("receipts", 1), ("audit", 1), (&dlq, 1)])
+        .await;
+    let owner = Owner::start().await;
+    owner.set_delay(Duration::from_millis(20));
+    publish_events(&noida, &owner, EVENTS, 10).await;
+    let dir = keyhole_dir(&noida, &group, &owner);
+    let config = dir.join("keyhole.toml");
+    let toml = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[audit]\npath = \"audit.jsonl\"\n", "[audit]\nsink = \"kafka\"\ntopic = \"audit\"\n");
+    assert!(toml.contains("topic = \"audit\""), "{toml}");
+    std::fs::write(&config, toml).unwrap();
+
+    // Killed once a batch is open with audit records confirmed in it (the topic's end, as a
+    // read_uncommitted reader sees it, is past its last stable offset): they are never committed.
+    let mut keyhole = common::run_keyhole(&config);
+    let end = |isolation: &str| {
+        let reader: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &noida.bootstrap)
+            .set("isolation.level", isolation)
+            .create()
+            .unwrap();
+        reader.fetch_watermarks("audit", 0, Duration::from_secs(10)).unwrap().1
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while owner.seen().len() < 20 || end("read_uncommitted") <= end("read_committed") {
+        assert!(Instant::now() < deadline, "no batch open with audit records in it");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Command::new("kill").args(["-KILL", &keyhole.id().to_string()]).status().unwrap();
+    keyhole.wait().unwrap();
+    let (committed, end) = committed_and_end(&noida, &format!("{group}.acme.echo"));
+    assert_ne!(committed, end, "the kill came after the end: nothing left to test");
+    run_to_the_end(&noida, &dir, &group).await;
+    assert_exactly_once(&noida, &group, EVENTS, 10).await;
+
+    let quiet = Duration::from_secs(2);
+    let committed = audit_records(&noida.bootstrap, "audit", "read_committed", quiet).await;
+    let mut per_event: HashMap<String, Vec<&str>> = HashMap::new();
+    for record in &committed {
+        let id = record["event_id"].as_str().unwrap().to_string();
+        per_event.entry(id).or_default().push(record["decision"].as_str().unwrap());
+    }
+    for i in 0..EVENTS {
+        let id = format!("ev-{i}");
+        let want = if i % 10 == 0 { "refused" } else { "delivered" };
+        assert_eq!(per_event.get(&id).map(Vec::as_slice), Some(&[want][..]), "audit records of {id}");
+    }
+    assert_eq!(committed.len(), EVENTS, "one committed record per event");
+    // The killed batch was handled again, each handling recorded; only the committed one counts.
+    let all = audit_records(&noida.bootstrap, "audit", "read_uncommitted", quiet).await;
+    let released = (0..EVENTS).filter(|i| i % 10 != 0).count();
+    assert!(owner.seen().len() > released, "no batch was handled again");
+    assert!(all.len() > committed.len(), "{} records in all, {} committed", all.len(), committed.len());
+}

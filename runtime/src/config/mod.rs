@@ -15,8 +15,8 @@ pub use telemetry::TelemetryConfig;
 pub use uploaded::UploadedBinding;
 
 pub use settings::{
-    AdminSettings, BindingSettings, ConfigError, FailurePolicies, KafkaRegistrySettings, KafkaSettings,
-    Problem, ReceiptSink, RegistryStore, Settings, SigningKey,
+    AdminSettings, AuditSink, BindingSettings, ConfigError, FailurePolicies, KafkaRegistrySettings,
+    KafkaSettings, Problem, ReceiptSink, RegistryStore, Settings, SigningKey,
 };
 
 use crate::sandbox::{Limits, SandboxConfig};
@@ -234,9 +234,26 @@ impl Secret {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
-    /// A JSON-lines file that every decision is appended to. Without it, decisions are only
-    /// logged.
+    /// Where audit records go: a JSON-lines file (the default) or a Kafka topic, which outlives
+    /// the pod.
+    #[serde(default)]
+    pub sink: AuditSinkKind,
+    /// The file, for `sink = "file"`: every decision is appended to it. Without it, decisions
+    /// are only logged.
     pub path: Option<PathBuf>,
+    /// The topic, for `sink = "kafka"` (required there).
+    pub topic: Option<String>,
+}
+
+/// `audit.sink`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuditSinkKind {
+    /// A JSON-lines file, when `audit.path` names one.
+    #[default]
+    File,
+    /// A Kafka topic.
+    Kafka,
 }
 
 /// `[receipts]`: one access receipt per request to a data owner, for the owner's records.

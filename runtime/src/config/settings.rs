@@ -16,8 +16,8 @@ pub struct Settings {
     pub kafka: KafkaSettings,
     /// Engine-wide sandbox settings.
     pub sandbox: SandboxConfig,
-    /// The audit file, if any.
-    pub audit_path: Option<PathBuf>,
+    /// Where audit records go.
+    pub audit: AuditSink,
     /// Where access receipts go.
     pub receipts: ReceiptSink,
     /// How long draining may take.
@@ -217,6 +217,31 @@ pub enum ReceiptSink {
     /// Not written. Only `keyhole dev` and `keyhole demo` use it (their fixtures are made-up
     /// data); a configuration file cannot ask for it.
     Discard,
+}
+
+/// Where audit records (one per finished event) go, after validation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuditSink {
+    /// Nowhere but the log (no `audit.path`): decisions are only logged.
+    LogOnly,
+    /// Appended, one JSON line each, to this file.
+    File(PathBuf),
+    /// Published to this topic, keyed by the event's `<topic>/<partition>`, by the binding's
+    /// producer (so in an exactly-once binding's transaction).
+    Kafka {
+        /// The topic.
+        topic: String,
+    },
+}
+
+impl AuditSink {
+    /// The audit file, when records go to one.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            AuditSink::File(path) => Some(path),
+            AuditSink::LogOnly | AuditSink::Kafka { .. } => None,
+        }
+    }
 }
 
 /// One problem found in the configuration.

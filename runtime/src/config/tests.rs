@@ -120,6 +120,80 @@ fn a_kafka_receipt_sink_needs_a_topic_no_handler_consumes() {
 }
 
 #[test]
+fn audit_records_go_only_to_the_log_unless_a_file_or_topic_is_named() {
+    let with = |audit: &str| {
+        let text = MINIMAL.replace("[[data_source]]", &format!("{audit}\n        [[data_source]]"));
+        parse(&text).validate(Path::new(".")).unwrap()
+    };
+    // As before the Kafka sink: no [audit], or a path, with the file sink the default.
+    assert_eq!(parse(MINIMAL).validate(Path::new(".")).unwrap().audit, AuditSink::LogOnly);
+    let file = with("[audit]\n        path = \"audit.jsonl\"");
+    // Relative to the configuration file, as before.
+    assert_eq!(file.audit, AuditSink::File(Path::new(".").join("audit.jsonl")));
+    assert_eq!(file.own_topics.owner("audit.jsonl"), None);
+    let kafka = with("[audit]\n        sink = \"kafka\"\n        topic = \"audit\"");
+    assert_eq!(kafka.audit, AuditSink::Kafka { topic: "audit".into() });
+    assert_eq!(kafka.audit.path(), None);
+}
+
+#[test]
+fn a_kafka_audit_sink_needs_a_topic_of_its_own() {
+    let with = |sections: &str| {
+        let text = MINIMAL.replace("[[data_source]]", &format!("{sections}\n        [[data_source]]"));
+        parse(&text).validate(Path::new("."))
+    };
+    let kafka = |topic: &str| format!("[audit]\n        sink = \"kafka\"\n        topic = \"{topic}\"");
+    let receipts = "[receipts]\n        sink = \"kafka\"\n        topic = \"receipts\"";
+    assert!(with(&format!("{}\n        {receipts}", kafka("audit"))).is_ok());
+    for (sections, paths) in [
+        ("[audit]\n        sink = \"kafka\"".to_string(), &["audit.topic"][..]),
+        (kafka("a b"), &["audit.topic"][..]),
+        (format!("{}\n        path = \"audit.jsonl\"", kafka("audit")), &["audit.path"][..]),
+        ("[audit]\n        topic = \"audit\"".to_string(), &["audit.topic"][..]),
+        // Receipts (one per request) and audit records (one per event) on one topic.
+        (format!("{}\n        {receipts}", kafka("receipts")), &["audit.topic"][..]),
+        // Consumed by a handler: wrong from both sides (the handler may not read the audit).
+        (kafka("refs"), &["audit.topic", "handler[0].topics[0]"][..]),
+        // A dead-letter topic holds events, not records.
+        (kafka("keyhole.acme.echo.dlq"), &["audit.topic"][..]),
+    ] {
+        let problems = with(&sections).unwrap_err();
+        assert_eq!(problems.iter().map(|p| p.path.as_str()).collect::<Vec<_>>(), paths, "{sections}");
+    }
+    let problems = with(&format!("{}\n        {receipts}", kafka("receipts"))).unwrap_err();
+    assert!(problems[0].message.contains("the receipts topic"), "{}", problems[0].message);
+}
+
+#[test]
+fn the_audit_topic_is_one_of_keyholes_own_which_no_grant_or_handler_may_name() {
+    let text = format!(
+        "{}\n    reply_topic = \"audit\"\n\n    [audit]\n    sink = \"kafka\"\n    topic = \"audit\"\n",
+        MINIMAL
+    );
+    let problems = parse(&text).validate(Path::new(".")).unwrap_err();
+    assert_eq!(problems.iter().map(|p| p.path.as_str()).collect::<Vec<_>>(), ["handler[0].reply_topic"]);
+    assert!(problems[0].message.contains("the audit topic"), "{}", problems[0].message);
+
+    let settings = parse(&text.replace("reply_topic = \"audit\"", "")).validate(Path::new(".")).unwrap();
+    assert_eq!(settings.own_topics.owner("audit"), Some("the audit topic"));
+    let catalog = crate::registry::Catalog::of(&settings);
+    for (topics, replies) in
+        [(vec!["audit".to_string()], vec![]), (vec!["refs".to_string()], vec!["audit".to_string()])]
+    {
+        let grant = crate::registry::Grant {
+            topics,
+            data_sources: vec!["crm".into()],
+            purposes: vec!["testing".into()],
+            reply_topics: replies,
+            ..Default::default()
+        };
+        let put = crate::registry::Command::PutTenant { tenant: "mallory".into(), grant };
+        let refused = put.validate(&catalog).unwrap_err().to_string();
+        assert!(refused.contains("the audit topic"), "{refused}");
+    }
+}
+
+#[test]
 fn secrets_are_not_debug_printed() {
     let settings = parse(MINIMAL).validate(Path::new(".")).unwrap();
     assert!(!format!("{settings:?}").contains("t0ken"));

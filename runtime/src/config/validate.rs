@@ -1,11 +1,11 @@
 //! Reading and validating the configuration as a whole: every problem is collected with its key
-//! path, secrets are resolved; the Kafka, receipts, shutdown and admin sections are checked here,
+//! path, secrets are resolved; the Kafka, audit, receipts, shutdown and admin sections are checked here,
 //! data sources and handlers in [`super::bindings`].
 
 use super::{
-    AdminConfig, AdminSettings, BindingSettings, Config, ConfigError, DEFAULT_RECEIPTS_PATH,
-    KafkaRegistrySettings, KafkaSettings, Problem, ReceiptSink, ReceiptSinkKind, RegistryConfig,
-    RegistryStore, RegistryStoreKind, Secret, Settings, SigningKey, SigningKeyConfig,
+    AdminConfig, AdminSettings, AuditSink, AuditSinkKind, BindingSettings, Config, ConfigError,
+    DEFAULT_RECEIPTS_PATH, KafkaRegistrySettings, KafkaSettings, Problem, ReceiptSink, ReceiptSinkKind,
+    RegistryConfig, RegistryStore, RegistryStoreKind, Secret, Settings, SigningKey, SigningKeyConfig,
 };
 use crate::model::names::{OwnTopics, is_dotted_name, is_topic};
 use std::collections::BTreeMap;
@@ -60,15 +60,15 @@ impl Config {
         let registry = validate_registry(&self.registry, self.admin.is_some(), &mut problems);
         let admin =
             self.admin.as_ref().and_then(|admin| validate_admin(admin, base, registry, &mut problems));
-        let audit_path = self.audit.path.as_ref().map(|p| base.join(p));
-        let receipts = self.validate_receipts(base, audit_path.as_deref(), &mut problems);
+        let audit = self.validate_audit(base, &mut problems);
+        let receipts = self.validate_receipts(base, audit.path(), &mut problems);
         let trace_export = super::telemetry::validate_telemetry(
             &self.telemetry,
             &kafka.instance_id,
             |name| std::env::var(name).ok(),
             &mut problems,
         );
-        let own_topics = self.own_topics(&kafka, &bindings, &receipts);
+        let own_topics = self.own_topics(&kafka, &bindings, &receipts, &audit, &mut problems);
         self.refuse_own_topics(&own_topics, &mut problems);
         problems.into_result(|| Settings {
             own_topics,
@@ -76,7 +76,7 @@ impl Config {
             admin,
             kafka,
             sandbox: self.sandbox.clone(),
-            audit_path,
+            audit,
             receipts,
             drain_timeout: Duration::from_millis(self.shutdown.drain_timeout_ms),
             commit_timeout: Duration::from_millis(self.shutdown.commit_timeout_ms),
@@ -91,6 +91,8 @@ impl Config {
         kafka: &KafkaSettings,
         bindings: &[BindingSettings],
         receipts: &ReceiptSink,
+        audit: &AuditSink,
+        problems: &mut Problems,
     ) -> OwnTopics {
         let mut own = OwnTopics::new(&kafka.group_id);
         if self.registry.store == RegistryStoreKind::Kafka {
@@ -102,6 +104,17 @@ impl Config {
         }
         for binding in bindings {
             own.add(&binding.on_failure.dead_letter_topic, "a dead-letter topic");
+        }
+        if let AuditSink::Kafka { topic } = audit {
+            // Receipts (one per request) and audit records (one per event) are told apart by
+            // their topic; a dead-letter topic holds events, not records.
+            match own.owner(topic) {
+                Some(what) => problems.add(
+                    "audit.topic",
+                    format!("{topic:?} is {what}: the audit trail needs a topic of its own"),
+                ),
+                None => own.add(topic, "the audit topic"),
+            }
         }
         own
     }
@@ -179,6 +192,35 @@ impl Config {
             instance_id,
             properties,
             secret_keys: k.secret_properties.keys().cloned().collect(),
+        }
+    }
+
+    fn validate_audit(&self, base: &Path, problems: &mut Problems) -> AuditSink {
+        let a = &self.audit;
+        match a.sink {
+            AuditSinkKind::File => {
+                if a.topic.is_some() {
+                    problems.add("audit.topic", "is only used with sink = \"kafka\"");
+                }
+                a.path.as_ref().map_or(AuditSink::LogOnly, |path| AuditSink::File(base.join(path)))
+            }
+            AuditSinkKind::Kafka => {
+                if a.path.is_some() {
+                    problems.add("audit.path", "is only used with sink = \"file\"");
+                }
+                let topic = a.topic.clone().unwrap_or_default();
+                if a.topic.is_none() {
+                    problems.add("audit.topic", "is required with sink = \"kafka\"");
+                } else if !is_topic(&topic) {
+                    problems.add("audit.topic", format!("{topic:?} is not a valid topic name"));
+                } else if self.handlers.iter().any(|h| h.topics.contains(&topic)) {
+                    problems.add(
+                        "audit.topic",
+                        format!("{topic:?} is consumed by a handler: audit records are not reference events"),
+                    );
+                }
+                AuditSink::Kafka { topic }
+            }
         }
     }
 

@@ -18,6 +18,10 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+/// How long the best-effort audit record of an event that stops its binding may take: the event
+/// is not acknowledged (it is read again after a restart), so the stop does not wait longer.
+const STOP_RECORD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// One event read from Kafka and waiting for its turn.
 pub struct Work {
     /// Its place in the partition's offset tracking.
@@ -172,8 +176,10 @@ impl Dispatcher {
                 tracing::error!(binding = %binding.settings.name, event_id = outcome.event_id.as_deref(),
                     %stage, "Event failed; stopping the binding (on_failure.{stage} = \"stop\"). It is read again after a restart.");
                 outcome.disposal = Some(Disposal::BindingStopped);
-                // Best effort: the event is not acknowledged, so it comes again either way.
-                if binding.audit.write(&outcome).await.is_ok() {
+                // Best effort: the event is not acknowledged, so it comes again either way. A
+                // broker that does not confirm the record within the bound does not hold the stop.
+                let write = binding.audit.write(&outcome, &binding.producer, STOP_RECORD_TIMEOUT);
+                if matches!(tokio::time::timeout(STOP_RECORD_TIMEOUT, write).await, Ok(Ok(()))) {
                     binding.audit.announce(outcome, &binding.metrics).await;
                 }
                 self.stopped.store(true, Ordering::SeqCst);

@@ -84,8 +84,8 @@ impl Engine {
                 }
             })
             .collect();
-        let audit = Audit::new(settings.audit_path.as_deref(), tap).map_err(|e| {
-            let path = settings.audit_path.as_deref().map(|p| p.display().to_string()).unwrap_or_default();
+        let audit = Audit::new(&settings.audit, tap).map_err(|e| {
+            let path = settings.audit.path().map(|p| p.display().to_string()).unwrap_or_default();
             problem("audit.path".into(), format!("cannot open {path}: {e}"))
         });
         let receipts =

@@ -174,9 +174,9 @@ pub async fn dead_letter(
     Ok(Disposal::DeadLettered { topic: topic.clone(), partition, offset })
 }
 
-/// Writes the event's audit record until it is written, then announces it (log, metric, tap).
-/// Its offset may be stored only after this returns `Ok`: a committed decision is always on
-/// record.
+/// Writes the event's audit record until it is written (to a topic: confirmed by the broker,
+/// in an exactly-once binding's transaction), then announces it (log, metric, tap). Its offset
+/// may be stored only after this returns `Ok`: a committed decision is always on record.
 ///
 /// A write under way is not raced against shutdown: it takes a moment, and a line written
 /// after its event was given up would record an event that is then read again. Only the waits
@@ -187,14 +187,15 @@ pub async fn record(
     cancel: &CancellationToken,
 ) -> Result<(), Interrupted> {
     let audit = &binding.audit;
-    let mut attempt = 0;
-    while let Err(error) = audit.write(&outcome).await {
-        binding.metrics.counter(telemetry::AUDIT_ERRORS, None).increment(1);
-        attempt += 1;
-        tracing::warn!(binding = %binding.settings.name, event_id = outcome.event_id.as_deref(), %error, attempt,
-            "Audit record not written; retrying.");
-        sleep_or_cancel(binding.backoff.delay(attempt, None), cancel).await?;
-    }
+    let event_id = outcome.event_id.as_deref().unwrap_or("-");
+    until_confirmed(binding, event_id, "Audit record", cancel, || async {
+        let written = audit.write(&outcome, &binding.producer, SEND_TIMEOUT).await;
+        if written.is_err() {
+            binding.metrics.counter(telemetry::AUDIT_ERRORS, None).increment(1);
+        }
+        written
+    })
+    .await?;
     audit.announce(outcome, &binding.metrics).await;
     Ok(())
 }

@@ -1,17 +1,19 @@
 //! What was decided for each event: the data owner's proof of who asked for which reference,
 //! why, and what happened.
 //!
-//! Every finished event yields one [`Outcome`]. It is logged, appended to the audit file when one
-//! is configured, and handed to an optional tap (tests, the demo). An audit record never holds
-//! resolved data, a reply's bytes, a token or a reference's query string: only the reference's
-//! path, sizes, statuses and error kinds.
+//! Every finished event yields one [`Outcome`]. It is logged, recorded in the configured sink (an
+//! audit file, or a Kafka topic that outlives the pod), and handed to an optional tap (tests, the
+//! demo). An audit record never holds resolved data, a reply's bytes, a token or a reference's
+//! query string: only the reference's path, sizes, statuses and error kinds.
 
-use super::json_lines::JsonLines;
-use crate::config::Stage;
+use super::json_lines::{AppendError, JsonLines};
+use crate::config::{AuditSink, Stage};
 use crate::sandbox::Reply;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
-use std::path::Path;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 
 /// Where an event came from.
@@ -150,7 +152,8 @@ pub struct Outcome {
     pub disposal: Option<Disposal>,
 }
 
-/// The audit file's line format. Built from an [`Outcome`], leaving out everything personal.
+/// The audit record's format: a line of the audit file, or a record's value on the audit topic.
+/// Built from an [`Outcome`], leaving out everything personal.
 #[derive(Serialize)]
 struct Record<'a> {
     time: String,
@@ -240,41 +243,79 @@ impl<'a> Record<'a> {
             attempts: outcome.attempts,
         }
     }
+
+    /// The record's key on a Kafka topic: where its event came from, `<topic>/<partition>` (a
+    /// topic name holds no `/`). Every record of one input partition, a redelivered event's
+    /// included, lands on one audit partition in the order it was written; an event refused
+    /// without a readable id has a key too.
+    fn key(&self) -> String {
+        format!("{}/{}", self.topic, self.partition)
+    }
 }
 
-/// Records outcomes: to the log, to the audit file, and to a tap.
+/// Records outcomes: to the log, to the audit sink, and to a tap.
 pub struct Audit {
-    /// The audit file, appended one line per outcome. Written before the event's offset is
-    /// stored, so a decision whose offset was committed is never missing from it.
-    file: Option<JsonLines>,
+    /// Where each outcome's record goes. Written before the event's offset is stored, so a
+    /// decision whose offset was committed is never missing from it.
+    sink: Sink,
     /// A bounded channel for in-process observers; a full tap slows the pipeline rather than
     /// losing outcomes.
     tap: Option<mpsc::Sender<Outcome>>,
 }
 
+/// The configured audit sink, opened.
+enum Sink {
+    /// Only logged.
+    LogOnly,
+    /// Opened with O_APPEND; one write per line.
+    File(JsonLines),
+    /// Sent with the binding's producer.
+    Kafka(String),
+}
+
 impl Audit {
-    /// An audit that appends to `path` (created if missing) and/or feeds `tap`.
-    pub fn new(path: Option<&Path>, tap: Option<mpsc::Sender<Outcome>>) -> std::io::Result<Self> {
-        let file = match path {
-            Some(path) => Some(JsonLines::open(path)?),
-            None => None,
+    /// An audit that records to `sink` (a file is created if missing; a topic must exist
+    /// already) and feeds `tap`.
+    pub fn new(sink: &AuditSink, tap: Option<mpsc::Sender<Outcome>>) -> std::io::Result<Self> {
+        let sink = match sink {
+            AuditSink::LogOnly => Sink::LogOnly,
+            AuditSink::File(path) => Sink::File(JsonLines::open(path)?),
+            AuditSink::Kafka { topic } => Sink::Kafka(topic.clone()),
         };
-        Ok(Audit { file, tap })
+        Ok(Audit { sink, tap })
     }
 
-    /// Writes one outcome's line to the audit file, if one is configured. The caller retries a
-    /// failed write before acknowledging the event: a committed decision is never missing from
-    /// the file.
-    pub async fn write(&self, outcome: &Outcome) -> Result<(), AuditError> {
-        let Some(file) = &self.file else { return Ok(()) };
-        file.append(&Record::from(outcome)).await?;
-        Ok(())
+    /// Writes one outcome's record to the audit sink. To a topic, it is sent with `producer`
+    /// (the binding's: an exactly-once binding's records are part of its transaction, committed
+    /// with the batch's offsets) and waited for until the broker confirms it or `timeout`
+    /// passes. The caller retries a failed write before acknowledging the event: a committed
+    /// decision is never missing from the record.
+    pub async fn write(
+        &self,
+        outcome: &Outcome,
+        producer: &FutureProducer,
+        timeout: Duration,
+    ) -> Result<(), AuditError> {
+        match &self.sink {
+            Sink::LogOnly => Ok(()),
+            Sink::File(file) => Ok(file.append(&Record::from(outcome)).await?),
+            Sink::Kafka(topic) => {
+                let record = Record::from(outcome);
+                let value = serde_json::to_vec(&record)?;
+                let key = record.key();
+                let headers = OwnedHeaders::new()
+                    .insert(Header { key: "content-type", value: Some("application/json") });
+                let message = FutureRecord::to(topic).key(&key).payload(&value).headers(headers);
+                producer.send(message, timeout).await.map_err(|(error, _)| error)?;
+                Ok(())
+            }
+        }
     }
 
     /// Announces a recorded outcome: the log line, the finished counter and the tap.
     pub async fn announce(&self, outcome: Outcome, metrics: &crate::telemetry::BindingMetrics) {
         let record = Record::from(&outcome);
-        // Per event: debug, not info. The audit file is the per-event record; a log line per
+        // Per event: debug, not info. The audit sink holds the per-event record; a log line per
         // event costs more than the event's own handling at thousands of events a second.
         tracing::debug!(
             tenant = record.tenant,
@@ -304,5 +345,46 @@ impl Audit {
     }
 }
 
-/// An audit record could not be written.
-pub type AuditError = super::json_lines::AppendError;
+/// An audit record could not be written; the caller tries again.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// The record cannot be encoded.
+    #[error("cannot encode an audit record: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The audit file refused the write.
+    #[error("audit file: {0}")]
+    Write(#[from] AppendError),
+    /// The broker did not confirm the record.
+    #[error("the audit record was not confirmed: {0}")]
+    Kafka(#[from] KafkaError),
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn refused(event_id: Option<&str>) -> Outcome {
+        Outcome {
+            time: SystemTime::UNIX_EPOCH,
+            asker: Asker {
+                tenant: "acme".into(),
+                handler: "echo".into(),
+                purpose: "testing".into(),
+                version: "sha256:00".into(),
+            },
+            origin: Origin { topic: "refs".into(), partition: 3, offset: 7 },
+            event_id: event_id.map(str::to_string),
+            dataref_path: None,
+            attempts: 1,
+            decision: Decision::Refused { kind: "forbidden_dataref", reason: "a dot segment".into() },
+            disposal: None,
+        }
+    }
+
+    #[test]
+    fn a_record_is_keyed_by_where_its_event_came_from_with_or_without_an_id() {
+        assert_eq!(Record::from(&refused(Some("e-1"))).key(), "refs/3");
+        assert_eq!(Record::from(&refused(None)).key(), "refs/3");
+    }
+}

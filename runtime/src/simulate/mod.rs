@@ -164,7 +164,7 @@ fn settings(bootstrap: &str, owner: url::Url, handler: &Path, fixtures: &Fixture
             secret_keys: Default::default(),
         },
         sandbox: SandboxConfig::default(),
-        audit_path: None,
+        audit: crate::config::AuditSink::LogOnly,
         // Fixtures are made-up data, and the report shows every decision: no receipts.
         receipts: ReceiptSink::Discard,
         drain_timeout: Duration::from_secs(5),
