@@ -211,8 +211,9 @@ async fn prepare(
 struct SupervisorControl(Arc<Supervisor>);
 
 impl Control for SupervisorControl {
-    fn check(&self, wasm: Arc<Vec<u8>>) -> BoxFuture<'_, Result<ComponentReport, LoadError>> {
-        Box::pin(self.0.check(wasm))
+    fn check(&self, tenant: &str, wasm: Arc<Vec<u8>>) -> BoxFuture<'_, Result<ComponentReport, LoadError>> {
+        let tenant = tenant.to_string();
+        Box::pin(async move { self.0.check(&tenant, wasm).await })
     }
 
     fn state(&self, tenant: &str, handler: &str) -> HandlerState {

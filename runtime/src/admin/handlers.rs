@@ -162,10 +162,10 @@ pub async fn upload(
         .await
         .map_err(|_| too_large("the component is larger, or its upload broke off".into()))?;
     let wasm = Arc::new(wasm.to_vec());
-    let report = {
-        let _one_at_a_time = api.validations.acquire().await;
-        api.control.check(wasm.clone()).await?
-    };
+    // Refused before compiling whatever can be refused without it.
+    api.registry.version_room(&tenant, &handler, &crate::sandbox::version_of(&wasm))?;
+    // In the tenant's own queue, within the compile budget; a client that goes away stops it.
+    let report = api.control.check(&tenant, wasm.clone()).await?;
     let (info, created) = api.registry.add_version(&tenant, &handler, wasm, &report).await?;
     tracing::info!(tenant = %tenant, handler = %handler, version = %info.version, size_bytes = info.size_bytes,
         "Handler version uploaded.");

@@ -25,7 +25,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use std::future::Future;
 use std::sync::Arc;
-use tokio::sync::Semaphore;
 
 /// What the admin API's handlers share.
 #[derive(Clone)]
@@ -34,8 +33,9 @@ pub struct Api(Arc<Inner>);
 /// What the admin API asks of whatever runs the handlers (the engine's supervisor in keyhole; a
 /// fake in the unit tests).
 pub trait Control: Send + Sync + 'static {
-    /// Validates a component exactly as `keyhole check` does.
-    fn check(&self, wasm: Arc<Vec<u8>>) -> BoxFuture<'_, Result<ComponentReport, LoadError>>;
+    /// Validates a tenant's component exactly as `keyhole check` does, after the tenant's
+    /// earlier uploads and apart from other tenants'; dropping the future stops it.
+    fn check(&self, tenant: &str, wasm: Arc<Vec<u8>>) -> BoxFuture<'_, Result<ComponentReport, LoadError>>;
     /// What an uploaded handler's binding is doing: its state's name and why, if it has a reason.
     fn state(&self, tenant: &str, handler: &str) -> HandlerState;
     /// `Ok` when keyhole can do its work, else every reason it cannot.
@@ -65,9 +65,6 @@ pub struct Inner {
     control: Arc<dyn Control>,
     operator_token_sha256: Option<[u8; 32]>,
     max_upload_bytes: u64,
-    /// Compiling an uploaded component takes a core for seconds: one at a time, so uploads
-    /// cannot starve the handlers running events.
-    validations: Semaphore,
 }
 
 impl std::ops::Deref for Api {
@@ -85,7 +82,6 @@ impl Api {
             control,
             operator_token_sha256: settings.operator_token_sha256,
             max_upload_bytes: settings.max_upload_bytes,
-            validations: Semaphore::new(1),
         }))
     }
 }

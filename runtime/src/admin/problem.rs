@@ -92,6 +92,10 @@ impl From<RegistryError> for Problem {
 
 impl From<LoadError> for Problem {
     fn from(error: LoadError) -> Self {
+        // Not the component's fault: the same upload may succeed later.
+        if let LoadError::CompilerUnavailable(_) = error {
+            return Problem::new(StatusCode::SERVICE_UNAVAILABLE, "compiler-unavailable", error.to_string());
+        }
         Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             &error.kind().replace('_', "-"),

@@ -21,7 +21,7 @@ struct FakeControl {
 }
 
 impl Control for FakeControl {
-    fn check(&self, wasm: Arc<Vec<u8>>) -> BoxFuture<'_, Result<ComponentReport, LoadError>> {
+    fn check(&self, _tenant: &str, wasm: Arc<Vec<u8>>) -> BoxFuture<'_, Result<ComponentReport, LoadError>> {
         Box::pin(async move {
             if !wasm.starts_with(b"\0asm") {
                 return Err(LoadError::NotWasm);

@@ -8,7 +8,9 @@ use std::process::ExitCode;
 pub fn check(file: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
     let wasm = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let sandbox = Sandbox::new(&SandboxConfig::default())?;
-    let (report, verdict) = match sandbox.check(&wasm) {
+    // Compiled as an upload is: read first, then in a child process within the default budget.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (report, verdict) = match runtime.block_on(sandbox.check_bounded(&wasm)) {
         Ok(report) => (Some(report), Ok(())),
         Err((report, error)) => (report, Err(error)),
     };

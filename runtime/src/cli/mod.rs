@@ -95,6 +95,10 @@ pub enum Command {
         #[arg(long = "topic")]
         topics: Vec<String>,
     },
+    /// Compiles the component on stdin and writes it, serialized, on stdout: the child process
+    /// keyhole compiles untrusted components in, within its budget (sandbox/compiler.rs).
+    #[command(name = "compile-component", hide = true)]
+    CompileComponent,
 }
 
 #[derive(Subcommand)]
@@ -232,8 +236,13 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Dev(_) | Command::Demo { .. } => "error,keyhole::guest=debug",
         _ => "warn,keyhole=info",
     };
+    if let Command::CompileComponent = cli.command {
+        // No logging set up: stderr carries only the reason a component does not compile.
+        return keyhole::sandbox::compile_child();
+    }
     telemetry::init(cli.log_format, default_filter);
     let result = match cli.command {
+        Command::CompileComponent => Ok(keyhole::sandbox::compile_child()),
         Command::Check { file, json } => check::check(&file, json),
         Command::Run { config } => run::run(&config),
         Command::Publish(args) => publish::publish(*args),

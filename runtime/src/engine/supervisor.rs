@@ -37,22 +37,56 @@ pub struct Supervisor {
     /// keyhole's run token: every binding stops with it.
     cancel: CancellationToken,
     /// Held while the running set is changed, so that changes apply one at a time, in order.
+    /// Never held across a compile: versions are compiled first.
     running: tokio::sync::Mutex<HashMap<Key, Deployed>>,
+    /// Each tenant's compile queue: a tenant's components are compiled one at a time, and apart
+    /// from other tenants' (the sandbox caps compiles at once across tenants).
+    queues: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Supervisor {
     /// A supervisor of `registry`'s handlers; every binding it starts stops with `cancel`.
     pub fn new(engine: Arc<Engine>, registry: Arc<Registry>, cancel: CancellationToken) -> Self {
-        Supervisor { engine, registry, cancel, running: tokio::sync::Mutex::new(HashMap::new()) }
+        Supervisor {
+            engine,
+            registry,
+            cancel,
+            running: tokio::sync::Mutex::new(HashMap::new()),
+            queues: Default::default(),
+        }
     }
 
-    /// Validates a component exactly as `keyhole check` does, on a blocking thread (compiling
-    /// takes a while).
-    pub async fn check(&self, wasm: Arc<Vec<u8>>) -> Result<ComponentReport, LoadError> {
-        let engine = self.engine.clone();
-        tokio::task::spawn_blocking(move || engine.sandbox.check(&wasm).map_err(|(_, error)| error))
-            .await
-            .unwrap_or_else(|e| Err(LoadError::Invalid(format!("validation did not finish: {e}"))))
+    /// Validates a tenant's component exactly as `keyhole check` does: read first, then compiled
+    /// in a child process within the compile budget, after the tenant's earlier components and
+    /// apart from other tenants'. Dropping the future (a client gone) stops the compile.
+    pub async fn check(&self, tenant: &str, wasm: Arc<Vec<u8>>) -> Result<ComponentReport, LoadError> {
+        let _turn = self.queue(tenant).lock_owned().await;
+        self.engine.sandbox.check_bounded(&wasm).await.map_err(|(_, error)| error)
+    }
+
+    fn queue(&self, tenant: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut queues = self.queues.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        queues.entry(tenant.to_string()).or_default().clone()
+    }
+
+    /// Compiles the versions the registry wants running and this replica is not running yet,
+    /// before the running set is locked: a slow compile then delays no other change.
+    async fn compile_ahead(&self) {
+        let current: HashMap<Key, String> = {
+            let running = self.running.lock().await;
+            running
+                .iter()
+                .filter(|(_, deployed)| !deployed.task.is_finished())
+                .map(|(key, deployed)| (key.clone(), deployed.version.clone()))
+                .collect()
+        };
+        let wanted = self.registry.deployments().into_iter().filter(|d| {
+            d.not_granted.is_none()
+                && current.get(&(d.tenant.clone(), d.handler.clone())) != Some(&d.version)
+                && self.engine.sandbox.compiled.get(&d.version).is_none()
+        });
+        let compiles = wanted.map(|d| async move { self.prepare(&d.tenant, &d.handler, &d.version).await });
+        futures_util::future::join_all(compiles).await;
     }
 
     /// What an uploaded handler's binding is doing.
@@ -81,6 +115,7 @@ impl Supervisor {
     /// newly activated versions, restarts those whose spec changed, and stops those deleted,
     /// deactivated or no longer granted. Returns, per binding, what could not be applied.
     pub async fn reconcile(&self) -> Result<(), Vec<(String, String)>> {
+        self.compile_ahead().await;
         let mut running = self.running.lock().await;
         let mut desired: HashMap<Key, Deployment> = HashMap::new();
         let mut not_granted: HashMap<Key, String> = HashMap::new();
@@ -183,13 +218,22 @@ impl Supervisor {
     }
 
     /// Reads the deployment's component from the registry (fetching it into this replica's
-    /// cache when the registry is in Kafka) and compiles it on a blocking thread.
+    /// cache when the registry is in Kafka), compiles it within the budget unless it is compiled
+    /// already ([`Supervisor::compile_ahead`] did), and loads it on a blocking thread.
     async fn load(&self, settings: &BindingSettings, deployment: &Deployment) -> Result<Handler, String> {
         let wasm = self
             .registry
             .component(&deployment.tenant, &deployment.handler, &deployment.version)
             .await
             .map_err(|e| format!("cannot read its component: {e}"))?;
+        if self.engine.sandbox.compiled.get(&deployment.version).is_none() {
+            let _turn = self.queue(&deployment.tenant).lock_owned().await;
+            self.engine
+                .sandbox
+                .check_bounded(&wasm)
+                .await
+                .map_err(|(_, e)| format!("component refused: {e}"))?;
+        }
         let engine = self.engine.clone();
         let settings = settings.clone();
         tokio::task::spawn_blocking(move || {
@@ -200,7 +244,8 @@ impl Supervisor {
     }
 
     /// Fetches and compiles a version as soon as it is uploaded (on any replica), so that its
-    /// activation finds it compiled. Failures only cost the activation the time to do it then.
+    /// activation finds it compiled: within the compile budget, in the tenant's queue, as an
+    /// upload is. Failures only cost the activation the time to do it then.
     pub async fn prepare(&self, tenant: &str, handler: &str, version: &str) {
         let wasm = match self.registry.component(tenant, handler, version).await {
             Ok(wasm) => wasm,
@@ -209,8 +254,10 @@ impl Supervisor {
                 return;
             }
         };
-        let engine = self.engine.clone();
-        let _ = tokio::task::spawn_blocking(move || engine.sandbox.precompile(&wasm)).await;
+        let _turn = self.queue(tenant).lock_owned().await;
+        if let Err((_, error)) = self.engine.sandbox.check_bounded(&wasm).await {
+            tracing::warn!(tenant, handler, version, reason = %error, "A new version was refused ahead of its activation.");
+        }
     }
 
     /// The binding an uploaded handler runs as (see [`crate::config::UploadedBinding`]).

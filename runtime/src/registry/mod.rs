@@ -282,6 +282,30 @@ impl Registry {
         Ok(record.grant.limits.max_component_bytes)
     }
 
+    /// Whether the handler has room for `version`: it is one of its versions already, or the
+    /// handler has fewer than the tenant's `max_versions_per_handler`. Checked before an upload
+    /// is compiled; [`Registry::add_version`] checks it again against the state it meets.
+    pub fn version_room(&self, tenant: &str, handler: &str, version: &str) -> Result<(), RegistryError> {
+        let state = self.read();
+        let max = state
+            .tenants
+            .get(tenant)
+            .ok_or_else(|| RegistryError::UnknownTenant(tenant.into()))?
+            .grant
+            .limits
+            .max_versions_per_handler;
+        let record = handler_record(&state, tenant, handler)?;
+        if record.versions.iter().any(|v| v.version == version) || record.versions.len() < max as usize {
+            return Ok(());
+        }
+        Err(RegistryError::OverLimit {
+            tenant: tenant.into(),
+            limit: "versions per handler",
+            value: record.versions.len() as u64 + 1,
+            max: max.into(),
+        })
+    }
+
     /// Stores a component that passed validation (`report`) as a version of the handler;
     /// `true` when it is new (uploading the same bytes again changes nothing).
     pub async fn add_version(

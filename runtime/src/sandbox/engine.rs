@@ -49,6 +49,21 @@ pub struct SandboxConfig {
     pub max_concurrent_instances: u32,
     /// The largest linear memory any handler may be given, in bytes.
     pub max_memory_bytes_ceiling: u64,
+    /// CPU time one compile of an uploaded component may take, over all its threads, in seconds;
+    /// a compile that takes more is stopped and the component refused.
+    pub compile_cpu_seconds: u64,
+    /// Time one compile may take from start to end, in seconds (waiting for a core included).
+    pub compile_wall_seconds: u64,
+    /// Address space of the compiler process, in bytes: a compile that needs more fails and the
+    /// component is refused.
+    pub compile_memory_bytes: u64,
+    /// Compiles running at once across tenants. Each tenant compiles one component at a time,
+    /// so this many tenants uploading at once are needed before another one waits.
+    pub max_concurrent_compiles: u32,
+    /// The program run as the compiler (`<program> compile-component`): by default this keyhole
+    /// executable. Embedders and tests that run keyhole in another program name the `keyhole`
+    /// binary here.
+    pub compiler: Option<std::path::PathBuf>,
 }
 
 impl Default for SandboxConfig {
@@ -57,6 +72,11 @@ impl Default for SandboxConfig {
             allocation: AllocationChoice::Auto,
             max_concurrent_instances: 256,
             max_memory_bytes_ceiling: 512 << 20,
+            compile_cpu_seconds: 60,
+            compile_wall_seconds: 120,
+            compile_memory_bytes: 4 << 30,
+            max_concurrent_compiles: 4,
+            compiler: None,
         }
     }
 }
@@ -71,6 +91,8 @@ pub struct Sandbox {
     pub(crate) ticker: Arc<EpochTicker>,
     /// Components compiled lately, by digest.
     pub(crate) compiled: super::compiled::CompiledCache,
+    /// How untrusted components are compiled: in a child process, within a budget.
+    pub(crate) compiler: super::compiler::Compiler,
 }
 
 impl Sandbox {
@@ -87,10 +109,18 @@ impl Sandbox {
                 }
             },
         };
+        let compiler = super::compiler::Compiler::new(config)?;
         let linker = linker(&engine)?;
         let ticker = EpochTicker::start(engine.clone())
             .map_err(|e| SandboxError::Engine(format!("cannot start the epoch ticker: {e}")))?;
-        Ok(Sandbox { engine, linker, allocation, ticker: Arc::new(ticker), compiled: Default::default() })
+        Ok(Sandbox {
+            engine,
+            linker,
+            allocation,
+            ticker: Arc::new(ticker),
+            compiled: Default::default(),
+            compiler,
+        })
     }
 
     /// The allocator in use.
@@ -99,7 +129,9 @@ impl Sandbox {
     }
 }
 
-fn engine(config: &SandboxConfig, pooling: bool) -> Result<Engine, SandboxError> {
+/// The engine: with the pooling allocator for running handlers, without it in the compiler
+/// process. Both compile alike, so what the compiler serializes the other loads.
+pub(super) fn engine(config: &SandboxConfig, pooling: bool) -> Result<Engine, SandboxError> {
     let mut wasm = Config::new();
     wasm.epoch_interruption(true)
         // Handlers are plain components: no component-model async, so no per-store state for it.

@@ -38,6 +38,27 @@ pub enum LoadError {
     /// The component's imports or exports exist but have the wrong types.
     #[error("does not match the handler contract keyhole:handler@0.1.0: {0}")]
     ContractMismatch(String),
+    /// The component's code is beyond what keyhole compiles (see docs/writing-handlers.md);
+    /// found by reading it, before any compile.
+    #[error("has {value} {what}; at most {max} are accepted")]
+    OverCodeLimit {
+        /// What was counted.
+        what: &'static str,
+        /// How many the component has.
+        value: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// Compiling the component took more than its budget (`[sandbox]`
+    /// `compile_cpu_seconds`, `compile_wall_seconds`, `compile_memory_bytes`).
+    #[error("compiling it took more than {budget}; it was stopped and refused")]
+    CompileBudgetExceeded {
+        /// Which budget, e.g. `30 s of CPU time`.
+        budget: String,
+    },
+    /// keyhole could not run its compiler: a problem of this keyhole, not of the component.
+    #[error("keyhole cannot compile components now: {0}")]
+    CompilerUnavailable(String),
 }
 
 impl LoadError {
@@ -50,6 +71,9 @@ impl LoadError {
             LoadError::ForbiddenImports { .. } => "forbidden_imports",
             LoadError::MissingExport { .. } => "missing_export",
             LoadError::ContractMismatch(_) => "contract_mismatch",
+            LoadError::OverCodeLimit { .. } => "over_code_limit",
+            LoadError::CompileBudgetExceeded { .. } => "compile_budget_exceeded",
+            LoadError::CompilerUnavailable(_) => "compiler_unavailable",
         }
     }
 }

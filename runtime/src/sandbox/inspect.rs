@@ -41,6 +41,8 @@ pub const HANDLER_EXPORT: &str = "handle";
 /// A compiled component and what it declares, before keyhole has decided to accept it.
 pub struct Inspection {
     pub(crate) component: Component,
+    /// `sha256:<hex>` of its bytes: it is kept compiled under this once accepted.
+    pub(crate) version: String,
     /// The component's imports and exports.
     pub report: ComponentReport,
 }
@@ -55,35 +57,34 @@ pub struct ComponentReport {
 }
 
 impl Sandbox {
-    /// Compiles a component and lists its imports and exports. Refuses anything that is not a
-    /// valid component.
+    /// Reads a component, then compiles it in this process (or takes it compiled from the cache)
+    /// and lists its imports and exports. For components keyhole's operator configured; one from
+    /// outside goes through [`Sandbox::check_bounded`]. Refuses anything that is not a valid
+    /// component, or whose code is beyond [`super::code_limits`], before compiling it.
     pub fn inspect(&self, wasm: &[u8]) -> Result<Inspection, LoadError> {
-        if !wasm.starts_with(b"\0asm") {
-            return Err(LoadError::NotWasm);
-        }
-        // The preamble's version and layer fields: 1.0 for a core module, 0x0d.1 for a component.
-        if wasm.get(4..8) == Some(&[1, 0, 0, 0]) {
-            return Err(LoadError::CoreModule);
-        }
+        preamble(wasm)?;
         let version = super::version_of(wasm);
         let component = match self.compiled.get(&version) {
             Some(component) => component,
             None => {
-                let component =
-                    Component::new(&self.engine, wasm).map_err(|e| LoadError::Invalid(describe(&e)))?;
-                self.compiled.put(version, component.clone());
-                component
+                super::code_limits::read(wasm)?;
+                Component::new(&self.engine, wasm).map_err(|e| LoadError::Invalid(describe(&e)))?
             }
         };
+        Ok(self.inspection(component, version))
+    }
+
+    fn inspection(&self, component: Component, version: String) -> Inspection {
         let ty = component.component_type();
         let imports = ty.imports(&self.engine).map(|(name, _)| name.to_string()).collect();
         let exports =
             ty.exports(&self.engine).map(|(name, item)| format!("{name} ({})", kind(&item.ty))).collect();
-        Ok(Inspection { component, report: ComponentReport { imports, exports } })
+        Inspection { component, version, report: ComponentReport { imports, exports } }
     }
 
     /// Accepts or refuses an inspected component: every import must be allowed, the handler
-    /// export must exist, and both must match the contract's types.
+    /// export must exist, and both must match the contract's types. Only an accepted component
+    /// is kept compiled.
     pub(crate) fn validate(&self, inspection: &Inspection) -> Result<HandlerPre<GuestState>, LoadError> {
         let forbidden: Vec<String> =
             inspection.report.imports.iter().filter(|name| !is_allowed_import(name)).cloned().collect();
@@ -101,16 +102,13 @@ impl Sandbox {
             .linker
             .instantiate_pre(&inspection.component)
             .map_err(|e| LoadError::ContractMismatch(describe(&e)))?;
-        HandlerPre::new(pre).map_err(|e| LoadError::ContractMismatch(describe(&e)))
+        let pre = HandlerPre::new(pre).map_err(|e| LoadError::ContractMismatch(describe(&e)))?;
+        self.compiled.put(inspection.version.clone(), inspection.component.clone());
+        Ok(pre)
     }
 
-    /// Compiles a component into the cache ahead of its use; what is wrong with it is reported
-    /// when it is loaded.
-    pub fn precompile(&self, wasm: &[u8]) {
-        let _ = self.inspect(wasm);
-    }
-
-    /// Inspects and validates in one step: the verdict `keyhole check` prints.
+    /// Inspects and validates in one step, compiling in this process: the verdict on a component
+    /// keyhole's operator configured.
     pub fn check(&self, wasm: &[u8]) -> Result<ComponentReport, (Option<ComponentReport>, LoadError)> {
         let inspection = self.inspect(wasm).map_err(|e| (None, e))?;
         match self.validate(&inspection) {
@@ -118,9 +116,43 @@ impl Sandbox {
             Err(e) => Err((Some(inspection.report), e)),
         }
     }
+
+    /// The verdict on a component from outside (an upload, a version another replica announced,
+    /// `keyhole check`): read first, refused without compiling when its imports, exports or code
+    /// are not acceptable ([`super::code_limits`]), then compiled in a child process within the
+    /// `[sandbox]` compile budget, then validated. Kept compiled only when accepted. Dropping the
+    /// future stops the compile.
+    pub async fn check_bounded(
+        &self,
+        wasm: &[u8],
+    ) -> Result<ComponentReport, (Option<ComponentReport>, LoadError)> {
+        preamble(wasm).map_err(|e| (None, e))?;
+        let (report, _) = super::code_limits::check(wasm)?;
+        let version = super::version_of(wasm);
+        let component = match self.compiled.get(&version) {
+            Some(component) => component,
+            None => self.compile_bounded(wasm).await.map_err(|e| (Some(report), e))?,
+        };
+        let inspection = self.inspection(component, version);
+        match self.validate(&inspection) {
+            Ok(_) => Ok(inspection.report),
+            Err(e) => Err((Some(inspection.report), e)),
+        }
+    }
 }
 
-fn is_allowed_import(name: &str) -> bool {
+/// The preamble's version and layer fields: 1.0 for a core module, 0x0d.1 for a component.
+fn preamble(wasm: &[u8]) -> Result<(), LoadError> {
+    if !wasm.starts_with(b"\0asm") {
+        return Err(LoadError::NotWasm);
+    }
+    if wasm.get(4..8) == Some(&[1, 0, 0, 0]) {
+        return Err(LoadError::CoreModule);
+    }
+    Ok(())
+}
+
+pub(crate) fn is_allowed_import(name: &str) -> bool {
     let unversioned = name.split_once('@').map_or(name, |(interface, _)| interface);
     ALLOWED_IMPORTS.contains(&unversioned)
 }

@@ -8,7 +8,9 @@
 // Generated code: its public items carry the WIT doc comments where the WIT has them.
 #[allow(missing_docs)]
 mod bindings;
+pub mod code_limits;
 mod compiled;
+mod compiler;
 mod engine;
 mod error;
 mod handler;
@@ -17,6 +19,7 @@ mod limits;
 mod state;
 
 pub use bindings::{Event, Extension, Reply};
+pub use compiler::{COMPILE_SUBCOMMAND, compile_child};
 pub use engine::{Allocation, AllocationChoice, EPOCH_TICK, Sandbox, SandboxConfig};
 pub use error::{GuestError, LoadError, SandboxError};
 pub use handler::{GuestInstance, Handler, version_of};

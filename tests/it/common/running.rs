@@ -22,7 +22,9 @@ impl Running {
     }
 
     /// [`Running::start`] with the admin API served on `admin_listener`.
-    pub fn start_with(settings: Settings, admin_listener: Option<tokio::net::TcpListener>) -> Running {
+    pub fn start_with(mut settings: Settings, admin_listener: Option<tokio::net::TcpListener>) -> Running {
+        // Uploads are compiled by `keyhole compile-component`; this process is the test binary.
+        settings.sandbox.compiler.get_or_insert_with(|| env!("CARGO_BIN_EXE_keyhole").into());
         let (tap, outcomes) = mpsc::channel(1024);
         let (stop, stopped) = oneshot::channel::<()>();
         let extras = app::Extras { tap: Some(tap), admin_listener };
