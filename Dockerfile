@@ -31,8 +31,11 @@ COPY deploy/container/keyhole.toml /etc/keyhole/keyhole.toml
 VOLUME ["/var/lib/keyhole"]
 WORKDIR /var/lib/keyhole
 USER 10001:10001
-EXPOSE 9090
-# The slim image has no curl: keyhole asks its own /readyz, on the port its configuration sets.
+# 9090: the admin API (tenants and the operator); 9091: /healthz, /readyz and /metrics, apart, so
+# that a flood of the API cannot blind the probes.
+EXPOSE 9090 9091
+# The slim image has no curl: keyhole asks its own /readyz, on the monitoring port its
+# configuration sets (admin.monitoring_listen).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["keyhole", "health", "--config", "/etc/keyhole/keyhole.toml"]
 # keyhole is PID 1: it handles SIGTERM itself (drains, commits, exits 0).

@@ -54,6 +54,7 @@ for topic in "$refs" "$replies" "$audit" "smoke-$suffix.acme.echo.dlq"; do
     "$TANSU_BIN" topic create "$topic" --broker "tcp://$broker" --partitions 1 >/dev/null
 done
 admin_port=$(free_port)
+monitoring_port=$(free_port)
 cat > "$work/keyhole.toml" <<TOML
 [kafka]
 bootstrap_servers = "$broker"
@@ -72,6 +73,7 @@ drain_timeout_ms = 5000
 
 [admin]
 listen = "127.0.0.1:$admin_port"
+monitoring_listen = "127.0.0.1:$monitoring_port"
 operator_token = { env = "KEYHOLE_OPERATOR_TOKEN" }
 state_dir = "/var/lib/keyhole/state"
 

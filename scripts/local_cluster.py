@@ -120,7 +120,7 @@ def main():
         for i in range(1, args.replicas + 1):
             directory = root / f"replica-{i}"
             directory.mkdir(exist_ok=True)
-            port = free_port()
+            port, monitoring_port = free_port(), free_port()
             (directory / "keyhole.toml").write_text(f'''
 [kafka]
 bootstrap_servers = "{broker}"
@@ -136,6 +136,7 @@ path = "{directory}/receipts.jsonl"
 
 [admin]
 listen = "127.0.0.1:{port}"
+monitoring_listen = "127.0.0.1:{monitoring_port}"
 operator_token = {{ value = "{OPERATOR}" }}
 state_dir = "{directory}/state"
 
@@ -157,7 +158,8 @@ identity = {{ bearer_token = {{ value = "{OWNER_TOKEN}" }} }}
             url = f"http://127.0.0.1:{port}"
             replicas.append((i, url, directory))
             print(f"==> replica {i}: {url} (its files: {directory})")
-            wait_for(f"replica {i} answering", lambda: api(url, path="/healthz")[0] == 200)
+            probes = f"http://127.0.0.1:{monitoring_port}"
+            wait_for(f"replica {i} answering", lambda: api(probes, path="/healthz")[0] == 200)
 
         first = replicas[0][1]
         grant = {"topics": [topic], "data_sources": ["owner"], "purposes": ["local demonstration"]}

@@ -41,6 +41,9 @@ pub struct Extras {
     /// The admin API's listener, already bound (tests bind port 0); without it, keyhole binds
     /// `admin.listen` when `[admin]` is configured.
     pub admin_listener: Option<tokio::net::TcpListener>,
+    /// The probes' and metrics' listener, already bound; without it, keyhole binds
+    /// `admin.monitoring_listen`.
+    pub monitoring_listener: Option<tokio::net::TcpListener>,
 }
 
 /// Runs every configured binding until `shutdown` completes, then drains and commits.
@@ -50,7 +53,7 @@ pub async fn run(
     tap: Option<mpsc::Sender<Outcome>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    run_with(settings, Extras { tap, admin_listener: None }, shutdown).await
+    run_with(settings, Extras { tap, ..Extras::default() }, shutdown).await
 }
 
 /// [`run`], with the admin API and the handlers uploaded to it when `[admin]` is configured.
@@ -71,7 +74,9 @@ pub async fn run_with(
         tasks.spawn(async move { engine.consume(started, cancel).await.map_err(|e| ended(name, e)) });
     }
     let supervisor = match &engine.settings.admin {
-        Some(admin) => Some(start_admin(&engine, admin, extras.admin_listener, &cancel).await?),
+        Some(admin) => Some(
+            start_admin(&engine, admin, (extras.admin_listener, extras.monitoring_listener), &cancel).await?,
+        ),
         None => None,
     };
     tracing::info!(bindings = tasks.len(), admin = supervisor.is_some(), "keyhole is running.");
@@ -124,12 +129,12 @@ fn ended(binding: String, error: BindingError) -> RunError {
     }
 }
 
-/// Opens the registry, starts the handlers active in it, and serves the admin API until
-/// `cancel`.
+/// Opens the registry, starts the handlers active in it, and serves the admin API and the
+/// monitoring endpoints until `cancel`.
 async fn start_admin(
     engine: &Arc<Engine>,
     admin: &AdminSettings,
-    listener: Option<tokio::net::TcpListener>,
+    (listener, monitoring_listener): (Option<tokio::net::TcpListener>, Option<tokio::net::TcpListener>),
     cancel: &CancellationToken,
 ) -> Result<Arc<Supervisor>, RunError> {
     let start_problem =
@@ -158,17 +163,41 @@ async fn start_admin(
             tracing::error!(binding = %binding, reason = %problem, "Uploaded handler cannot start.");
         }
     }
-    let listener = match listener {
-        Some(listener) => listener,
-        None => tokio::net::TcpListener::bind(admin.listen)
-            .await
-            .map_err(|e| start_problem("admin.listen", format!("cannot listen on {}: {e}", admin.listen)))?,
+    let bind = |given: Option<tokio::net::TcpListener>, address: std::net::SocketAddr, key: &'static str| async move {
+        match given {
+            Some(listener) => Ok(listener),
+            None => tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|e| start_problem(key, format!("cannot listen on {address}: {e}"))),
+        }
     };
+    // The probes first: an orchestrator asks them as soon as the process runs.
+    let monitoring_listener =
+        bind(monitoring_listener, admin.monitoring_listen, "admin.monitoring_listen").await?;
+    let listener = bind(listener, admin.listen, "admin.listen").await?;
     let api = admin::Api::new(registry, Arc::new(SupervisorControl(supervisor.clone())), admin);
+    let bounds = admin::Bounds {
+        max_connections: admin.max_connections,
+        header_read_timeout: admin.header_read_timeout,
+        idle_timeout: admin.idle_timeout,
+    };
+    let monitoring_bounds = admin::Bounds { max_connections: admin::MONITORING_MAX_CONNECTIONS, ..bounds };
+    let (shutdown, monitoring_api) = (cancel.clone(), api.clone());
+    tokio::spawn(async move {
+        if let Err(error) = admin::serve(listener, api, bounds, shutdown.cancelled_owned()).await {
+            tracing::error!(%error, "The admin API stopped.");
+        }
+    });
     let shutdown = cancel.clone();
     tokio::spawn(async move {
-        if let Err(error) = admin::serve(listener, api, shutdown.cancelled_owned()).await {
-            tracing::error!(%error, "The admin API stopped.");
+        let serving = admin::serve_monitoring(
+            monitoring_listener,
+            monitoring_api,
+            monitoring_bounds,
+            shutdown.cancelled_owned(),
+        );
+        if let Err(error) = serving.await {
+            tracing::error!(%error, "The probes' and metrics' listener stopped.");
         }
     });
     Ok(supervisor)

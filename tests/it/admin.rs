@@ -241,9 +241,21 @@ async fn every_documented_operation_is_served_with_a_documented_status() {
                 .replace("{version}", &version)
                 .replace("{token_id}", "0000");
             let secured = operation.get("security").is_some();
-            // Unauthenticated first: every secured operation answers 401 (documented), which
-            // also proves the route exists for this method.
-            let answer = admin.call(&method.to_uppercase(), &path, None, Body::None).await;
+            // The monitoring endpoints are served on their own listener, and only there.
+            let answer = if operation["tags"][0] == "monitoring" {
+                let elsewhere = admin.call(&method.to_uppercase(), &path, None, Body::None).await;
+                assert_problem(
+                    &elsewhere,
+                    404,
+                    "no-such-route",
+                    "a monitoring endpoint on the API's listener",
+                );
+                admin.probe(&path).await
+            } else {
+                // Unauthenticated first: every secured operation answers 401 (documented),
+                // which also proves the route exists for this method.
+                admin.call(&method.to_uppercase(), &path, None, Body::None).await
+            };
             let documented: Vec<&String> = operation["responses"].as_object().unwrap().keys().collect();
             let what = format!("{method} {template}");
             assert!(
@@ -310,9 +322,9 @@ async fn readiness_says_why_keyhole_is_not_ready() {
         .replace(&common::broker::bootstrap(), "127.0.0.1:9");
     let config: keyhole::config::Config = toml::from_str(&toml).unwrap();
     let settings = config.validate(std::path::Path::new(".")).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let running = common::running::Running::start_with(settings, Some(listener));
+    let listeners = common::running::Listeners::bind().await;
+    let (_, url) = listeners.urls();
+    let running = common::running::Running::start_with(settings, Some(listeners));
     let get = |path: &str| reqwest::get(format!("{url}{path}"));
     // Alive, but not ready: no broker answers on port 9.
     let alive = get("/healthz").await.unwrap();
@@ -350,6 +362,32 @@ async fn narrowing_a_grant_stops_the_handlers_it_no_longer_covers() {
     admin.ok(200, "PUT", "/v1/tenants/a", Some(OPERATOR), grant(vec![&topic])).await;
     let running = admin.ok(200, "GET", h, Some(&a), Body::None).await;
     assert_eq!(running["state"], "running", "{running:#}");
+    admin.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_handlers_series_leave_the_metrics() {
+    let owner = Owner::start().await;
+    let admin = Admin::start(&owner.base_url()).await;
+    let topic = common::broker::create_topic(1).await;
+    // Names no other test uses: the metrics recorder is the test process's.
+    let token = admin.tenant("retiring", &[&topic], json!({})).await;
+    let h = "/v1/tenants/retiring/handlers/short-lived";
+    admin.ok(201, "PUT", h, Some(&token), Body::Json(spec(&topic))).await;
+    let uploaded = admin
+        .ok(201, "POST", &format!("{h}/versions"), Some(&token), Body::Bytes(common::guest("echo")))
+        .await;
+    let version = uploaded["version"].as_str().unwrap();
+    admin.ok(200, "POST", &format!("{h}/versions/{version}/activate"), Some(&token), Body::None).await;
+    let label = r#"binding="retiring/short-lived""#;
+    let series = |metrics: &str| metrics.lines().filter(|l| l.contains(label)).count();
+    let metrics =
+        reqwest::get(format!("{}/metrics", admin.monitoring_url)).await.unwrap().text().await.unwrap();
+    assert!(series(&metrics) > 0, "no series of the running binding:\n{metrics}");
+    admin.ok(204, "DELETE", h, Some(&token), Body::None).await;
+    let metrics =
+        reqwest::get(format!("{}/metrics", admin.monitoring_url)).await.unwrap().text().await.unwrap();
+    assert_eq!(series(&metrics), 0, "the deleted handler's series are still served:\n{metrics}");
     admin.running.stop().await;
 }
 

@@ -355,7 +355,7 @@ async fn with_the_broker_gone_writes_are_refused_a_stale_replica_trusts_no_token
     tokio::time::sleep(Duration::from_secs(4).saturating_sub(gone.elapsed())).await;
     let read = cluster.call(0, "GET", "/v1/tenants/acme/handlers", Some(&token), Body::None).await;
     assert_eq!(read.status, 503, "{read:#?}");
-    let ready = cluster.call(0, "GET", "/readyz", None, Body::None).await;
+    let ready = cluster.probe(0, "/readyz").await;
     assert_eq!(ready.status, 503, "{ready:#?}");
     assert!(ready.body["detail"].as_str().unwrap().contains("registry"), "{ready:#?}");
     // A request no token could authenticate is refused before any round trip to the broker:
@@ -449,8 +449,12 @@ async fn records_written_to_the_registry_topic_without_a_replicas_key_change_not
     assert_eq!(cluster.call(0, "GET", "/v1/tenants/acme", Some(forged_token), Body::None).await.status, 401);
     assert_eq!(cluster.call(0, "GET", "/v1/tenants/acme", Some(&acme), Body::None).await.status, 200);
 
-    let metrics =
-        reqwest::get(format!("{}/metrics", cluster.replicas[0].url)).await.unwrap().text().await.unwrap();
+    let metrics = reqwest::get(format!("{}/metrics", cluster.replicas[0].monitoring_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for (reason, n) in [("unsigned", 2), ("mismatch", 1), ("unknown_key", 1), ("malformed", 1)] {
         let line = format!("keyhole_registry_records_rejected_total{{reason=\"{reason}\"}} {n}");
         assert!(metrics.contains(&line), "no `{line}` in /metrics:\n{metrics}");

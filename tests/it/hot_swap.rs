@@ -104,7 +104,7 @@ async fn upload_activate_swap_and_roll_back_without_losing_an_event() {
         admin.ok(200, "POST", &format!("{path}/versions/{v1}/activate"), Some(&token), Body::None).await;
     assert_eq!(activated["active"], v1.as_str());
     assert_eq!(activated["state"], "running");
-    let ready = admin.call("GET", "/readyz", None, Body::None).await;
+    let ready = admin.probe("/readyz").await;
     assert_eq!(ready.status, 200, "ready once the broker answers and the binding runs: {ready:#?}");
     let mut seen = BTreeMap::new();
     publish_events(&topic, 0..40, Duration::ZERO).await;
@@ -160,7 +160,8 @@ async fn upload_activate_swap_and_roll_back_without_losing_an_event() {
     assert_eq!(receipts.len(), 280, "one receipt per event, none twice");
 
     // /metrics serves the binding's series over HTTP.
-    let metrics = reqwest::get(format!("{}/metrics", admin.url)).await.unwrap().text().await.unwrap();
+    let metrics =
+        reqwest::get(format!("{}/metrics", admin.monitoring_url)).await.unwrap().text().await.unwrap();
     for series in [
         "keyhole_events_consumed_total",
         "keyhole_resolutions_total",

@@ -38,6 +38,7 @@ fn config(dir: &Path, registry: &str, blobs: &str, create_topics: bool) -> PathB
 
         [admin]
         listen = "127.0.0.1:0"
+        monitoring_listen = "127.0.0.1:0"
         state_dir = "{dir}/state"
 
         [registry]

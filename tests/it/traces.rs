@@ -271,11 +271,11 @@ async fn a_collector_that_is_dead_or_never_answers_holds_no_event_back() {
                 .await;
         }
         // A small queue, filled within the first events: the rest of the spans are dropped.
-        let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let (admin, monitoring) = (common::cluster::free_port(), common::cluster::free_port());
         let telemetry = format!(
             "[telemetry]\notlp_endpoint = \"http://{endpoint}\"\nexport_timeout_ms = 1000\n\
              max_queue_spans = 64\nmax_batch_spans = 32\nbatch_delay_ms = 100\n\n\
-             [admin]\nlisten = \"{admin}\""
+             [admin]\nlisten = \"127.0.0.1:{admin}\"\nmonitoring_listen = \"127.0.0.1:{monitoring}\""
         );
         let dir = configure("keyhole-dead-collector", &group, &topic, &replies, &owner, &telemetry);
         let keyhole = start(&dir, &[]);
@@ -284,8 +284,12 @@ async fn a_collector_that_is_dead_or_never_answers_holds_no_event_back() {
         // The failed exports are counted.
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let metrics =
-                reqwest::get(format!("http://{admin}/metrics")).await.unwrap().text().await.unwrap();
+            let metrics = reqwest::get(format!("http://127.0.0.1:{monitoring}/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
             let failed = metrics
                 .lines()
                 .find_map(|l| l.strip_prefix(r#"keyhole_trace_exports_total{outcome="failed"} "#))

@@ -1,5 +1,5 @@
 //! A well-behaved handler that uses as much of each resource as the event asks, so tests can
-//! run it close to a limit: `{"spin_ms": 0, "alloc_bytes": 0, "reply_bytes": 0, "log_bytes": 0,
+//! run it close to a limit (the memory is held while it spins): `{"spin_ms": 0, "alloc_bytes": 0, "reply_bytes": 0, "log_bytes": 0,
 //! "stdout_bytes": 0, "fail": null, "count_calls": false}` (every field optional). It replies
 //! with `reply_bytes` bytes of `x`; with `count_calls`, with the number of calls this instance
 //! has served (to show that no state survives between events); with `fail` set to `retryable`
@@ -36,13 +36,13 @@ impl Guest for Probe {
         let ask: Ask = serde_json::from_slice(&event.data)
             .map_err(|e| HandlerError::Permanent(format!("not a probe request: {e}")))?;
 
+        // Touch every page so the memory is really committed, and hold it while spinning: an
+        // instance that keeps its memory for its whole call.
+        let block = black_box(vec![1u8; ask.alloc_bytes]);
         let started = Instant::now();
         while started.elapsed() < Duration::from_millis(ask.spin_ms) {
             black_box(());
         }
-
-        // Touch every page so the memory is really committed.
-        let block = black_box(vec![1u8; ask.alloc_bytes]);
         drop(block);
 
         let line = "x".repeat(99);

@@ -1,5 +1,7 @@
 //! The admin API: third parties upload and activate their handlers; the operator grants each
-//! tenant what it may consume; monitoring reads `/metrics`, `/healthz` and `/readyz`.
+//! tenant what it may consume. Monitoring reads `/metrics`, `/healthz` and `/readyz` on a
+//! listener of its own ([`serve_monitoring`]): a flood of the tenant-facing API cannot blind the
+//! probes, and the probes' listener, which names every tenant, need not be reachable by tenants.
 //!
 //! It reads and changes the registry and asks a [`Control`] to apply changes to the running
 //! handlers; it owns no engine state and does not depend on the engine, so that it is tested
@@ -10,10 +12,12 @@ mod auth;
 mod handlers;
 pub mod openapi;
 mod problem;
+mod server;
 mod tenants;
 
 pub use auth::Caller;
 pub use problem::{PROBLEM_JSON, Problem};
+pub use server::Bounds;
 
 use crate::config::AdminSettings;
 use crate::registry::Registry;
@@ -86,26 +90,50 @@ impl Api {
     }
 }
 
-/// Serves the API on `listener` until `shutdown` completes.
+/// Connections the monitoring listener serves at once: probes and a scraper or two need a handful.
+pub const MONITORING_MAX_CONNECTIONS: usize = 64;
+
+/// Serves the API on `listener`, within `bounds`, until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     api: Api,
+    bounds: Bounds,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     if let Ok(address) = listener.local_addr() {
-        tracing::info!(%address, "Admin API listening.");
+        tracing::info!(%address, max_connections = bounds.max_connections, "Admin API listening.");
     }
-    axum::serve(listener, router(api)).with_graceful_shutdown(shutdown).await
+    server::serve(listener, router(api), bounds, shutdown).await
 }
 
-/// Every route. The OpenAPI document lists the same ones (a test checks it against this
-/// router).
-pub fn router(api: Api) -> Router {
-    let monitoring = Router::new()
+/// Serves `/healthz`, `/readyz` and `/metrics` on `listener`, within `bounds`, until
+/// `shutdown` completes.
+pub async fn serve_monitoring(
+    listener: tokio::net::TcpListener,
+    api: Api,
+    bounds: Bounds,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(%address, "Probes and metrics listening.");
+    }
+    server::serve(listener, monitoring_router(api), bounds, shutdown).await
+}
+
+/// The probes and the metrics: the operator's, on their own listener.
+pub fn monitoring_router(api: Api) -> Router {
+    Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi_json));
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_method)
+        .with_state(api)
+}
+
+/// Every route of the API's listener. The OpenAPI document lists them and the monitoring
+/// listener's (a test checks it against both routers).
+pub fn router(api: Api) -> Router {
     Router::new()
         .route("/v1/tenants", get(tenants::list))
         .route("/v1/tenants/{tenant}", put(tenants::put).get(tenants::get).delete(tenants::delete))
@@ -131,7 +159,7 @@ pub fn router(api: Api) -> Router {
         )
         .route("/v1/tenants/{tenant}/handlers/{handler}/rollback", post(handlers::rollback))
         .route_layer(axum::middleware::from_fn_with_state(api.clone(), registry_synced))
-        .merge(monitoring)
+        .route("/openapi.json", get(openapi_json))
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
         .with_state(api)
@@ -198,12 +226,12 @@ async fn readyz(State(api): State<Api>) -> Response {
     responses((status = 200, description = "Every series (see docs/observability.md)", body = String,
         content_type = "text/plain; version=0.0.4")))]
 async fn metrics() -> Response {
-    let text = crate::telemetry::prometheus().render();
+    let text = crate::telemetry::render();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
 /// This document.
-#[utoipa::path(get, path = "/openapi.json", tag = "monitoring",
+#[utoipa::path(get, path = "/openapi.json", tag = "documentation",
     responses((status = 200, description = "The OpenAPI 3.1 document of this API", body = Object)))]
 async fn openapi_json() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], openapi::document()).into_response()

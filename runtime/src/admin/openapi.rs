@@ -38,7 +38,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
     ),
     modifiers(&Bearer),
     tags(
-        (name = "monitoring", description = "Health, readiness, metrics; no token needed"),
+        (name = "monitoring", description = "Health, readiness, metrics: served on `admin.monitoring_listen`, \
+                                             not on the API's listener; no token"),
+        (name = "documentation", description = "This document; no token"),
         (name = "operator", description = "The operator's token only"),
         (name = "tenant", description = "A tenant's own token (or the operator's)"),
     )

@@ -47,9 +47,10 @@ impl Control for FakeControl {
 
 struct Served {
     url: String,
+    monitoring_url: String,
     control: Arc<FakeControl>,
     http: reqwest::Client,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    _stop: tokio::sync::watch::Sender<()>,
 }
 
 impl Served {
@@ -67,22 +68,54 @@ impl Served {
             operator_token_sha256: Some(Sha256::digest(OPERATOR).into()),
             state_dir: dir,
             max_upload_bytes: 1 << 20,
+            monitoring_listen: "127.0.0.1:0".parse().unwrap(),
+            max_connections: 16,
+            header_read_timeout: std::time::Duration::from_secs(5),
+            idle_timeout: std::time::Duration::from_secs(5),
             registry: crate::config::RegistryStore::Local,
         };
         let api = Api::new(registry, control.clone(), &settings);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
+        let (listener, monitoring) = (bind().await.unwrap(), bind().await.unwrap());
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(super::serve(listener, api, async {
-            let _ = stopped.await;
+        let monitoring_url = format!("http://{}", monitoring.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::watch::channel(());
+        let bounds = super::Bounds {
+            max_connections: settings.max_connections,
+            header_read_timeout: settings.header_read_timeout,
+            idle_timeout: settings.idle_timeout,
+        };
+        let mut stopped_too = stopped.clone();
+        let mut stopped = stopped;
+        tokio::spawn(super::serve(listener, api.clone(), bounds, async move {
+            let _ = stopped.changed().await;
         }));
-        Served { url, control, http: reqwest::Client::new(), _stop: stop }
+        tokio::spawn(super::serve_monitoring(monitoring, api, bounds, async move {
+            let _ = stopped_too.changed().await;
+        }));
+        Served { url, monitoring_url, control, http: reqwest::Client::new(), _stop: stop }
     }
 
-    /// Status and JSON body (Null when there is none).
+    /// Status and JSON body (Null when there is none), from the API's listener.
     async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        self.call_at(&self.url, method, path, token, body).await
+    }
+
+    /// GETs `path` on the monitoring listener.
+    async fn probe(&self, path: &str) -> (u16, Value) {
+        self.call_at(&self.monitoring_url, "GET", path, None, None).await
+    }
+
+    async fn call_at(
+        &self,
+        base: &str,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut request = self.http.request(method, format!("{}{path}", self.url));
+        let mut request = self.http.request(method, format!("{base}{path}"));
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -203,9 +236,9 @@ async fn uploads_other_than_wasm_are_refused_before_the_body_is_read() {
 #[tokio::test]
 async fn readiness_and_handler_state_say_what_the_control_reports() {
     let api = Served::start().await;
-    assert_eq!(api.call("GET", "/readyz", None, None).await.0, 200);
+    assert_eq!(api.probe("/readyz").await.0, 200);
     api.control.not_ready.lock().unwrap().push("binding a/h is paused: the data owner is unavailable".into());
-    let (status, problem) = api.call("GET", "/readyz", None, None).await;
+    let (status, problem) = api.probe("/readyz").await;
     assert_eq!(status, 503);
     assert!(problem["detail"].as_str().unwrap().contains("paused"), "{problem}");
     let a = api.tenant("a", "topic-a").await;
@@ -219,4 +252,18 @@ async fn readiness_and_handler_state_say_what_the_control_reports() {
     assert_eq!(status, 200, "{view}");
     assert_eq!(view["state"], "paused");
     assert!(view["state_reason"].as_str().unwrap().contains("503"), "{view}");
+}
+
+#[tokio::test]
+async fn the_probes_and_metrics_are_served_apart_from_the_api() {
+    let api = Served::start().await;
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(api.probe(path).await.0, 200, "{path} on the monitoring listener");
+        let (status, problem) = api.call("GET", path, None, None).await;
+        assert_eq!(status, 404, "{path} on the API's listener: {problem}");
+    }
+    for path in ["/v1/tenants", "/openapi.json"] {
+        assert_eq!(api.probe(path).await.0, 404, "{path} on the monitoring listener");
+    }
+    assert_eq!(api.call("GET", "/openapi.json", None, None).await.0, 200);
 }

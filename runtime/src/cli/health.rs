@@ -5,8 +5,9 @@ use anyhow::Context as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// `url`, or the `/readyz` of the admin API that `config` configures (on loopback when it
-/// listens on every address): a health check that follows the configuration's port.
+/// `url`, or the `/readyz` of the monitoring listener that `config` configures
+/// (`admin.monitoring_listen`, on loopback when it listens on every address): a health check
+/// that follows the configuration's port.
 pub fn target(url: Option<String>, config: &std::path::Path) -> anyhow::Result<String> {
     if let Some(url) = url {
         return Ok(url);
@@ -18,8 +19,10 @@ pub fn target(url: Option<String>, config: &std::path::Path) -> anyhow::Result<S
         toml::from_str(&text).with_context(|| format!("{} is not valid", config.display()))?;
     let admin =
         parsed.admin.with_context(|| format!("{} has no [admin] section to ask", config.display()))?;
-    let mut address: std::net::SocketAddr =
-        admin.listen.parse().with_context(|| format!("admin.listen {:?} is not ip:port", admin.listen))?;
+    let mut address: std::net::SocketAddr = admin
+        .monitoring_listen
+        .parse()
+        .with_context(|| format!("admin.monitoring_listen {:?} is not ip:port", admin.monitoring_listen))?;
     if address.ip().is_unspecified() {
         address.set_ip(match address {
             std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),

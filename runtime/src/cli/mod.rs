@@ -71,10 +71,11 @@ pub enum Command {
     /// Asks a running keyhole whether it is ready (its `/readyz`); exits 0 when it is, 1 when
     /// it is not or does not answer. For container health checks.
     Health {
-        /// The endpoint to ask (default: the `/readyz` of the admin API that --config sets up).
+        /// The endpoint to ask (default: the `/readyz` of the monitoring listener that --config
+        /// sets up).
         #[arg(long)]
         url: Option<String>,
-        /// The configuration whose `admin.listen` to ask, when --url is not given.
+        /// The configuration whose `admin.monitoring_listen` to ask, when --url is not given.
         #[arg(long, default_value = "keyhole.toml")]
         config: PathBuf,
         /// How long to wait for the answer.

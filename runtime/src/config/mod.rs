@@ -161,10 +161,34 @@ pub struct AdminConfig {
     /// Largest request body, whatever a tenant's own limit.
     #[serde(default = "default_max_upload_bytes")]
     pub max_upload_bytes: u64,
+    /// Address `/healthz`, `/readyz` and `/metrics` are served on, apart from the API.
+    #[serde(default = "default_monitoring_listen")]
+    pub monitoring_listen: String,
+    /// Connections the API's listener serves at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Time a client has to send a request head, on both listeners.
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// Time a connection may go without sending or reading a byte, on both listeners.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
 }
 
 fn default_admin_listen() -> String {
     "127.0.0.1:9090".into()
+}
+fn default_monitoring_listen() -> String {
+    "127.0.0.1:9091".into()
+}
+fn default_max_connections() -> usize {
+    512
+}
+fn default_header_read_timeout_ms() -> u64 {
+    10_000
+}
+fn default_idle_timeout_ms() -> u64 {
+    120_000
 }
 fn default_state_dir() -> PathBuf {
     "keyhole-state".into()

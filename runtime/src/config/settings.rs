@@ -144,6 +144,14 @@ pub struct AdminSettings {
     pub state_dir: PathBuf,
     /// Largest request body.
     pub max_upload_bytes: u64,
+    /// Where the probes and metrics are served.
+    pub monitoring_listen: std::net::SocketAddr,
+    /// Connections the API's listener serves at once.
+    pub max_connections: usize,
+    /// Time a client has to send a request head.
+    pub header_read_timeout: std::time::Duration,
+    /// Time a connection may go without sending or reading a byte.
+    pub idle_timeout: std::time::Duration,
     /// Where the registry is kept.
     pub registry: RegistryStore,
 }
@@ -198,6 +206,10 @@ impl fmt::Debug for AdminSettings {
             .field("operator_token", &self.operator_token_sha256.map(|_| "<redacted>"))
             .field("state_dir", &self.state_dir)
             .field("max_upload_bytes", &self.max_upload_bytes)
+            .field("monitoring_listen", &self.monitoring_listen)
+            .field("max_connections", &self.max_connections)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("idle_timeout", &self.idle_timeout)
             .field("registry", &self.registry)
             .finish()
     }

@@ -57,6 +57,7 @@ impl Config {
         if self.sandbox.max_concurrent_instances == 0 {
             problems.add("sandbox.max_concurrent_instances", "must be greater than 0");
         }
+        validate_memory_budgets(&self.sandbox, &mut problems);
         let registry = validate_registry(&self.registry, self.admin.is_some(), &mut problems);
         let admin =
             self.admin.as_ref().and_then(|admin| validate_admin(admin, base, registry, &mut problems));
@@ -351,6 +352,35 @@ fn signing_keys(keys: &[SigningKeyConfig], problems: &mut Problems) -> Vec<Signi
     resolved
 }
 
+/// The memory budgets must hold the largest handler: `max_memory_bytes_ceiling` ≤
+/// `tenant_memory_budget_bytes` ≤ `memory_budget_bytes`; else a handler could be granted a limit
+/// no instance of it could ever be admitted with.
+fn validate_memory_budgets(sandbox: &crate::sandbox::SandboxConfig, problems: &mut Problems) {
+    const MIB: u64 = 1 << 20;
+    if sandbox.memory_budget_bytes < MIB {
+        problems.add("sandbox.memory_budget_bytes", "must be at least 1 MiB (1048576)");
+    }
+    if sandbox.tenant_memory_budget_bytes > sandbox.memory_budget_bytes {
+        problems.add(
+            "sandbox.tenant_memory_budget_bytes",
+            format!("must be at most sandbox.memory_budget_bytes ({})", sandbox.memory_budget_bytes),
+        );
+    }
+    if sandbox.max_memory_bytes_ceiling > sandbox.tenant_memory_budget_bytes {
+        problems.add(
+            "sandbox.max_memory_bytes_ceiling",
+            format!(
+                "must be at most sandbox.tenant_memory_budget_bytes ({}): one instance of the largest handler must fit a tenant's share",
+                sandbox.tenant_memory_budget_bytes
+            ),
+        );
+    }
+}
+
+/// The most connections `admin.max_connections` may allow: each costs a file descriptor and a
+/// task, and a container's open-file limit is commonly 65,536 or less.
+const MAX_CONNECTIONS: usize = 16_384;
+
 fn validate_admin(
     admin: &AdminConfig,
     base: &Path,
@@ -358,7 +388,7 @@ fn validate_admin(
     problems: &mut Problems,
 ) -> Option<AdminSettings> {
     use sha2::Digest as _;
-    let listen = admin
+    let listen: Option<std::net::SocketAddr> = admin
         .listen
         .parse()
         .map_err(|_| problems.add("admin.listen", format!("{:?} is not an ip:port address", admin.listen)))
@@ -378,8 +408,43 @@ fn validate_admin(
     if admin.max_upload_bytes == 0 {
         problems.add("admin.max_upload_bytes", "must be greater than 0");
     }
+    let monitoring_listen: Option<std::net::SocketAddr> = admin
+        .monitoring_listen
+        .parse()
+        .map_err(|_| {
+            problems.add(
+                "admin.monitoring_listen",
+                format!("{:?} is not an ip:port address", admin.monitoring_listen),
+            )
+        })
+        .ok();
+    if let (Some(api), Some(monitoring)) = (listen, monitoring_listen)
+        && api.port() != 0
+        && api.port() == monitoring.port()
+        && (api.ip() == monitoring.ip() || api.ip().is_unspecified() || monitoring.ip().is_unspecified())
+    {
+        problems.add(
+            "admin.monitoring_listen",
+            format!("{monitoring} is also admin.listen: the probes and metrics need a listener of their own"),
+        );
+    }
+    if !(1..=MAX_CONNECTIONS).contains(&admin.max_connections) {
+        problems.add("admin.max_connections", format!("must be between 1 and {MAX_CONNECTIONS}"));
+    }
+    for (key, ms) in [
+        ("admin.header_read_timeout_ms", admin.header_read_timeout_ms),
+        ("admin.idle_timeout_ms", admin.idle_timeout_ms),
+    ] {
+        if !(100..=3_600_000).contains(&ms) {
+            problems.add(key, "must be between 100 and 3600000 (an hour)");
+        }
+    }
     Some(AdminSettings {
         listen: listen?,
+        monitoring_listen: monitoring_listen?,
+        max_connections: admin.max_connections,
+        header_read_timeout: std::time::Duration::from_millis(admin.header_read_timeout_ms),
+        idle_timeout: std::time::Duration::from_millis(admin.idle_timeout_ms),
         operator_token_sha256: operator_token,
         state_dir: base.join(&admin.state_dir),
         max_upload_bytes: admin.max_upload_bytes,

@@ -12,7 +12,7 @@ use crate::resolve::{Released, Requester, ResolveError};
 use crate::sandbox::{self, Handler};
 use crate::telemetry::trace::StageSpan;
 use crate::telemetry::{self, EventTrace};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 /// Decides one event. `None` when shutdown or revocation interrupted it before a decision.
@@ -65,7 +65,11 @@ pub async fn decide(
     let mut answered_before = binding.resolver.answered();
     loop {
         let started = Instant::now();
-        let failure = match attempt(binding, &run, outcome.attempts, probing, answered_before, cancel).await {
+        // Time spent waiting for the sandbox to admit the handler: backpressure, not the event's.
+        let mut waited = Duration::ZERO;
+        let attempted =
+            attempt(binding, &run, outcome.attempts, probing, answered_before, &mut waited, cancel);
+        let failure = match attempted.await {
             Ok(Ok(decision)) => {
                 outcome.decision = decision;
                 break;
@@ -76,7 +80,7 @@ pub async fn decide(
         answered_before = binding.resolver.answered();
         probing = failure.pause.is_some();
         let delay = binding.backoff.delay(outcome.attempts, failure.retry_after);
-        budget.spend(&failure, started.elapsed() + delay);
+        budget.spend(&failure, started.elapsed().saturating_sub(waited) + delay);
         match decide::after_failure(&failure, binding.settings.on_failure.at(failure.stage), &budget) {
             Next::GiveUp => {
                 let reason = decide::final_reason(&failure, &budget);
@@ -111,14 +115,16 @@ struct Run<'a> {
     trace: &'a EventTrace,
 }
 
-/// One attempt (`number`, from 1): ask the owner, record its answer in a receipt, run the
-/// handler, publish its reply.
+/// One attempt (`number`, from 1): wait for the sandbox to admit the handler, ask the owner,
+/// record its answer in a receipt, run the handler, publish its reply. The time spent waiting to
+/// be admitted is added to `waited`.
 async fn attempt(
     binding: &Binding,
     run: &Run<'_>,
     number: u32,
     probing: bool,
     answered_before: u64,
+    waited: &mut Duration,
     cancel: &CancellationToken,
 ) -> Result<Result<Decision, Failure>, Interrupted> {
     let Run { handler, event, url, key, trace } = *run;
@@ -133,6 +139,19 @@ async fn attempt(
             answered_before = binding.resolver.answered();
         }
     }
+    // Admitted before the owner is asked: an event that waits for an instance or for memory
+    // asks once, when it can run, so that the consent checked is the consent of that moment; and
+    // waiting is not a failure. After the gate: a paused binding holds no one's budget.
+    let waiting = Instant::now();
+    let admitted = tokio::select! {
+        admitted = handler.admit() => admitted,
+        () = cancel.cancelled() => return Err(Interrupted),
+    };
+    *waited += waiting.elapsed();
+    let Some(admitted) = admitted else {
+        let failure = Failure::of_event(Stage::Handler, "no_capacity", "the sandbox is closed".into(), true);
+        return Ok(Err(failure));
+    };
     let who = Requester {
         tenant: &binding.settings.tenant,
         handler: &binding.settings.handler,
@@ -184,7 +203,7 @@ async fn attempt(
     let data_bytes = released.body.len() as u64;
     let started = Instant::now();
     let mut span = trace.sandbox(handler.version(), number);
-    let handled = handler.handle(&guest_event(event, released)).await;
+    let handled = handler.handle_admitted(&guest_event(event, released), admitted).await;
     binding.metrics.handler_duration.record(started.elapsed().as_secs_f64());
     let reply = match handled {
         Ok(reply) => {

@@ -144,7 +144,11 @@ impl Supervisor {
                 // Restarted below, or inactive (deleted, deactivated); not_granted is set below.
                 match desired.contains_key(&key) {
                     true => self.engine.health.remove(&name),
-                    false => self.engine.health.set(&name, BindingState::Inactive),
+                    false => {
+                        self.engine.health.set(&name, BindingState::Inactive);
+                        // Deleted or deactivated: its series leave /metrics.
+                        crate::telemetry::retire(&name);
+                    }
                 }
             }
         }
@@ -162,6 +166,7 @@ impl Supervisor {
                 _ => match self.start(&deployment).await {
                     Ok(deployed) => {
                         running.insert(key, deployed);
+                        crate::telemetry::revive(&name);
                         Ok(())
                     }
                     Err(error) => Err(error),

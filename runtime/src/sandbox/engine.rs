@@ -44,11 +44,19 @@ pub enum Allocation {
 pub struct SandboxConfig {
     /// The allocation strategy.
     pub allocation: AllocationChoice,
-    /// Handler instances alive at once across all handlers (pool size). Calls beyond it fail
-    /// with a retryable error.
+    /// Handler instances alive at once across all handlers (pool size). Events beyond it wait
+    /// for a free instance before their data owner is asked.
     pub max_concurrent_instances: u32,
-    /// The largest linear memory any handler may be given, in bytes.
+    /// The largest linear memory any handler may be given, in bytes. At most
+    /// `tenant_memory_budget_bytes`.
     pub max_memory_bytes_ceiling: u64,
+    /// Linear memory every instance alive at once may grow to, together, in bytes: each
+    /// instance is admitted against its handler's `max_memory_bytes`, and events wait (before
+    /// their data owner is asked) while the budget is spent.
+    pub memory_budget_bytes: u64,
+    /// One tenant's share of `memory_budget_bytes`: what one tenant's instances alive at once may
+    /// grow to, together.
+    pub tenant_memory_budget_bytes: u64,
     /// CPU time one compile of an uploaded component may take, over all its threads, in seconds;
     /// a compile that takes more is stopped and the component refused.
     pub compile_cpu_seconds: u64,
@@ -71,7 +79,9 @@ impl Default for SandboxConfig {
         SandboxConfig {
             allocation: AllocationChoice::Auto,
             max_concurrent_instances: 256,
-            max_memory_bytes_ceiling: 512 << 20,
+            max_memory_bytes_ceiling: 256 << 20,
+            memory_budget_bytes: 512 << 20,
+            tenant_memory_budget_bytes: 256 << 20,
             compile_cpu_seconds: 60,
             compile_wall_seconds: 120,
             compile_memory_bytes: 4 << 30,
@@ -93,6 +103,8 @@ pub struct Sandbox {
     pub(crate) compiled: super::compiled::CompiledCache,
     /// How untrusted components are compiled: in a child process, within a budget.
     pub(crate) compiler: super::compiler::Compiler,
+    /// The instance slots and memory budgets every handler's instances are admitted against.
+    pub(crate) admission: Arc<super::admission::Admission>,
 }
 
 impl Sandbox {
@@ -113,7 +125,13 @@ impl Sandbox {
         let linker = linker(&engine)?;
         let ticker = EpochTicker::start(engine.clone())
             .map_err(|e| SandboxError::Engine(format!("cannot start the epoch ticker: {e}")))?;
+        let admission = super::admission::Admission::new(
+            config.max_concurrent_instances,
+            config.memory_budget_bytes,
+            config.tenant_memory_budget_bytes,
+        );
         Ok(Sandbox {
+            admission: Arc::new(admission),
             engine,
             linker,
             allocation,

@@ -59,6 +59,10 @@ pub enum LoadError {
     /// keyhole could not run its compiler: a problem of this keyhole, not of the component.
     #[error("keyhole cannot compile components now: {0}")]
     CompilerUnavailable(String),
+    /// The handler's memory limit is above a memory budget of the sandbox: no instance of it
+    /// could ever be admitted.
+    #[error(transparent)]
+    OverMemoryBudget(#[from] super::admission::TooLarge),
 }
 
 impl LoadError {
@@ -74,6 +78,7 @@ impl LoadError {
             LoadError::OverCodeLimit { .. } => "over_code_limit",
             LoadError::CompileBudgetExceeded { .. } => "compile_budget_exceeded",
             LoadError::CompilerUnavailable(_) => "compiler_unavailable",
+            LoadError::OverMemoryBudget(_) => "over_memory_budget",
         }
     }
 }

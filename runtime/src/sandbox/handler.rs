@@ -1,5 +1,6 @@
 //! A loaded handler, and the fresh instance each event runs in.
 
+use super::admission::Admitted;
 use super::bindings::{self, Event, HandlerError, HandlerPre, Reply};
 use super::engine::{EPOCH_TICK, Sandbox};
 use super::error::{GuestError, LoadError, describe};
@@ -26,14 +27,18 @@ pub struct Handler {
     /// `sha256:<hex>` of the component's bytes.
     version: String,
     output: GuestOutput,
+    /// The budgets each instance is admitted against.
+    admission: Arc<super::admission::Admission>,
 }
 
 impl Sandbox {
     /// Compiles, validates and pre-instantiates a handler component.
     pub fn load(&self, identity: HandlerIdentity, wasm: &[u8], limits: Limits) -> Result<Handler, LoadError> {
+        self.admission.check(limits.max_memory_bytes)?;
         let inspection = self.inspect(wasm)?;
         let pre = self.validate(&inspection)?;
         Ok(Handler {
+            admission: self.admission.clone(),
             identity: Arc::new(identity),
             engine: self.engine.clone(),
             _ticker: self.ticker.clone(),
@@ -81,9 +86,29 @@ impl Handler {
         &self.report
     }
 
+    /// Waits until one more instance of this handler fits the sandbox's instance slots and
+    /// memory budgets (the handler's tenant's share included). The pipeline takes it before
+    /// asking the data owner, so that waiting is backpressure, and consent is still checked
+    /// right before the handler runs.
+    pub async fn admit(&self) -> Option<Admitted> {
+        self.admission.admit(&self.identity.tenant, self.limits.max_memory_bytes).await
+    }
+
     /// Handles one event in a fresh instance that is dropped afterwards, so nothing one event
-    /// leaves in memory reaches the next.
+    /// leaves in memory reaches the next; admits it first.
     pub async fn handle(&self, event: &Event) -> Result<Option<Reply>, GuestError> {
+        let admitted =
+            self.admit().await.ok_or_else(|| GuestError::NoCapacity("the sandbox is closed".into()))?;
+        self.handle_admitted(event, admitted).await
+    }
+
+    /// [`Handler::handle`], with an admission taken already; released when the instance is gone.
+    pub async fn handle_admitted(
+        &self,
+        event: &Event,
+        admitted: Admitted,
+    ) -> Result<Option<Reply>, GuestError> {
+        let _admitted = admitted;
         let run = async {
             let mut instance = self.instantiate(&event.id).await?;
             instance.call(event).await

@@ -6,6 +6,7 @@
 //! [`Limits`], and maps every way a guest can fail to a [`GuestError`].
 
 // Generated code: its public items carry the WIT doc comments where the WIT has them.
+mod admission;
 #[allow(missing_docs)]
 mod bindings;
 pub mod code_limits;
@@ -18,6 +19,7 @@ mod inspect;
 mod limits;
 mod state;
 
+pub use admission::Admitted;
 pub use bindings::{Event, Extension, Reply};
 pub use compiler::{COMPILE_SUBCOMMAND, compile_child};
 pub use engine::{Allocation, AllocationChoice, EPOCH_TICK, Sandbox, SandboxConfig};

@@ -110,6 +110,42 @@ pub fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
+/// Bindings that were stopped and not started again (their handler deleted or deactivated, their
+/// tenant deleted or its grant narrowed): their series are left out of [`render`].
+static RETIRED: RwLock<std::collections::BTreeSet<String>> = RwLock::new(std::collections::BTreeSet::new());
+
+/// Leaves binding `name`'s series out of `/metrics` until it is [`revive`]d. The recorder has no
+/// way to forget a series, so they are filtered when rendered: a dashboard or an alert then
+/// sees a deleted handler's series end, rather than a gauge frozen at its last value for ever.
+pub fn retire(name: &str) {
+    RETIRED.write().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(name.to_string());
+}
+
+/// Shows binding `name`'s series again (it started again; counters go on from their totals).
+pub fn revive(name: &str) {
+    RETIRED.write().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(name);
+}
+
+/// Every series in the Prometheus text format, but the retired bindings'.
+pub fn render() -> String {
+    let text = prometheus().render();
+    let retired = RETIRED.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if retired.is_empty() {
+        return text;
+    }
+    // Binding names are `<tenant>/<handler>` of restricted characters: no quote or backslash to
+    // escape in a label value.
+    let labels: Vec<String> = retired.iter().map(|name| format!("binding=\"{name}\"")).collect();
+    let mut kept = String::with_capacity(text.len());
+    for line in text.lines() {
+        if !labels.iter().any(|label| line.contains(label.as_str())) {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    kept
+}
+
 /// The `# HELP` lines.
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};

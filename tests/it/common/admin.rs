@@ -12,6 +12,8 @@ pub const OPERATOR: &str = "operator-token-for-the-tests";
 /// keyhole running with the admin API, no configured handler, one data source `owner`.
 pub struct Admin {
     pub url: String,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    pub monitoring_url: String,
     pub running: Running,
     pub state_dir: PathBuf,
     pub group: String,
@@ -67,11 +69,12 @@ impl Admin {
         std::fs::create_dir_all(state_dir).unwrap();
         let config: Config = toml::from_str(&admin_config(group, owner_base, state_dir)).unwrap();
         let settings = config.validate(Path::new(".")).unwrap_or_else(|p| panic!("{p:#?}"));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let running = Running::start_with(settings, Some(listener));
+        let listeners = super::running::Listeners::bind().await;
+        let (url, monitoring_url) = listeners.urls();
+        let running = Running::start_with(settings, Some(listeners));
         Admin {
             url,
+            monitoring_url,
             running,
             state_dir: state_dir.to_path_buf(),
             group: group.to_string(),
@@ -79,9 +82,25 @@ impl Admin {
         }
     }
 
+    /// keyhole started by the caller (with settings of its own) on `url` and `monitoring_url`.
+    pub fn from_parts(
+        url: String,
+        monitoring_url: String,
+        running: Running,
+        state_dir: PathBuf,
+        group: String,
+    ) -> Admin {
+        Admin { url, monitoring_url, running, state_dir, group, http: reqwest::Client::new() }
+    }
+
     /// Calls the API: `body` is JSON for a `Value`, raw bytes for `Body::Bytes`.
     pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Body) -> Answer {
         call(&self.http, &self.url, method, path, token, body).await
+    }
+
+    /// GETs `path` on the monitoring listener (probes, metrics).
+    pub async fn probe(&self, path: &str) -> Answer {
+        call(&self.http, &self.monitoring_url, "GET", path, None, Body::None).await
     }
 
     /// A call that must succeed with `status`; its body.

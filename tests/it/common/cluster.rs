@@ -10,10 +10,12 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// One replica: its directory (configuration, state, audit file, log), admin URL and process.
+/// One replica: its directory (configuration, state, audit file, log), admin and monitoring
+/// URLs and process.
 pub struct Replica {
     pub dir: PathBuf,
     pub url: String,
+    pub monitoring_url: String,
     child: Option<super::Keyhole>,
 }
 
@@ -33,7 +35,7 @@ pub struct Cluster {
 /// delivered to the handler.
 pub type Delivered = Vec<(String, String)>;
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -60,8 +62,8 @@ impl Cluster {
         cluster
     }
 
-    /// The configuration every replica shares, but for its port and directory.
-    pub fn config(&self, dir: &std::path::Path, port: u16) -> String {
+    /// The configuration every replica shares, but for its ports and directory.
+    pub fn config(&self, dir: &std::path::Path, port: u16, monitoring_port: u16) -> String {
         let name = dir.file_name().unwrap().to_string_lossy();
         format!(
             r#"
@@ -74,6 +76,7 @@ impl Cluster {
 
             [admin]
             listen = "127.0.0.1:{port}"
+            monitoring_listen = "127.0.0.1:{monitoring_port}"
             operator_token = {{ value = "{OPERATOR}" }}
             state_dir = "{dir}/state"
 
@@ -105,22 +108,23 @@ impl Cluster {
     pub async fn add(&mut self) -> usize {
         let dir = std::env::temp_dir().join(broker::unique("keyhole-replica"));
         std::fs::create_dir_all(&dir).unwrap();
-        self.replicas.push(Replica { dir, url: String::new(), child: None });
+        self.replicas.push(Replica { dir, url: String::new(), monitoring_url: String::new(), child: None });
         let index = self.replicas.len() - 1;
         self.restart(index).await;
         index
     }
 
-    /// Starts replica `i` again on its directory (a new admin port), and waits until it
-    /// answers.
+    /// Starts replica `i` again on its directory (new ports), and waits until it answers.
     pub async fn restart(&mut self, i: usize) {
         let port = free_port();
+        let monitoring_port = std::iter::repeat_with(free_port).find(|p| *p != port).unwrap();
         let dir = self.replicas[i].dir.clone();
         let config = dir.join("keyhole.toml");
-        std::fs::write(&config, self.config(&dir, port)).unwrap();
+        std::fs::write(&config, self.config(&dir, port, monitoring_port)).unwrap();
         let child = super::run_keyhole(&config);
         let replica = &mut self.replicas[i];
         replica.url = format!("http://127.0.0.1:{port}");
+        replica.monitoring_url = format!("http://127.0.0.1:{monitoring_port}");
         replica.child = Some(child);
         self.wait_until_up(i).await;
     }
@@ -128,7 +132,7 @@ impl Cluster {
     async fn wait_until_up(&mut self, i: usize) {
         let started = Instant::now();
         loop {
-            let url = format!("{}/healthz", self.replicas[i].url);
+            let url = format!("{}/healthz", self.replicas[i].monitoring_url);
             if let Ok(response) = self.http.get(&url).send().await
                 && response.status().is_success()
             {
@@ -186,6 +190,11 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// GETs `path` on replica `i`'s monitoring listener (probes, metrics).
+    pub async fn probe(&self, i: usize, path: &str) -> Answer {
+        super::admin::call(&self.http, &self.replicas[i].monitoring_url, "GET", path, None, Body::None).await
     }
 
     /// Calls replica `i`'s admin API.

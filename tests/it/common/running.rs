@@ -9,6 +9,26 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
+/// The admin API's and the monitoring endpoints' listeners, bound on free loopback ports.
+pub struct Listeners {
+    pub api: tokio::net::TcpListener,
+    pub monitoring: tokio::net::TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind() -> Listeners {
+        let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let monitoring = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Listeners { api, monitoring }
+    }
+
+    /// `http://` URLs of the API and of the monitoring endpoints.
+    pub fn urls(&self) -> (String, String) {
+        let url = |l: &tokio::net::TcpListener| format!("http://{}", l.local_addr().unwrap());
+        (url(&self.api), url(&self.monitoring))
+    }
+}
+
 /// keyhole running in-process, with its outcomes tapped.
 pub struct Running {
     pub outcomes: mpsc::Receiver<Outcome>,
@@ -21,13 +41,14 @@ impl Running {
         Running::start_with(settings, None)
     }
 
-    /// [`Running::start`] with the admin API served on `admin_listener`.
-    pub fn start_with(mut settings: Settings, admin_listener: Option<tokio::net::TcpListener>) -> Running {
+    /// [`Running::start`] with the admin API and the monitoring endpoints served on `listeners`.
+    pub fn start_with(mut settings: Settings, listeners: Option<Listeners>) -> Running {
         // Uploads are compiled by `keyhole compile-component`; this process is the test binary.
         settings.sandbox.compiler.get_or_insert_with(|| env!("CARGO_BIN_EXE_keyhole").into());
         let (tap, outcomes) = mpsc::channel(1024);
         let (stop, stopped) = oneshot::channel::<()>();
-        let extras = app::Extras { tap: Some(tap), admin_listener };
+        let (admin_listener, monitoring_listener) = listeners.map(|l| (l.api, l.monitoring)).unzip();
+        let extras = app::Extras { tap: Some(tap), admin_listener, monitoring_listener };
         let task = tokio::spawn(app::run_with(settings, extras, async {
             let _ = stopped.await;
         }));
