@@ -188,7 +188,7 @@ fn default_header_read_timeout_ms() -> u64 {
     10_000
 }
 fn default_idle_timeout_ms() -> u64 {
-    120_000
+    300_000
 }
 fn default_state_dir() -> PathBuf {
     "keyhole-state".into()

@@ -264,3 +264,51 @@ fn a_bearer_token_over_plain_http_to_another_host_is_refused_unless_allowed() {
     let tokenless = remote.replace(r#"identity = { bearer_token = { value = "t0ken" } }"#, "");
     assert!(parse(&tokenless).validate(Path::new(".")).is_ok());
 }
+
+#[test]
+fn the_admin_listeners_and_their_bounds_are_checked() {
+    let with_admin = |admin: &str| format!("{MINIMAL}\n    [admin]\n    {admin}\n");
+    let settings = parse(&with_admin(r#"listen = "0.0.0.0:9090""#)).validate(Path::new(".")).unwrap();
+    let admin = settings.admin.unwrap();
+    assert_eq!(admin.monitoring_listen.to_string(), "127.0.0.1:9091");
+    assert_eq!((admin.max_connections, admin.header_read_timeout.as_secs()), (512, 10));
+    let problems = |admin: &str| -> Vec<String> {
+        let refused = parse(&with_admin(admin)).validate(Path::new(".")).unwrap_err();
+        refused.iter().map(|p| format!("{}: {}", p.path, p.message)).collect()
+    };
+    let same_port = problems("listen = \"0.0.0.0:9091\"\n    monitoring_listen = \"127.0.0.1:9091\"");
+    assert!(
+        same_port[0].starts_with("admin.monitoring_listen") && same_port[0].contains("of their own"),
+        "{same_port:?}"
+    );
+    assert!(problems("max_connections = 0")[0].starts_with("admin.max_connections"));
+    assert!(problems("header_read_timeout_ms = 5")[0].starts_with("admin.header_read_timeout_ms"));
+    // Below the compile's wall-clock budget, an upload's answer would be cut off.
+    let short_idle = problems("idle_timeout_ms = 60000");
+    assert!(
+        short_idle[0].starts_with("admin.idle_timeout_ms") && short_idle[0].contains("compile_wall_seconds")
+    );
+}
+
+#[test]
+fn the_memory_budgets_must_hold_the_largest_handler() {
+    let with_sandbox = |sandbox: &str| format!("[sandbox]\n{sandbox}\n{MINIMAL}");
+    let defaults = parse(MINIMAL).validate(Path::new(".")).unwrap().sandbox;
+    assert_eq!(
+        (
+            defaults.memory_budget_bytes,
+            defaults.tenant_memory_budget_bytes,
+            defaults.max_memory_bytes_ceiling
+        ),
+        (512 << 20, 256 << 20, 256 << 20)
+    );
+    let paths = |sandbox: &str| -> Vec<String> {
+        let refused = parse(&with_sandbox(sandbox)).validate(Path::new(".")).unwrap_err();
+        refused.into_iter().map(|p| p.path).collect()
+    };
+    assert_eq!(paths("tenant_memory_budget_bytes = 1073741824"), ["sandbox.tenant_memory_budget_bytes"]);
+    assert_eq!(paths("max_memory_bytes_ceiling = 536870912"), ["sandbox.max_memory_bytes_ceiling"]);
+    let tiny =
+        paths("memory_budget_bytes = 1000\ntenant_memory_budget_bytes = 0\nmax_memory_bytes_ceiling = 0");
+    assert!(tiny.iter().any(|p| p == "sandbox.memory_budget_bytes"), "{tiny:?}");
+}

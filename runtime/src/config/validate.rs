@@ -61,6 +61,19 @@ impl Config {
         let registry = validate_registry(&self.registry, self.admin.is_some(), &mut problems);
         let admin =
             self.admin.as_ref().and_then(|admin| validate_admin(admin, base, registry, &mut problems));
+        // An upload's client waits without a byte while its component compiles: the idle
+        // timeout would cut it off before the compile's answer.
+        if let Some(admin) = &self.admin
+            && admin.idle_timeout_ms <= self.sandbox.compile_wall_seconds.saturating_mul(1000)
+        {
+            problems.add(
+                "admin.idle_timeout_ms",
+                format!(
+                    "must be above sandbox.compile_wall_seconds ({} s): an upload waits that long for its answer",
+                    self.sandbox.compile_wall_seconds
+                ),
+            );
+        }
         let audit = self.validate_audit(base, &mut problems);
         let receipts = self.validate_receipts(base, audit.path(), &mut problems);
         let trace_export = super::telemetry::validate_telemetry(
