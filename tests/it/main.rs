@@ -15,6 +15,7 @@ mod budgets;
 mod canary;
 mod check_cli;
 mod cluster;
+mod compile_bombs;
 mod config;
 mod crashes;
 mod dev;
