@@ -119,12 +119,12 @@ pub async fn delete(
         (status = 200, description = "These bytes were already uploaded", body = VersionInfo),
         (status = 201, description = "Stored", body = VersionInfo),
         (status = 401, description = "No token, or not a valid one", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The registry cannot be read or written now (Kafka store: the broker is unreachable, or this replica is behind); nothing was changed, or the outcome is not known yet: retry", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The registry cannot be read or written now (Kafka store: the broker is unreachable, or this replica is behind), or keyhole cannot compile components now (`compiler-unavailable`); nothing was changed, or the outcome is not known yet: retry", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Another tenant's token, or the tenant's version limit", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant or handler", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Larger than the tenant's or keyhole's upload limit", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "A `Content-Type` other than `application/wasm` or `application/octet-stream`", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Refused: not a component, wrong world, forbidden imports", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Refused: not a component, wrong world, forbidden imports, code beyond keyhole's limits (`over-code-limit`), or a compile that took more than its budget (`compile-budget-exceeded`)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn upload(
     State(api): State<Api>,
