@@ -10,7 +10,7 @@ pub fn check(file: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
     let sandbox = Sandbox::new(&SandboxConfig::default())?;
     // Compiled as an upload is: read first, then in a child process within the default budget.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let (report, verdict) = match runtime.block_on(sandbox.check_bounded(&wasm)) {
+    let (report, verdict) = match runtime.block_on(sandbox.check_bounded(&std::sync::Arc::new(wasm))) {
         Ok(report) => (Some(report), Ok(())),
         Err((report, error)) => (report, Err(error)),
     };

@@ -308,6 +308,7 @@ fn the_memory_budgets_must_hold_the_largest_handler() {
     };
     assert_eq!(paths("tenant_memory_budget_bytes = 1073741824"), ["sandbox.tenant_memory_budget_bytes"]);
     assert_eq!(paths("max_memory_bytes_ceiling = 536870912"), ["sandbox.max_memory_bytes_ceiling"]);
+    assert_eq!(paths("compile_cpu_seconds = 0"), ["sandbox.compile_cpu_seconds"]);
     let tiny =
         paths("memory_budget_bytes = 1000\ntenant_memory_budget_bytes = 0\nmax_memory_bytes_ceiling = 0");
     assert!(tiny.iter().any(|p| p == "sandbox.memory_budget_bytes"), "{tiny:?}");

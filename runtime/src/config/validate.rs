@@ -58,6 +58,16 @@ impl Config {
             problems.add("sandbox.max_concurrent_instances", "must be greater than 0");
         }
         validate_memory_budgets(&self.sandbox, &mut problems);
+        for (key, value) in [
+            ("sandbox.compile_cpu_seconds", self.sandbox.compile_cpu_seconds),
+            ("sandbox.compile_wall_seconds", self.sandbox.compile_wall_seconds),
+            ("sandbox.compile_memory_bytes", self.sandbox.compile_memory_bytes),
+            ("sandbox.max_concurrent_compiles", self.sandbox.max_concurrent_compiles.into()),
+        ] {
+            if value == 0 {
+                problems.add(key, "must be at least 1");
+            }
+        }
         let registry = validate_registry(&self.registry, self.admin.is_some(), &mut problems);
         let admin =
             self.admin.as_ref().and_then(|admin| validate_admin(admin, base, registry, &mut problems));

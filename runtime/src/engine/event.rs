@@ -115,9 +115,9 @@ struct Run<'a> {
     trace: &'a EventTrace,
 }
 
-/// One attempt (`number`, from 1): wait for the sandbox to admit the handler, ask the owner,
-/// record its answer in a receipt, run the handler, publish its reply. The time spent waiting to
-/// be admitted is added to `waited`.
+/// One attempt (`number`, from 1): ask the owner, record its answer in a receipt, wait for the
+/// sandbox to admit the handler, run it, publish its reply. The time spent waiting to be
+/// admitted is added to `waited`.
 async fn attempt(
     binding: &Binding,
     run: &Run<'_>,
@@ -139,19 +139,6 @@ async fn attempt(
             answered_before = binding.resolver.answered();
         }
     }
-    // Admitted before the owner is asked: an event that waits for an instance or for memory
-    // asks once, when it can run, so that the consent checked is the consent of that moment; and
-    // waiting is not a failure. After the gate: a paused binding holds no one's budget.
-    let waiting = Instant::now();
-    let admitted = tokio::select! {
-        admitted = handler.admit() => admitted,
-        () = cancel.cancelled() => return Err(Interrupted),
-    };
-    *waited += waiting.elapsed();
-    let Some(admitted) = admitted else {
-        let failure = Failure::of_event(Stage::Handler, "no_capacity", "the sandbox is closed".into(), true);
-        return Ok(Err(failure));
-    };
     let who = Requester {
         tenant: &binding.settings.tenant,
         handler: &binding.settings.handler,
@@ -201,6 +188,18 @@ async fn attempt(
         }
     };
     let data_bytes = released.body.len() as u64;
+    // Admitted once the owner released the data: waiting for an instance slot or for memory is
+    // backpressure, never a failure: no retry, no second request to the owner. Not before asking
+    // the owner: a reservation held across the owner's round trip would tie the sandbox's
+    // capacity to the owner's latency (8 requests at once with the default budgets). Not
+    // cancelled at shutdown: the drain finishes it, within the drain's bound.
+    let waiting = Instant::now();
+    let admitted = handler.admit().await;
+    *waited += waiting.elapsed();
+    let Some(admitted) = admitted else {
+        let failure = Failure::of_event(Stage::Handler, "no_capacity", "the sandbox is closed".into(), true);
+        return Ok(Err(failure));
+    };
     let started = Instant::now();
     let mut span = trace.sandbox(handler.version(), number);
     let handled = handler.handle_admitted(&guest_event(event, released), admitted).await;

@@ -231,6 +231,7 @@ impl Supervisor {
             .component(&deployment.tenant, &deployment.handler, &deployment.version)
             .await
             .map_err(|e| format!("cannot read its component: {e}"))?;
+        let wasm = Arc::new(wasm);
         if self.engine.sandbox.compiled.get(&deployment.version).is_none() {
             let _turn = self.queue(&deployment.tenant).lock_owned().await;
             self.engine
@@ -253,7 +254,7 @@ impl Supervisor {
     /// upload is. Failures only cost the activation the time to do it then.
     pub async fn prepare(&self, tenant: &str, handler: &str, version: &str) {
         let wasm = match self.registry.component(tenant, handler, version).await {
-            Ok(wasm) => wasm,
+            Ok(wasm) => Arc::new(wasm),
             Err(error) => {
                 tracing::warn!(tenant, handler, version, %error, "Cannot fetch a new version ahead of its activation.");
                 return;

@@ -2,11 +2,11 @@
 //! and the most linear memory the handler may grow to (its `max_memory_bytes`), counted against a
 //! budget for the whole process and a share per tenant.
 //!
-//! An event is admitted before keyhole asks the data owner, and holds its admission until the
-//! handler's instance is gone. Waiting to be admitted is backpressure: the event is not failed,
-//! not retried, and the owner is asked once, right before the handler runs. One tenant's handlers
-//! cannot take more than its share, so they cannot hold the others' events up beyond it, and all
-//! of them together cannot make the process outgrow its container.
+//! An event is admitted once its data owner released the data, and holds its admission until
+//! the handler's instance is gone. Waiting to be admitted is backpressure: the event is not
+//! failed, not retried, and the owner is asked once. One tenant's handlers cannot take more than
+//! its share, so they cannot hold the others' events up beyond it, and all of them together
+//! cannot make the process outgrow its container.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -139,7 +139,12 @@ impl Sandbox {
             _ => return Err(unavailable("failed:", &status)),
         }
         let output = output.map_err(|e| unavailable("no output from", &e))?;
-        deserialize(&self.engine, &output).map_err(|e| unavailable("unreadable output from", &e))
+        // Loading a large compiled component maps and relocates megabytes: a blocking thread's work.
+        let engine = self.engine.clone();
+        let loaded = tokio::task::spawn_blocking(move || deserialize(&engine, &output)).await;
+        loaded
+            .map_err(|e| unavailable("loading the output of", &e))?
+            .map_err(|e| unavailable("unreadable output from", &e))
     }
 
     /// Sets the child's budget before it reads its input.

@@ -45,14 +45,14 @@ pub struct SandboxConfig {
     /// The allocation strategy.
     pub allocation: AllocationChoice,
     /// Handler instances alive at once across all handlers (pool size). Events beyond it wait
-    /// for a free instance before their data owner is asked.
+    /// for a free instance (once their data owner released their data).
     pub max_concurrent_instances: u32,
     /// The largest linear memory any handler may be given, in bytes. At most
     /// `tenant_memory_budget_bytes`.
     pub max_memory_bytes_ceiling: u64,
     /// Linear memory every instance alive at once may grow to, together, in bytes: each
-    /// instance is admitted against its handler's `max_memory_bytes`, and events wait (before
-    /// their data owner is asked) while the budget is spent.
+    /// instance is admitted against its handler's `max_memory_bytes`, and events wait while the
+    /// budget is spent.
     pub memory_budget_bytes: u64,
     /// One tenant's share of `memory_budget_bytes`: what one tenant's instances alive at once may
     /// grow to, together.

@@ -87,9 +87,8 @@ impl Handler {
     }
 
     /// Waits until one more instance of this handler fits the sandbox's instance slots and
-    /// memory budgets (the handler's tenant's share included). The pipeline takes it before
-    /// asking the data owner, so that waiting is backpressure, and consent is still checked
-    /// right before the handler runs.
+    /// memory budgets (the handler's tenant's share included): backpressure, where running out
+    /// of instances used to fail the call.
     pub async fn admit(&self) -> Option<Admitted> {
         self.admission.admit(&self.identity.tenant, self.limits.max_memory_bytes).await
     }

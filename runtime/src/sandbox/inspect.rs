@@ -4,6 +4,7 @@ use super::bindings::HandlerPre;
 use super::engine::Sandbox;
 use super::error::{LoadError, describe};
 use super::state::GuestState;
+use std::sync::Arc;
 use wasmtime::component::{Component, types::ComponentItem};
 
 /// Interfaces a handler may import, by name without version. Everything here either is
@@ -124,11 +125,21 @@ impl Sandbox {
     /// future stops the compile.
     pub async fn check_bounded(
         &self,
-        wasm: &[u8],
+        wasm: &Arc<Vec<u8>>,
     ) -> Result<ComponentReport, (Option<ComponentReport>, LoadError)> {
-        preamble(wasm).map_err(|e| (None, e))?;
-        let (report, _) = super::code_limits::check(wasm)?;
-        let version = super::version_of(wasm);
+        // Reading and hashing a large component takes a core for a moment: not on an async worker.
+        let read = {
+            let wasm = wasm.clone();
+            tokio::task::spawn_blocking(move || {
+                preamble(&wasm).map_err(|e| (None, e))?;
+                let (report, _) = super::code_limits::check(&wasm)?;
+                Ok((report, super::version_of(&wasm)))
+            })
+        };
+        let unfinished = |e: tokio::task::JoinError| {
+            (None, LoadError::CompilerUnavailable(format!("reading the component did not finish: {e}")))
+        };
+        let (report, version) = read.await.map_err(unfinished)??;
         let component = match self.compiled.get(&version) {
             Some(component) => component,
             None => self.compile_bounded(wasm).await.map_err(|e| (Some(report), e))?,
