@@ -19,6 +19,7 @@ mod compile_bombs;
 mod config;
 mod crashes;
 mod dev;
+mod durability;
 mod exactly_once;
 mod failures;
 mod hot_swap;

@@ -120,10 +120,19 @@ impl Dispatcher {
         });
     }
 
-    /// Runs `work`, then every event that queued behind its key meanwhile.
+    /// Runs `work`, then every event that queued behind its key meanwhile. An event whose
+    /// handling panics (a bug in keyhole) is abandoned by its dropped ticket, so it is read again
+    /// after a restart or a rebalance, and the key's next event still runs: one bad event stops
+    /// neither its key nor the partition's drains.
     async fn run_chain(self: Arc<Self>, mut work: Work, key: Option<Key>) {
+        use futures_util::FutureExt as _;
         loop {
-            self.run(work).await;
+            let (offset, partition) = (work.origin.offset, work.origin.partition);
+            if std::panic::AssertUnwindSafe(self.run(work)).catch_unwind().await.is_err() {
+                tracing::error!(binding = %self.binding.settings.name, partition, offset,
+                    "Handling an event panicked; it is left to be read again, and the next events go on.");
+                self.binding.metrics.counter(telemetry::EVENT_PANICS, None).increment(1);
+            }
             let Some(key) = &key else { return };
             match self.order().finished(key) {
                 Some(next) => work = next,

@@ -21,7 +21,7 @@ pub struct Reader<'a> {
     /// The binding's consumer.
     pub consumer: &'a Arc<BindingConsumer>,
     /// Its partitions' offsets.
-    pub tracker: &'a OffsetTracker,
+    pub tracker: &'a Arc<OffsetTracker>,
     /// The binding's own token.
     pub cancel: &'a CancellationToken,
 }

@@ -5,17 +5,21 @@
 //! is revoked, nothing more begins in it and the events already read are finished during the
 //! drain; whatever is left when the drain deadline passes is forgotten here and read again by the
 //! partition's next owner. An abandoned event (interrupted before a decision) holds the stored
-//! offset back for good.
+//! offset back for good. A ticket dropped without being finished or abandoned (its task
+//! panicked, or was dropped at the drain's deadline) abandons its event: nothing waits for it,
+//! and nothing is committed past it.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 /// A topic and partition.
 pub type Partition = (String, i32);
 
-/// Proof that an event was begun in the current assignment of its partition.
-#[derive(Debug)]
+/// Proof that an event was begun in the current assignment of its partition. It is given back
+/// to the tracker by [`OffsetTracker::finish`] or [`OffsetTracker::abandon`]; dropped otherwise
+/// (a task that panicked), it abandons its event, so the partition's drain does not wait for it
+/// and its offset is not committed past.
 pub struct Ticket {
     /// The event's partition.
     pub partition: Partition,
@@ -25,6 +29,28 @@ pub struct Ticket {
     /// consumer started reading it (the committed offset, or `auto.offset.reset` without one).
     pub first_in_assignment: bool,
     generation: u64,
+    /// The tracker to give the event back to if the ticket is dropped; `None` once given back.
+    tracker: Option<Arc<OffsetTracker>>,
+}
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticket")
+            .field("partition", &self.partition)
+            .field("offset", &self.offset)
+            .field("generation", &self.generation)
+            .finish()
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some(tracker) = self.tracker.take() {
+            tracing::warn!(topic = %self.partition.0, partition = self.partition.1, offset = self.offset,
+                "An event ended without a decision (its task panicked, or was dropped at the drain's deadline); it is read again after a restart or a rebalance.");
+            tracker.give_up(&self.partition, self.offset, self.generation);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -104,14 +130,14 @@ impl OffsetTracker {
 
     /// Records that an event was read. `None` when its partition is not (or no longer)
     /// assigned: the event must be dropped, not handled.
-    pub fn begin(&self, partition: Partition, offset: i64) -> Option<Ticket> {
+    pub fn begin(self: &Arc<Self>, partition: Partition, offset: i64) -> Option<Ticket> {
         let generation = self.generation(&partition)?;
         self.begin_at(partition, offset, generation)
     }
 
     /// [`OffsetTracker::begin`] for a record read in assignment `generation`: `None` when the
     /// partition was revoked (or reassigned) since.
-    pub fn begin_at(&self, partition: Partition, offset: i64, generation: u64) -> Option<Ticket> {
+    pub fn begin_at(self: &Arc<Self>, partition: Partition, offset: i64, generation: u64) -> Option<Ticket> {
         let mut map = self.lock();
         let state = map.get_mut(&partition).filter(|s| !s.revoked && s.generation == generation)?;
         state.in_flight.insert(offset);
@@ -120,7 +146,13 @@ impl OffsetTracker {
         // would change nothing.
         let first_in_assignment = state.stored.is_none();
         state.stored.get_or_insert(offset);
-        Some(Ticket { generation: state.generation, partition, offset, first_in_assignment })
+        Some(Ticket {
+            generation: state.generation,
+            partition,
+            offset,
+            first_in_assignment,
+            tracker: Some(self.clone()),
+        })
     }
 
     /// Whether the ticket's partition is still assigned in the same generation. A revoked
@@ -135,7 +167,8 @@ impl OffsetTracker {
     ///
     /// `store` runs under the tracker's lock: events finish on many tasks at once, and storing
     /// outside the lock could let an older offset overwrite a newer one in librdkafka.
-    pub fn finish(&self, ticket: Ticket, store: impl FnOnce(&Partition, i64)) -> Option<i64> {
+    pub fn finish(&self, mut ticket: Ticket, store: impl FnOnce(&Partition, i64)) -> Option<i64> {
+        ticket.tracker = None;
         let mut map = self.lock();
         let stored =
             map.get_mut(&ticket.partition).filter(|s| s.generation == ticket.generation).and_then(|state| {
@@ -156,11 +189,16 @@ impl OffsetTracker {
 
     /// The event was not handled (shutdown or revocation interrupted it): it holds the
     /// committable offset back so it is read again.
-    pub fn abandon(&self, ticket: Ticket) {
+    pub fn abandon(&self, mut ticket: Ticket) {
+        ticket.tracker = None;
+        self.give_up(&ticket.partition, ticket.offset, ticket.generation);
+    }
+
+    fn give_up(&self, partition: &Partition, offset: i64, generation: u64) {
         let mut map = self.lock();
-        if let Some(state) = map.get_mut(&ticket.partition).filter(|s| s.generation == ticket.generation) {
-            state.in_flight.remove(&ticket.offset);
-            state.abandoned.insert(ticket.offset);
+        if let Some(state) = map.get_mut(partition).filter(|s| s.generation == generation) {
+            state.in_flight.remove(&offset);
+            state.abandoned.insert(offset);
         }
         drop(map);
         self.finished.notify_all();
@@ -220,7 +258,7 @@ mod tests {
 
     #[test]
     fn commits_only_the_lowest_contiguous_finished_offset() {
-        let tracker = OffsetTracker::default();
+        let tracker = Arc::new(OffsetTracker::default());
         tracker.assign([p()]);
         let t10 = tracker.begin(p(), 10).unwrap();
         let t11 = tracker.begin(p(), 11).unwrap();
@@ -232,7 +270,7 @@ mod tests {
 
     #[test]
     fn an_abandoned_event_holds_the_offset_back() {
-        let tracker = OffsetTracker::default();
+        let tracker = Arc::new(OffsetTracker::default());
         tracker.assign([p()]);
         let t1 = tracker.begin(p(), 1).unwrap();
         let t2 = tracker.begin(p(), 2).unwrap();
@@ -243,7 +281,7 @@ mod tests {
 
     #[test]
     fn revoked_partitions_begin_nothing_and_stale_tickets_are_ignored() {
-        let tracker = OffsetTracker::default();
+        let tracker = Arc::new(OffsetTracker::default());
         tracker.assign([p()]);
         let old = tracker.begin(p(), 5).unwrap();
         assert!(tracker.is_current(&old));
@@ -258,7 +296,7 @@ mod tests {
 
     #[test]
     fn a_record_read_before_a_rebalance_is_not_begun_in_the_next_assignment() {
-        let tracker = OffsetTracker::default();
+        let tracker = Arc::new(OffsetTracker::default());
         tracker.assign([p()]);
         let read_in = tracker.generation(&p()).unwrap();
         let (left, _) = tracker.revoke_and_drain(&[p()], Instant::now());
@@ -272,7 +310,7 @@ mod tests {
 
     #[test]
     fn drain_returns_as_soon_as_the_partition_is_idle() {
-        let tracker = std::sync::Arc::new(OffsetTracker::default());
+        let tracker = Arc::new(OffsetTracker::default());
         tracker.assign([p()]);
         let ticket = tracker.begin(p(), 0).unwrap();
         let finisher = {
@@ -287,5 +325,22 @@ mod tests {
         assert_eq!(left, 0);
         assert_eq!(stored, vec![(p(), 1)]);
         assert_eq!(finisher.join().unwrap(), Some(1), "stored before the revocation completes");
+    }
+
+    #[test]
+    fn a_ticket_dropped_unfinished_abandons_its_event_so_no_drain_waits_for_it() {
+        let tracker = Arc::new(OffsetTracker::default());
+        tracker.assign([p()]);
+        let t1 = tracker.begin(p(), 1).unwrap();
+        let t2 = tracker.begin(p(), 2).unwrap();
+        // As a task that panicked drops what it held.
+        drop(t1);
+        assert_eq!(tracker.in_flight(), 1);
+        assert_eq!(tracker.finish(t2, |_, _| {}), None, "1 is read again: nothing is committed past it");
+        let started = Instant::now();
+        let (left, stored) =
+            tracker.revoke_and_drain(&[p()], Instant::now() + std::time::Duration::from_secs(30));
+        assert!(started.elapsed() < std::time::Duration::from_secs(1), "the drain waited for a dead task");
+        assert_eq!((left, stored), (0, vec![(p(), 1)]));
     }
 }

@@ -1,5 +1,6 @@
 //! The one writer of JSON-lines files (the audit file, the receipts file): one record a line,
-//! appended whole, and a line torn by a crash ended before the next is written.
+//! appended whole and made durable (`fdatasync`) before its `append` returns, and a line torn by
+//! a crash ended before the next is written.
 
 use serde::Serialize;
 use std::io::{Seek as _, SeekFrom, Write};
@@ -12,9 +13,11 @@ const QUEUE: usize = 4096;
 /// A JSON-lines file opened for appending, written by a thread of its own.
 ///
 /// Appenders hand their line to the writer and wait for it to be written; the writer takes
-/// every line waiting and writes them in one `write` call. So a line is on file before its
-/// `append` returns (the audit's promise), the file is written on no async worker, and under
-/// load one system call serves many events.
+/// every line waiting, writes them in one `write` call and makes them durable with one
+/// `fdatasync`. So a line is on disk before its `append` returns (the audit's promise: an event's
+/// offset is stored only after its line, so a power loss cannot keep a committed offset and lose
+/// its decision), the file is written on no async worker, and under load one write and one sync
+/// serve many events.
 pub struct JsonLines {
     queue: mpsc::Sender<Pending>,
 }
@@ -103,7 +106,8 @@ fn write_lines(mut file: std::fs::File, mut pending: mpsc::Receiver<Pending>) {
         for p in &batch {
             buffer.extend_from_slice(&p.line);
         }
-        let result = append_whole(&mut file, &buffer).map_err(|e| e.to_string());
+        let result =
+            append_whole(&mut file, &buffer).and_then(|()| file.sync_data()).map_err(|e| e.to_string());
         for p in batch.drain(..) {
             // An appender that stopped waiting (shutdown) needs no answer.
             let _ = p.written.send(result.clone());
@@ -130,7 +134,13 @@ fn append_whole(file: &mut std::fs::File, bytes: &[u8]) -> std::io::Result<()> {
 /// acknowledged: the record is written before the offset is stored, so it comes again.)
 fn open_json_lines(path: &Path) -> std::io::Result<std::fs::File> {
     use std::io::{Read as _, Seek as _, SeekFrom};
+    let existed = path.exists();
     let mut file = std::fs::OpenOptions::new().create(true).read(true).append(true).open(path)?;
+    if !existed {
+        // A new file's name is durable only once its directory is: else a power loss could take
+        // the whole file, synced lines and all.
+        sync_directory(path)?;
+    }
     if file.seek(SeekFrom::End(0))? > 0 {
         file.seek(SeekFrom::End(-1))?;
         let mut last = [0u8; 1];
@@ -141,6 +151,15 @@ fn open_json_lines(path: &Path) -> std::io::Result<std::fs::File> {
         }
     }
     Ok(file)
+}
+
+/// Makes the entries of `path`'s directory durable.
+fn sync_directory(path: &Path) -> std::io::Result<()> {
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(directory)?.sync_all()
 }
 
 #[cfg(test)]
