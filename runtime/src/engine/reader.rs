@@ -3,11 +3,11 @@
 
 use super::dispatcher::Work;
 use crate::cloudevents;
-use crate::kafka::{self, BindingConsumer, OffsetTracker};
+use crate::kafka::{self, BindingConsumer, OffsetTracker, Partition, Polled, Poller};
 use crate::records::audit::Origin;
 use crate::telemetry::BindingMetrics;
-use rdkafka::Message;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
@@ -18,8 +18,12 @@ pub struct Reader<'a> {
     pub name: &'a str,
     /// The binding's metric handles.
     pub metrics: &'a BindingMetrics,
-    /// The binding's consumer.
+    /// The binding's consumer (for its commits and seeks; records come from `poller`).
     pub consumer: &'a Arc<BindingConsumer>,
+    /// The thread polling it.
+    pub poller: &'a Poller,
+    /// Partitions rewound ([`Reader::rewound`]) and the offset each was rewound to.
+    pub rewinds: &'a Rewinds,
     /// Its partitions' offsets.
     pub tracker: &'a Arc<OffsetTracker>,
     /// The binding's own token.
@@ -77,15 +81,15 @@ impl Reader<'_> {
     /// cancelled.
     pub async fn read(&self, permit: OwnedSemaphorePermit) -> Option<Read> {
         loop {
-            let message = tokio::select! {
+            let polled = tokio::select! {
                 biased;
                 () = self.cancel.cancelled() => return None,
-                message = self.consumer.recv() => message,
+                polled = self.poller.next() => polled?,
             };
-            let message = match message {
-                Ok(message) => {
+            let Polled { topic, partition, offset, received, event } = match polled {
+                Ok(polled) => {
                     self.metrics.consumed.increment(1);
-                    message
+                    polled
                 }
                 Err(error) => {
                     tracing::warn!(binding = %self.name, %error, "Kafka consumer error.");
@@ -93,23 +97,47 @@ impl Reader<'_> {
                     continue;
                 }
             };
-            let origin = Origin {
-                topic: message.topic().to_string(),
-                partition: message.partition(),
-                offset: message.offset(),
-            };
-            let Some(generation) = self.tracker.generation(&(origin.topic.clone(), origin.partition)) else {
+            let key = (topic, partition);
+            let Some(generation) = self.tracker.generation(&key) else {
                 continue; // Its partition was revoked meanwhile: its next owner reads it.
             };
-            let record = kafka::raw_record(&message);
-            let event = cloudevents::read(&record);
-            if let Err(refusal) = &event {
-                tracing::warn!(binding = %self.name, topic = %origin.topic, partition = origin.partition,
-                    offset = origin.offset, event_id = refusal.id.as_deref(), reason = %refusal.error, "Event refused.");
+            if self.rewinds.stale(&key, offset, generation) {
+                continue; // Read before its partition was rewound: it comes again from there.
             }
-            let received = kafka::Received::copy(&record, message.timestamp().to_millis());
+            let origin = Origin { topic: key.0, partition, offset };
             let in_flight = self.metrics.in_flight();
             return Some(Read { generation, origin, received, event, permit, in_flight });
+        }
+    }
+
+    /// The binding rewound `partition` to `offset` (after an aborted transaction, in the
+    /// partition's current assignment): records the polling thread read from it before are
+    /// dropped until `offset` comes again.
+    pub fn rewound(&self, partition: Partition, offset: i64) {
+        let Some(generation) = self.tracker.generation(&partition) else { return };
+        let mut rewinds = self.rewinds.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        rewinds.insert(partition, (offset, generation));
+    }
+}
+
+/// Partitions rewound and not yet read again from where they were rewound to, with the
+/// assignment they were rewound in.
+#[derive(Default)]
+pub struct Rewinds(Mutex<HashMap<Partition, (i64, u64)>>);
+
+impl Rewinds {
+    /// Whether a record of `partition` at `offset`, read in assignment `generation`, was read
+    /// before the partition was rewound: the first record at the offset it was rewound to ends
+    /// the rewind, and so does a new assignment (it reads from the committed offset).
+    fn stale(&self, partition: &Partition, offset: i64, generation: u64) -> bool {
+        let mut rewinds = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match rewinds.get(partition) {
+            Some(&(to, rewound_in)) if rewound_in == generation && offset != to => true,
+            Some(_) => {
+                rewinds.remove(partition);
+                false
+            }
+            None => false,
         }
     }
 }

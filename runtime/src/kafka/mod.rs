@@ -8,18 +8,20 @@
 
 pub mod dead_letter;
 mod offsets;
+mod poller;
 pub mod producer;
 mod record;
 pub mod reply;
 
 pub use dead_letter::Received;
 pub use offsets::{OffsetTracker, Partition, Ticket};
+pub use poller::{Polled, Poller};
 pub use record::{owned_headers, raw_record};
 
 use crate::config::{BindingSettings, Delivery, KafkaSettings};
 use crate::telemetry::{self, BindingLabels};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -27,8 +29,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A binding's consumer.
-pub type BindingConsumer = StreamConsumer<BindingContext>;
+/// A binding's consumer, polled by a thread of its own ([`Poller`]).
+pub type BindingConsumer = BaseConsumer<BindingContext>;
 
 /// How often librdkafka reports statistics (for the consumer lag gauge) unless the operator
 /// set `statistics.interval.ms`: often enough for a scrape interval, rarely enough to cost
@@ -191,15 +193,9 @@ impl ConsumerContext for BindingContext {
                 let partitions = partitions(tpl);
                 tracing::info!(group = %self.group_id, ?partitions, "Partitions revoked; draining.");
                 let deadline = Instant::now() + self.drain_timeout;
-                let drain = || self.tracker.revoke_and_drain(&partitions, deadline);
-                // The in-flight events finish on other worker threads; let this one block
-                // without starving the tasks queued on it.
-                let (left, stored) = match tokio::runtime::Handle::try_current() {
-                    Ok(rt) if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                        tokio::task::block_in_place(drain)
-                    }
-                    _ => drain(),
-                };
+                // This runs on the consumer's polling thread (or the blocking thread closing
+                // it), never on an async worker: it may wait while the events finish there.
+                let (left, stored) = self.tracker.revoke_and_drain(&partitions, deadline);
                 if left > 0 {
                     tracing::warn!(group = %self.group_id, left, "Drain deadline passed; unfinished events will be redelivered.");
                 }

@@ -117,6 +117,7 @@ pub async fn read(
             .map_err(|e| e.to_string())
             .and_then(|sought| sought.map_err(|e| e.to_string()))
             .map_err(|e| failed(format!("cannot rewind {topic}[{partition}] after an abort: {e}")))?;
+            reader.rewound((topic, partition), offset);
         }
     }
 }

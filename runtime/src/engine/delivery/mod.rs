@@ -14,9 +14,9 @@ pub mod exactly_once;
 
 use super::binding::Binding;
 use super::dispatcher::{Dispatcher, Work};
-use super::reader::Reader;
+use super::reader::{Reader, Rewinds};
 use crate::config::Delivery;
-use crate::kafka::{BindingConsumer, OffsetTracker, Partition};
+use crate::kafka::{BindingConsumer, OffsetTracker, Partition, Poller};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -59,10 +59,15 @@ pub async fn run(
     let store_offsets = delivery == Delivery::AtLeastOnce;
     let dispatcher =
         Dispatcher::new(binding.clone(), consumer.clone(), tracker.clone(), cancel.clone(), store_offsets);
+    let poller = Poller::start(&name, consumer.clone())
+        .map_err(|e| BindingError::Failed(format!("cannot start the consumer's polling thread: {e}")))?;
+    let rewinds = Rewinds::default();
     let reader = Reader {
         name: &name,
         metrics: &binding.metrics,
         consumer: &consumer,
+        poller: &poller,
+        rewinds: &rewinds,
         tracker: &tracker,
         cancel: &cancel,
     };
@@ -84,7 +89,7 @@ pub async fn run(
     if delivery == Delivery::AtLeastOnce {
         at_least_once::commit_stored(&name, &consumer, &tracker, limits.commit).await;
     }
-    close(&name, consumer, deadline).await;
+    close(&name, poller, consumer, deadline).await;
     if stopped {
         tracing::error!(binding = %name, "Binding stopped by its failure policy; the other bindings go on.");
         return Err(BindingError::Stopped);
@@ -93,11 +98,15 @@ pub async fn run(
     Ok(())
 }
 
-/// Closes the consumer by `deadline`. Closing leaves the group and commits what librdkafka
-/// holds, which waits for the group's coordinator: on a blocking thread, and left behind when
-/// the deadline passes (a broker that is down), so that shutdown stays bounded.
-async fn close(name: &str, consumer: Arc<BindingConsumer>, deadline: tokio::time::Instant) {
-    let closing = tokio::task::spawn_blocking(move || drop(consumer));
+/// Stops the polling thread and closes the consumer by `deadline`. Closing leaves the group and
+/// commits what librdkafka holds, which waits for the group's coordinator: on a blocking thread,
+/// and left behind when the deadline passes (a broker that is down), so that shutdown stays
+/// bounded.
+async fn close(name: &str, poller: Poller, consumer: Arc<BindingConsumer>, deadline: tokio::time::Instant) {
+    let closing = tokio::task::spawn_blocking(move || {
+        poller.stop();
+        drop(consumer);
+    });
     if tokio::time::timeout_at(deadline, closing).await.is_err() {
         tracing::warn!(binding = %name, "The Kafka consumer did not close within shutdown.commit_timeout_ms; leaving it.");
     }
