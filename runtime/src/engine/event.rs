@@ -29,78 +29,76 @@ pub async fn decide(
     // The version this event runs on from its first attempt to its last, whatever is activated
     // meanwhile.
     let handler = binding.handler.current();
-    let mut outcome = Outcome {
+    let outcome = |event_id, dataref_path, attempts, decision| Outcome {
         time: SystemTime::now(),
         asker: binding.asker(&handler),
         origin,
-        event_id: None,
-        dataref_path: None,
-        attempts: 1,
-        decision: Decision::Refused { kind: "", reason: String::new() },
+        event_id,
+        dataref_path,
+        attempts,
+        decision,
         disposal: None,
     };
     let event = match event {
         Ok(event) => event,
         Err(Refusal { id, error }) => {
-            outcome.event_id = id;
-            outcome.decision = refused(binding, error.kind(), error.to_string());
-            return Some(outcome);
+            return Some(outcome(id, None, 1, refused(binding, error.kind(), error.to_string())));
         }
     };
-    outcome.event_id = Some(event.id.clone());
-    outcome.dataref_path = Some(event.dataref.path().to_string());
+    let (id, path) = (Some(event.id.clone()), Some(event.dataref.path().to_string()));
     let url = match event.dataref.resolve_against(&binding.base_url) {
         Ok(url) => url,
-        Err(error) => {
-            outcome.decision = refused(binding, error.kind(), error.to_string());
-            return Some(outcome);
-        }
+        Err(error) => return Some(outcome(id, path, 1, refused(binding, error.kind(), error.to_string()))),
     };
-    let mut budget = RetryBudget::new(&binding.settings.retry);
     let run = Run { handler: &handler, event: &event, url: &url, key, trace };
-    // An event that met an outage probes on through the closed gate; the others wait at it.
-    let mut probing = false;
-    // The owner's answer count before this event's latest attempt: a failure while it grew is
-    // this reference's own.
-    let mut answered_before = binding.resolver.answered();
+    let (decision, attempts) = attempt_until_decided(binding, &run, cancel).await?;
+    Some(outcome(id, path, attempts, decision))
+}
+
+/// Attempts the event until it is decided or its failure is final; the decision and the number
+/// of attempts. `None` when interrupted.
+async fn attempt_until_decided(
+    binding: &Binding,
+    run: &Run<'_>,
+    cancel: &CancellationToken,
+) -> Option<(Decision, u32)> {
+    let mut budget = RetryBudget::new(&binding.settings.retry);
+    let mut window = Window {
+        // An event that met an outage probes on through the closed gate; the others wait at it.
+        probing: false,
+        // The owner's answer count before this event's latest attempt: a failure while it grew
+        // is this reference's own.
+        answered_before: binding.resolver.answered(),
+    };
+    let mut number = 1;
     loop {
         let started = Instant::now();
         // Time spent waiting for the sandbox to admit the handler: backpressure, not the event's.
         let mut waited = Duration::ZERO;
-        let attempted =
-            attempt(binding, &run, outcome.attempts, probing, answered_before, &mut waited, cancel);
-        let failure = match attempted.await {
-            Ok(Ok(decision)) => {
-                outcome.decision = decision;
-                break;
-            }
-            Ok(Err(failure)) => failure,
-            Err(Interrupted) => return None,
+        let failure = match attempt(binding, run, number, window, &mut waited, cancel).await {
+            Attempt::Decided(decision) => return Some((decision, number)),
+            Attempt::Failed(failure) => failure,
+            Attempt::Interrupted => return None,
         };
-        answered_before = binding.resolver.answered();
-        probing = failure.pause.is_some();
-        let delay = binding.backoff.delay(outcome.attempts, failure.retry_after);
+        window = Window { probing: failure.pause.is_some(), answered_before: binding.resolver.answered() };
+        let delay = binding.backoff.delay(number, failure.retry_after);
         budget.spend(&failure, started.elapsed().saturating_sub(waited) + delay);
-        match decide::after_failure(&failure, binding.settings.on_failure.at(failure.stage), &budget) {
-            Next::GiveUp => {
-                let reason = decide::final_reason(&failure, &budget);
-                outcome.decision = Decision::Failed { stage: failure.stage, kind: failure.kind, reason };
-                break;
-            }
-            Next::Retry => {}
+        if decide::after_failure(&failure, binding.settings.on_failure.at(failure.stage), &budget)
+            == Next::GiveUp
+        {
+            let reason = decide::final_reason(&failure, &budget);
+            return Some((Decision::Failed { stage: failure.stage, kind: failure.kind, reason }, number));
         }
         if failure.pause.is_none() {
             tracing::warn!(
-                binding = %binding.settings.name, event_id = %event.id, attempt = outcome.attempts,
+                binding = %binding.settings.name, event_id = %run.event.id, attempt = number,
                 stage = %failure.stage, kind = failure.kind, reason = %failure.reason, "Attempt failed; retrying."
             );
         }
         binding.metrics.counter(telemetry::EVENT_RETRIES, Some(("cause", failure.kind))).increment(1);
         outputs::sleep_or_cancel(delay, cancel).await.ok()?;
-        outcome.attempts += 1;
+        number += 1;
     }
-    outcome.time = SystemTime::now();
-    Some(outcome)
 }
 
 /// What every attempt of one event works on.
@@ -115,23 +113,71 @@ struct Run<'a> {
     trace: &'a EventTrace,
 }
 
-/// One attempt (`number`, from 1): ask the owner, record its answer in a receipt, wait for the
-/// sandbox to admit the handler, run it, publish its reply. The time spent waiting to be
-/// admitted is added to `waited`.
+/// Where an attempt stands with the data source's pause gate.
+#[derive(Clone, Copy)]
+struct Window {
+    /// The previous attempt met an outage: this one probes through the closed gate.
+    probing: bool,
+    /// The owner's answer count when the previous attempt ended.
+    answered_before: u64,
+}
+
+/// How one attempt ended.
+enum Attempt {
+    /// The event is decided: delivered, or the owner's decision.
+    Decided(Decision),
+    /// It failed; [`decide::after_failure`] says whether to try again.
+    Failed(Failure),
+    /// Shutdown or revocation interrupted it.
+    Interrupted,
+}
+
+impl From<Interrupted> for Attempt {
+    fn from(Interrupted: Interrupted) -> Self {
+        Attempt::Interrupted
+    }
+}
+
+/// One attempt (`number`, from 1): ask the owner and record its answer, run the handler on what
+/// it released, publish its reply. The time spent waiting for the sandbox is added to `waited`.
 async fn attempt(
     binding: &Binding,
     run: &Run<'_>,
     number: u32,
-    probing: bool,
-    answered_before: u64,
+    window: Window,
     waited: &mut Duration,
     cancel: &CancellationToken,
-) -> Result<Result<Decision, Failure>, Interrupted> {
-    let Run { handler, event, url, key, trace } = *run;
-    let mut answered_before = answered_before;
-    if !probing {
+) -> Attempt {
+    let released = match ask_owner(binding, run, number, window, cancel).await {
+        Ok(released) => released,
+        Err(ended) => return ended,
+    };
+    let data_bytes = released.body.len() as u64;
+    let reply = match run_handler(binding, run, number, released, waited).await {
+        Ok(reply) => reply,
+        Err(failure) => return Attempt::Failed(failure),
+    };
+    match publish(binding, run, reply.as_ref(), cancel).await {
+        Ok(Ok(published)) => Attempt::Decided(Decision::Delivered { reply, data_bytes, published }),
+        Ok(Err(failure)) => Attempt::Failed(failure),
+        Err(Interrupted) => Attempt::Interrupted,
+    }
+}
+
+/// Waits at the pause gate (unless probing), asks the owner, records the answer's receipt and
+/// opens or closes the gate by it. The released data, or how the attempt ended.
+async fn ask_owner(
+    binding: &Binding,
+    run: &Run<'_>,
+    number: u32,
+    window: Window,
+    cancel: &CancellationToken,
+) -> Result<Released, Attempt> {
+    let Run { handler, event, url, trace, .. } = *run;
+    let mut answered_before = window.answered_before;
+    if !window.probing {
         if !binding.gate.admit(cancel).await {
-            return Err(Interrupted);
+            return Err(Attempt::Interrupted);
         }
         // A first attempt's window starts when it may ask, not when it was read: answers that
         // reopened the gate while it waited say nothing about this reference.
@@ -150,92 +196,101 @@ async fn attempt(
     note_answer(&mut span, &resolved);
     drop(span);
     outputs::record_receipt(binding, handler, event, &resolved, number, cancel).await?;
-    let released = match resolved {
+    match resolved {
         Ok(released) => {
             binding.gate.open();
-            released
+            Ok(released)
         }
-        Err(error) => {
-            // Answered by someone else meanwhile, or this very answer was a decision.
-            let answered_meanwhile = binding.resolver.answered() > answered_before;
-            // A status that is not a transient failure (400, an oversized body): the owner is up.
-            let owner_answered = matches!(error, ResolveError::Rejected { status } if status != 0)
-                || matches!(error, ResolveError::TooLarge { .. });
-            return Ok(match decide::unresolved(error, answered_meanwhile) {
-                Unresolved::Decided(decided) => {
-                    binding.gate.open();
-                    Ok(match decided {
-                        ResolveError::ConsentDenied { status } => Decision::ConsentDenied { status },
-                        ResolveError::Gone { status } => Decision::Gone { status },
-                        other => Decision::Failed {
-                            stage: Stage::Resolve,
-                            kind: other.kind(),
-                            reason: other.to_string(),
-                        },
-                    })
+        Err(error) => Err(unresolved(binding, error, answered_before)),
+    }
+}
+
+/// The owner did not release the data: its decision, or a failure (which may pause the binding).
+fn unresolved(binding: &Binding, error: ResolveError, answered_before: u64) -> Attempt {
+    // Answered by someone else meanwhile, or this very answer was a decision.
+    let answered_meanwhile = binding.resolver.answered() > answered_before;
+    // A status that is not a transient failure (400, an oversized body): the owner is up.
+    let owner_answered = matches!(error, ResolveError::Rejected { status } if status != 0)
+        || matches!(error, ResolveError::TooLarge { .. });
+    match decide::unresolved(error, answered_meanwhile) {
+        Unresolved::Decided(decided) => {
+            binding.gate.open();
+            Attempt::Decided(match decided {
+                ResolveError::ConsentDenied { status } => Decision::ConsentDenied { status },
+                ResolveError::Gone { status } => Decision::Gone { status },
+                other => {
+                    Decision::Failed { stage: Stage::Resolve, kind: other.kind(), reason: other.to_string() }
                 }
-                Unresolved::Failed(failure) => {
-                    match &failure.pause {
-                        Some(reason) => binding.gate.close(reason.clone()),
-                        None if owner_answered => binding.gate.open(),
-                        // A poison reference's transient failure: leave the gate as it is; only
-                        // an answer reopens it.
-                        None => {}
-                    }
-                    Err(failure)
-                }
-            });
+            })
         }
-    };
-    let data_bytes = released.body.len() as u64;
-    // Admitted once the owner released the data: waiting for an instance slot or for memory is
-    // backpressure, never a failure: no retry, no second request to the owner. Not before asking
-    // the owner: a reservation held across the owner's round trip would tie the sandbox's
-    // capacity to the owner's latency (8 requests at once with the default budgets). Not
-    // cancelled at shutdown: the drain finishes it, within the drain's bound.
+        Unresolved::Failed(failure) => {
+            match &failure.pause {
+                Some(reason) => binding.gate.close(reason.clone()),
+                None if owner_answered => binding.gate.open(),
+                // A poison reference's transient failure: leave the gate as it is; only an
+                // answer reopens it.
+                None => {}
+            }
+            Attempt::Failed(failure)
+        }
+    }
+}
+
+/// Waits for the sandbox to admit the handler, then runs it on what the owner released.
+///
+/// Admitted once the owner released the data: waiting for an instance slot or for memory is
+/// backpressure, never a failure: no retry, no second request to the owner. Not before asking
+/// the owner: a reservation held across the owner's round trip would tie the sandbox's capacity
+/// to the owner's latency (8 requests at once with the default budgets). Not cancelled at
+/// shutdown: the drain finishes it, within the drain's bound.
+async fn run_handler(
+    binding: &Binding,
+    run: &Run<'_>,
+    number: u32,
+    released: Released,
+    waited: &mut Duration,
+) -> Result<Option<sandbox::Reply>, Failure> {
+    let handler = run.handler;
     let waiting = Instant::now();
     let admitted = handler.admit().await;
     *waited += waiting.elapsed();
     let Some(admitted) = admitted else {
-        let failure = Failure::of_event(Stage::Handler, "no_capacity", "the sandbox is closed".into(), true);
-        return Ok(Err(failure));
+        return Err(Failure::of_event(Stage::Handler, "no_capacity", "the sandbox is closed".into(), true));
     };
     let started = Instant::now();
-    let mut span = trace.sandbox(handler.version(), number);
-    let handled = handler.handle_admitted(&guest_event(event, released), admitted).await;
+    let mut span = run.trace.sandbox(handler.version(), number);
+    let handled = handler.handle_admitted(&guest_event(run.event, released), admitted).await;
     binding.metrics.handler_duration.record(started.elapsed().as_secs_f64());
-    let reply = match handled {
+    match handled {
         Ok(reply) => {
             span.set("keyhole.reply", if reply.is_some() { "yes" } else { "no" });
-            reply
+            Ok(reply)
         }
         Err(error) => {
             span.fail(error.kind());
             binding.metrics.counter(telemetry::HANDLER_ERRORS, Some(("kind", error.kind()))).increment(1);
-            return Ok(Err(Failure::of_event(
-                Stage::Handler,
-                error.kind(),
-                error.to_string(),
-                error.is_retryable(),
-            )));
+            Err(Failure::of_event(Stage::Handler, error.kind(), error.to_string(), error.is_retryable()))
         }
-    };
-    drop(span);
+    }
+}
+
+/// Publishes the handler's reply where the binding sends replies; where it went and its id.
+async fn publish(
+    binding: &Binding,
+    run: &Run<'_>,
+    reply: Option<&sandbox::Reply>,
+    cancel: &CancellationToken,
+) -> Result<Result<Option<(String, String)>, Failure>, Interrupted> {
+    let Run { handler, event, key, trace, .. } = *run;
     let destination = match outputs::reply_destination(&binding.settings, event, reply.is_some()) {
         Ok(destination) => destination,
         Err(reason) => {
             return Ok(Err(Failure::of_event(Stage::Reply, "reply_topic_not_allowed", reason, false)));
         }
     };
-    let published = match (&reply, destination) {
-        (Some(reply), Some(topic)) => {
-            let id =
-                outputs::publish_reply(binding, handler, topic, event, key, trace, reply, cancel).await?;
-            Some((topic.to_string(), id))
-        }
-        _ => None,
-    };
-    Ok(Ok(Decision::Delivered { reply, data_bytes, published }))
+    let (Some(reply), Some(topic)) = (reply, destination) else { return Ok(Ok(None)) };
+    let id = outputs::publish_reply(binding, handler, topic, event, key, trace, reply, cancel).await?;
+    Ok(Ok(Some((topic.to_string(), id))))
 }
 
 /// The owner's answer on its `resolve` span: its kind and status. A refusal of consent or an
