@@ -168,3 +168,50 @@ pub(super) fn printable_name(name: &str) -> String {
     }
     shown
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One of each variant. The match below has no wildcard: a new variant does not compile
+    /// until it is added here, and then the assertion asks for its kind in `KINDS`.
+    fn one_of_each() -> Vec<EnvelopeError> {
+        let all = vec![
+            EnvelopeError::MissingAttribute { attribute: "id" },
+            EnvelopeError::EmptyAttribute { attribute: "id" },
+            EnvelopeError::MalformedHeader { header: "ce_x".into(), problem: HeaderProblem::NullValue },
+            EnvelopeError::NotUtf8 { header: "ce_x".into() },
+            EnvelopeError::UnsupportedSpecversion,
+            EnvelopeError::InlineData { mode: ContentMode::Binary },
+            EnvelopeError::MissingDataref,
+            EnvelopeError::ForbiddenDataref { reason: DatarefRefusal::DotSegment },
+            EnvelopeError::TooLong { attribute: "id", limit: 1 },
+            EnvelopeError::ControlCharacter { attribute: "id".into() },
+            EnvelopeError::MalformedStructuredEvent { detail: String::new() },
+        ];
+        for error in &all {
+            match error {
+                EnvelopeError::MissingAttribute { .. }
+                | EnvelopeError::EmptyAttribute { .. }
+                | EnvelopeError::MalformedHeader { .. }
+                | EnvelopeError::NotUtf8 { .. }
+                | EnvelopeError::UnsupportedSpecversion
+                | EnvelopeError::InlineData { .. }
+                | EnvelopeError::MissingDataref
+                | EnvelopeError::ForbiddenDataref { .. }
+                | EnvelopeError::TooLong { .. }
+                | EnvelopeError::ControlCharacter { .. }
+                | EnvelopeError::MalformedStructuredEvent { .. } => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn kinds_lists_the_kind_of_every_variant_and_nothing_else() {
+        let kinds: std::collections::BTreeSet<&str> = one_of_each().iter().map(EnvelopeError::kind).collect();
+        let listed: std::collections::BTreeSet<&str> = EnvelopeError::KINDS.iter().copied().collect();
+        assert_eq!(kinds, listed);
+        assert_eq!(listed.len(), EnvelopeError::KINDS.len(), "KINDS lists a kind twice");
+    }
+}

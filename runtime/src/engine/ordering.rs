@@ -44,6 +44,7 @@ impl<K: Eq + Hash + Clone, T> KeyOrder<K, T> {
     }
 
     /// Events waiting behind a running one of their key.
+    #[cfg(test)]
     pub fn waiting(&self) -> usize {
         self.busy.values().map(VecDeque::len).sum()
     }

@@ -129,7 +129,9 @@ impl OffsetTracker {
     }
 
     /// Records that an event was read. `None` when its partition is not (or no longer)
-    /// assigned: the event must be dropped, not handled.
+    /// assigned: the event must be dropped, not handled. (The read loop uses
+    /// [`OffsetTracker::begin_at`], with the assignment a record was read in.)
+    #[cfg(test)]
     pub fn begin(self: &Arc<Self>, partition: Partition, offset: i64) -> Option<Ticket> {
         let generation = self.generation(&partition)?;
         self.begin_at(partition, offset, generation)

@@ -45,7 +45,7 @@ pub enum ResolverBuildError {
     },
 }
 
-/// The owner released nothing. [`ResolveError::disposition`] says what the caller does next.
+/// The owner released nothing. What the engine does next is `engine::decide::unresolved`'s rule.
 ///
 /// Messages carry statuses and short reasons only: never the token, the body or the URL.
 #[derive(Debug, thiserror::Error)]
@@ -101,33 +101,7 @@ fn rejected_message(status: u16) -> String {
     }
 }
 
-/// What the caller does with an event whose reference could not be resolved.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Disposition {
-    /// The owner decided (consent denied, data gone): acknowledge, record, do not call the
-    /// handler.
-    Decided,
-    /// Try the same event again later, with backoff; do not acknowledge.
-    Retry,
-    /// keyhole's credentials were refused: pause the binding, retry later, skip nothing.
-    Pause,
-    /// A permanent failure of this event (dead letter).
-    Fail,
-}
-
 impl ResolveError {
-    /// Decided: ConsentDenied/Gone (acknowledge, record, do not call the handler). Retry:
-    /// Transient. Pause: Unauthorized (pause the binding, retry later, skip nothing). Fail:
-    /// TooLarge/Rejected (permanent failure of this event).
-    pub fn disposition(&self) -> Disposition {
-        match self {
-            ResolveError::ConsentDenied { .. } | ResolveError::Gone { .. } => Disposition::Decided,
-            ResolveError::Transient { .. } => Disposition::Retry,
-            ResolveError::Unauthorized => Disposition::Pause,
-            ResolveError::TooLarge { .. } | ResolveError::Rejected { .. } => Disposition::Fail,
-        }
-    }
-
     /// Stable short label for metrics and logs.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -165,24 +139,19 @@ impl ResolveError {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
-    use super::{Disposition, ResolveError};
+    use super::ResolveError;
 
     #[test]
-    fn every_answer_has_its_disposition_and_label() {
+    fn every_answer_has_its_label() {
         let cases = [
-            (ResolveError::ConsentDenied { status: 403 }, Disposition::Decided, "consent_denied"),
-            (ResolveError::Gone { status: 410 }, Disposition::Decided, "gone"),
-            (ResolveError::Unauthorized, Disposition::Pause, "unauthorized"),
-            (
-                ResolveError::Transient { reason: "timed out".into(), retry_after: None },
-                Disposition::Retry,
-                "transient",
-            ),
-            (ResolveError::TooLarge { limit: 1 }, Disposition::Fail, "too_large"),
-            (ResolveError::Rejected { status: 400 }, Disposition::Fail, "rejected"),
+            (ResolveError::ConsentDenied { status: 403 }, "consent_denied"),
+            (ResolveError::Gone { status: 410 }, "gone"),
+            (ResolveError::Unauthorized, "unauthorized"),
+            (ResolveError::Transient { reason: "timed out".into(), retry_after: None }, "transient"),
+            (ResolveError::TooLarge { limit: 1 }, "too_large"),
+            (ResolveError::Rejected { status: 400 }, "rejected"),
         ];
-        for (error, disposition, kind) in cases {
-            assert_eq!(error.disposition(), disposition, "{error}");
+        for (error, kind) in cases {
             assert_eq!(error.kind(), kind, "{error}");
         }
     }

@@ -3,8 +3,8 @@
 //! An event on Kafka carries no personal data, only a reference to it. keyhole resolves that
 //! reference with an HTTP `GET` to the data owner's API *as the consuming service*, and the owner
 //! checks the end user's consent at that moment. The owner's answer decides what happens to the
-//! event (see [`ResolveError::disposition`], the owner table; the engine further tells an
-//! unavailable owner from a reference that fails on its own, see `engine::decide`): released
+//! event (the owner table in docs/configuration.md; the engine decides, and tells an
+//! unavailable owner from a reference that fails on its own, in `engine::decide`): released
 //! data goes to the handler; consent denied
 //! or data gone is a decision to acknowledge and record; an owner that is unavailable is asked
 //! again later with [`Backoff`]; refused credentials pause the binding, because they are
@@ -24,7 +24,7 @@ mod error;
 
 pub use backoff::{Backoff, RETRY_AFTER_CEILING};
 pub use client::{MAX_REDIRECTS, RedirectRule, Resolver};
-pub use error::{Disposition, ResolveError, ResolverBuildError};
+pub use error::{ResolveError, ResolverBuildError};
 
 use std::fmt;
 use std::time::Duration;

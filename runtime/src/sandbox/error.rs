@@ -203,3 +203,50 @@ pub enum SandboxError {
 pub(crate) fn describe(error: &wasmtime::Error) -> String {
     error.chain().map(|e| e.to_string()).collect::<Vec<_>>().join(": ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One of each variant. The match below has no wildcard: a new variant does not compile
+    /// until it is added here, and then the assertion asks for its kind in `KINDS`.
+    fn one_of_each() -> Vec<GuestError> {
+        let all = vec![
+            GuestError::HandlerRetryable(String::new()),
+            GuestError::HandlerRejected(String::new()),
+            GuestError::DeadlineExceeded { limit_ms: 1 },
+            GuestError::MemoryExceeded { limit_bytes: 1 },
+            GuestError::TableExceeded { limit: 1 },
+            GuestError::InstantiationLimit(String::new()),
+            GuestError::ReplyTooLarge { size: None, limit: 1 },
+            GuestError::LogBudgetExceeded { limit_bytes: 1 },
+            GuestError::Trapped(String::new()),
+            GuestError::MalformedReturn(String::new()),
+            GuestError::NoCapacity(String::new()),
+        ];
+        for error in &all {
+            match error {
+                GuestError::HandlerRetryable(_)
+                | GuestError::HandlerRejected(_)
+                | GuestError::DeadlineExceeded { .. }
+                | GuestError::MemoryExceeded { .. }
+                | GuestError::TableExceeded { .. }
+                | GuestError::InstantiationLimit(_)
+                | GuestError::ReplyTooLarge { .. }
+                | GuestError::LogBudgetExceeded { .. }
+                | GuestError::Trapped(_)
+                | GuestError::MalformedReturn(_)
+                | GuestError::NoCapacity(_) => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn kinds_lists_the_kind_of_every_variant_and_nothing_else() {
+        let kinds: std::collections::BTreeSet<&str> = one_of_each().iter().map(GuestError::kind).collect();
+        let listed: std::collections::BTreeSet<&str> = GuestError::KINDS.iter().copied().collect();
+        assert_eq!(kinds, listed);
+        assert_eq!(listed.len(), GuestError::KINDS.len(), "KINDS lists a kind twice");
+    }
+}

@@ -4,7 +4,6 @@ use super::admission::Admitted;
 use super::bindings::{self, Event, HandlerError, HandlerPre, Reply};
 use super::engine::{EPOCH_TICK, Sandbox};
 use super::error::{GuestError, LoadError, describe};
-use super::inspect::ComponentReport;
 use super::limits::{LimitHit, Limits};
 use super::state::{GuestOutput, GuestState, HandlerIdentity};
 use std::sync::Arc;
@@ -23,7 +22,6 @@ pub struct Handler {
     _ticker: Arc<super::engine::EpochTicker>,
     pre: HandlerPre<GuestState>,
     limits: Limits,
-    report: ComponentReport,
     /// `sha256:<hex>` of the component's bytes.
     version: String,
     output: GuestOutput,
@@ -44,7 +42,6 @@ impl Sandbox {
             _ticker: self.ticker.clone(),
             pre,
             limits,
-            report: inspection.report,
             version: version_of(wasm),
             output: GuestOutput::default(),
         })
@@ -65,11 +62,6 @@ impl Handler {
         &self.identity
     }
 
-    /// The limits each call runs under.
-    pub fn limits(&self) -> &Limits {
-        &self.limits
-    }
-
     /// The component's version: `sha256:<hex>` of its bytes.
     pub fn version(&self) -> &str {
         &self.version
@@ -79,11 +71,6 @@ impl Handler {
     pub fn with_output(mut self, output: GuestOutput) -> Self {
         self.output = output;
         self
-    }
-
-    /// The component's imports and exports.
-    pub fn report(&self) -> &ComponentReport {
-        &self.report
     }
 
     /// Waits until one more instance of this handler fits the sandbox's instance slots and
