@@ -37,7 +37,8 @@ start_tansu() {
     local port
     port=$(free_port)
     step "Starting the tansu broker on 127.0.0.1:$port"
-    "$TANSU_BIN" broker \
+    # Killed by the kernel if this shell dies without running its traps (SIGKILL).
+    setpriv --pdeathsig KILL -- "$TANSU_BIN" broker \
         --cluster-id keyhole-tests \
         --storage-engine memory://tansu/ \
         --listener-url "tcp://127.0.0.1:$port" \
@@ -58,6 +59,20 @@ start_tansu() {
     done
     echo "tansu did not accept connections on 127.0.0.1:$port within 10 s" >&2
     return 1
+}
+
+# Stops the tansu of start_tansu and waits until it has exited (SIGKILL after 5 s).
+stop_tansu() {
+    [ -n "${TANSU_PID:-}" ] || return 0
+    kill "$TANSU_PID" 2>/dev/null || true
+    local _
+    for _ in $(seq 1 50); do
+        case $(ps -o stat= -p "$TANSU_PID" 2>/dev/null) in '' | Z*) break ;; esac
+        sleep 0.1
+    done
+    kill -KILL "$TANSU_PID" 2>/dev/null || true
+    wait "$TANSU_PID" 2>/dev/null || true
+    TANSU_PID=
 }
 
 COMPONENTIZE_PY_VERSION=0.25.1
@@ -156,14 +171,20 @@ NOIDA_VERSION=0.2.3
 NOIDA_VENV="$KEYHOLE_CACHE/noida-db-$NOIDA_VERSION"
 
 # noida-db (PyPI: one binary in the wheel), a Kafka-protocol broker that implements transactions,
-# for the exactly-once tests; exports KEYHOLE_TEST_NOIDA. tansu 0.6.0 has no EndTxn.
+# for the exactly-once tests; exports KEYHOLE_TEST_NOIDA, the broker binary itself: the wheel's
+# `noida-db` script runs it as a child that a signal to the script does not stop. tansu 0.6.0 has
+# no EndTxn.
 ensure_noida() {
     if [ ! -x "$NOIDA_VENV/bin/noida-db" ]; then
         step "Installing noida-db $NOIDA_VERSION into $NOIDA_VENV"
         python3 -m venv "$NOIDA_VENV"
         "$NOIDA_VENV/bin/pip" install --quiet "noida-db==$NOIDA_VERSION"
     fi
-    export KEYHOLE_TEST_NOIDA="$NOIDA_VENV/bin/noida-db"
+    KEYHOLE_TEST_NOIDA=$("$NOIDA_VENV/bin/python3" -c \
+        'from importlib.resources import files; print(files("noida_db").joinpath("noida-db"))')
+    # What the script would do before running it.
+    [ -x "$KEYHOLE_TEST_NOIDA" ] || chmod 755 "$KEYHOLE_TEST_NOIDA"
+    export KEYHOLE_TEST_NOIDA
 }
 
 WIT_BINDGEN_VERSION=0.61.1

@@ -4,8 +4,18 @@
 # cached under ~/.cache/keyhole), builds the guest components, starts a broker on a free
 # loopback port, runs every test against it, then the container smoke test and the local
 # cluster.
+#
+# With arguments, it runs only the cargo tests they select (`scripts/test.sh --test it --
+# crashes::`), not the deployment checks.
+#
+# It fails if anything it started is still running when it ends: it runs under
+# scripts/leftovers.py, which lists and stops such processes, orphans included.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+if [ -z "${KEYHOLE_LEFTOVERS_CHECKED:-}" ]; then
+    export KEYHOLE_LEFTOVERS_CHECKED=1
+    exec python3 "$root/scripts/leftovers.py" "$root/scripts/test.sh" "$@"
+fi
 . "$root/scripts/lib.sh"
 
 # The benchmark's driver is not run here (docs/performance.md), but it must stay valid Python.
@@ -16,10 +26,13 @@ ensure_noida
 step "Building keyhole and its tests"
 cd "$root"
 cargo test --workspace --locked --no-run
+trap stop_tansu EXIT
 start_tansu
-trap 'kill "$TANSU_PID" 2>/dev/null || true' EXIT
 step "Running the tests (broker $KEYHOLE_TEST_BROKER)"
 cargo test --workspace --locked "$@"
+if [ $# -gt 0 ]; then
+    exit 0
+fi
 # What operators deploy: the Dockerfile and manifests linted, the image built and run hardened
 # against the broker above, and the one-command local cluster of docs/deploy.md.
 "$root/scripts/deploy-checks.sh"

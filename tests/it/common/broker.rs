@@ -9,11 +9,10 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::time::Duration;
 
-/// The broker's address, from scripts/test.sh.
+/// The broker's address, from scripts/test.sh (without it, the test binary stops and says what
+/// to run).
 pub fn bootstrap() -> String {
-    std::env::var("KEYHOLE_TEST_BROKER").expect(
-        "KEYHOLE_TEST_BROKER is not set: run the tests with scripts/test.sh, which starts the tansu broker",
-    )
+    super::prerequisite("KEYHOLE_TEST_BROKER")
 }
 
 /// A name no other test uses.
@@ -213,24 +212,24 @@ pub struct OwnBroker {
 impl OwnBroker {
     /// Starts it on a free port and waits until it accepts connections.
     pub async fn start() -> OwnBroker {
-        let tansu = std::env::var("KEYHOLE_TEST_TANSU")
-            .expect("KEYHOLE_TEST_TANSU is not set: run the tests with scripts/test.sh");
+        let tansu = super::prerequisite("KEYHOLE_TEST_TANSU");
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let url = format!("tcp://127.0.0.1:{port}");
-        let child = std::process::Command::new(tansu)
+        let child = super::command_dying_with_the_test(tansu)
             .args(["broker", "--cluster-id", "keyhole-own", "--storage-engine", "memory://tansu/"])
             .args(["--listener-url", &url, "--advertised-listener-url", &url])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let bootstrap = format!("127.0.0.1:{port}");
+        // Owned before the wait, so that a broker that never answers is still stopped.
+        let broker = OwnBroker { child, bootstrap: format!("127.0.0.1:{port}") };
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(&bootstrap).await.is_err() {
-            assert!(std::time::Instant::now() < deadline, "tansu did not start on {bootstrap}");
+        while tokio::net::TcpStream::connect(&broker.bootstrap).await.is_err() {
+            assert!(std::time::Instant::now() < deadline, "tansu did not start on {}", broker.bootstrap);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        OwnBroker { child, bootstrap }
+        broker
     }
 }
 

@@ -27,10 +27,63 @@ pub fn guest_path(name: &str) -> PathBuf {
 
 /// The bytes of a guest component.
 pub fn guest(name: &str) -> Vec<u8> {
+    if !guest_path("echo").exists() {
+        stop_for_prerequisites();
+    }
     let path = guest_path(name);
     std::fs::read(&path).unwrap_or_else(|e| {
         panic!("cannot read {} ({e}): run scripts/build-guests.sh (scripts/test.sh does)", path.display())
     })
+}
+
+/// What the integration tests need from outside this crate, all provided by scripts/test.sh:
+/// environment variables and what each names.
+const PREREQUISITES: [(&str, &str); 3] = [
+    ("KEYHOLE_TEST_BROKER", "host:port of a Kafka-protocol broker (tansu)"),
+    ("KEYHOLE_TEST_TANSU", "the tansu binary, for tests that stop a broker of their own"),
+    ("KEYHOLE_TEST_NOIDA", "the noida-db binary, for the tests of transactions"),
+];
+
+/// The value of `name`, one of [`PREREQUISITES`]. Without it the test binary stops at once with
+/// one message saying what to run, rather than every test that needs it panicking with a trace.
+pub fn prerequisite(name: &str) -> String {
+    debug_assert!(PREREQUISITES.iter().any(|(known, _)| *known == name), "{name} is not listed");
+    std::env::var(name).unwrap_or_else(|_| stop_for_prerequisites())
+}
+
+/// Prints what is missing of the suite's prerequisites and ends the test binary with status 2.
+/// The first test to get here prints; any other blocks on the lock until the process is gone.
+fn stop_for_prerequisites() -> ! {
+    use std::io::Write as _;
+    static STOPPING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _only_one = STOPPING.lock();
+    let mut missing: Vec<String> = PREREQUISITES
+        .iter()
+        .filter(|(name, _)| std::env::var_os(name).is_none())
+        .map(|(name, what)| format!("  {name:<22}{what}"))
+        .collect();
+    if !guest_path("echo").exists() {
+        missing
+            .push(format!("  {:<22}the guest components (scripts/build-guests.sh)", "guest-examples/dist/"));
+    }
+    let message = [
+        "",
+        "keyhole's integration tests need a Kafka-protocol broker and what scripts/test.sh provides;",
+        "missing here:",
+        &missing.join("\n"),
+        "",
+        "Run them with scripts/test.sh: it installs tansu and noida-db, builds the guest components,",
+        "starts a broker and stops it after. With arguments it runs only the cargo tests they select:",
+        "    scripts/test.sh --test it -- crashes::",
+        "Or provide the above yourself (scripts/lib.sh: ensure_noida, start_tansu).",
+        "The unit tests need none of it: cargo test --lib",
+        "",
+    ]
+    .join("\n");
+    // Straight to the process's stderr: the harness captures what a test prints with eprintln!
+    // and would drop it when the process exits.
+    std::io::stderr().write_all(message.as_bytes()).ok();
+    std::process::exit(2)
 }
 
 /// One sandbox per test binary, as in production: every handler shares it.
@@ -164,14 +217,26 @@ pub fn run_keyhole(config: &std::path::Path) -> Keyhole {
         .append(true)
         .open(config.with_file_name("keyhole.log"))
         .unwrap();
-    std::process::Command::new(env!("CARGO_BIN_EXE_keyhole"))
+    let mut command = command_dying_with_the_test(env!("CARGO_BIN_EXE_keyhole"));
+    command
         .args(["run", "--config"])
         .arg(config)
         .env("KEYHOLE_TEST_OWNER_TOKEN", owner::TOKEN)
         .env("RUST_LOG", "warn,keyhole=info")
         .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map(Keyhole)
-        .unwrap()
+        .stderr(log);
+    command.spawn().map(Keyhole).unwrap()
+}
+
+/// A command that runs `program` under `setpriv --pdeathsig KILL`: the kernel kills it when the
+/// thread that started it ends. A test binary that is killed (a timeout, Ctrl-C, SIGKILL) runs no
+/// `Drop`, and a child in a process group of its own does not even get the terminal's Ctrl-C; so
+/// that the suite leaves nothing running, the children that outlive a test step (brokers,
+/// `keyhole run`) start this way. Start them from the test's thread or a runtime worker, which
+/// live as long as the test, never from `spawn_blocking`, whose threads end when idle.
+/// (`setpriv` rather than `prctl` in a `pre_exec`: no unsafe code in the tests.)
+pub fn command_dying_with_the_test(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    let mut command = std::process::Command::new("setpriv");
+    command.args(["--pdeathsig", "KILL", "--"]).arg(program);
+    command
 }

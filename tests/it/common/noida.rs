@@ -7,7 +7,6 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// A running noida-db. Dropping it stops it and removes its data.
@@ -21,29 +20,29 @@ impl Noida {
     /// Starts it on a free loopback port and waits until it accepts connections.
     pub async fn start() -> Noida {
         use std::os::unix::process::CommandExt as _;
-        let binary = std::env::var("KEYHOLE_TEST_NOIDA").expect(
-            "KEYHOLE_TEST_NOIDA is not set: run the tests with scripts/test.sh, which installs noida-db",
-        );
+        let binary = super::prerequisite("KEYHOLE_TEST_NOIDA");
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let data = std::env::temp_dir().join(super::broker::unique("noida"));
-        let child = Command::new(binary)
+        let child = super::command_dying_with_the_test(binary)
             .args(["start", "--only", "kafka", "--host", "127.0.0.1", "--kafka-port", &port.to_string()])
             .arg("--data-dir")
             .arg(&data)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
-            // The launcher starts the broker as a child of its own, which outlives a signal to
-            // the launcher alone: a process group of their own, stopped as one.
+            // PyPI's `noida-db` script starts the broker as a child of its own, which outlives a
+            // signal to the script alone (scripts/lib.sh names the broker itself, but another
+            // KEYHOLE_TEST_NOIDA may be the script): a process group of their own, stopped as one.
             .process_group(0)
             .spawn()
             .unwrap();
-        let bootstrap = format!("127.0.0.1:{port}");
+        // Owned before the wait, so that a broker that never answers is still stopped.
+        let noida = Noida { child, bootstrap: format!("127.0.0.1:{port}"), data };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(&bootstrap).await.is_err() {
-            assert!(Instant::now() < deadline, "noida-db did not start on {bootstrap}");
+        while tokio::net::TcpStream::connect(&noida.bootstrap).await.is_err() {
+            assert!(Instant::now() < deadline, "noida-db did not start on {}", noida.bootstrap);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Noida { child, bootstrap, data }
+        noida
     }
 
     /// Creates topics of the given names and partition counts.
@@ -60,9 +59,10 @@ impl Noida {
 
 impl Drop for Noida {
     fn drop(&mut self) {
-        // The whole group: the launcher and the broker it started.
-        let group = format!("-{}", self.child.id());
-        Command::new("kill").args(["-KILL", "--", &group]).status().ok();
+        // The whole group: the broker and anything it started.
+        if let Some(pid) = i32::try_from(self.child.id()).ok().and_then(rustix::process::Pid::from_raw) {
+            rustix::process::kill_process_group(pid, rustix::process::Signal::KILL).ok();
+        }
         self.child.wait().ok();
         std::fs::remove_dir_all(&self.data).ok();
     }
