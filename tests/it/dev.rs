@@ -204,8 +204,12 @@ fn dev_watch_runs_again_when_the_handler_changes() {
     };
     let first = replies(1);
     assert_eq!(first[0]["reply"]["type"], "keyhole.example.echo");
-    std::thread::sleep(Duration::from_millis(1100)); // a visibly newer modification time
+    let watched = std::fs::metadata(&handler).unwrap().modified().unwrap();
     std::fs::copy(guest_path("hostile-panic"), &handler).unwrap();
+    // A visibly newer modification time even where timestamps are coarse (no waiting a second).
+    let file = std::fs::File::options().write(true).open(&handler).unwrap();
+    file.set_modified(watched + Duration::from_secs(2)).unwrap();
+    drop(file);
     let second = replies(2);
     child.kill().unwrap();
     child.wait().unwrap();

@@ -107,8 +107,13 @@ async fn refused_credentials_pause_the_binding_and_skip_nothing() {
     publish(&producer, &s.topic, Some(0), Some("b"), &reference("ev-2", "customers/2"), None).await;
 
     let mut keyhole = Running::start(s.settings);
-    keyhole.assert_quiet(Duration::from_secs(2)).await;
-    assert!(owner.seen().iter().any(|r| r.status == 401), "keyhole kept asking while paused");
+    // Refused (the signal that it asked), then paused: nothing decided meanwhile.
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while !owner.seen().iter().any(|r| r.status == 401) {
+        assert!(tokio::time::Instant::now() < deadline, "keyhole never asked the owner");
+        keyhole.assert_quiet(Duration::from_millis(50)).await;
+    }
+    keyhole.assert_quiet(Duration::from_secs(1)).await;
     assert_eq!(broker::committed(&s.group, &s.topic, 1), [-1], "nothing acknowledged while paused");
     owner.set_token(common::owner::TOKEN); // credentials work again
     let outcomes = keyhole.take(2, WITHIN).await;
