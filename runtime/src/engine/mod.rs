@@ -11,17 +11,17 @@
 //! - [`supervisor`]: runs the handlers uploaded to the registry and follows its changes.
 //! - [`health`]: what each binding is doing.
 
-pub mod binding;
-pub mod decide;
-pub mod delivery;
-pub mod dispatcher;
-pub mod event;
-pub mod health;
-pub mod ordering;
-pub mod outputs;
-pub mod pause;
-pub mod reader;
-pub mod supervisor;
+pub(crate) mod binding;
+pub(crate) mod decide;
+pub(crate) mod delivery;
+pub(crate) mod dispatcher;
+pub(crate) mod event;
+pub(crate) mod health;
+pub(crate) mod ordering;
+pub(crate) mod outputs;
+pub(crate) mod pause;
+pub(crate) mod reader;
+pub(crate) mod supervisor;
 
 pub use binding::{Binding, HandlerSlot};
 pub use delivery::BindingError;

@@ -6,12 +6,12 @@
 //! commits each offset synchronously before its event is handled; exactly-once commits offsets
 //! in the binding's transactions. Neither of those two auto-commits.
 
-pub mod dead_letter;
+pub(crate) mod dead_letter;
 mod offsets;
 mod poller;
-pub mod producer;
+pub(crate) mod producer;
 mod record;
-pub mod reply;
+pub(crate) mod reply;
 
 pub use dead_letter::Received;
 pub use offsets::{OffsetTracker, Partition, Ticket};

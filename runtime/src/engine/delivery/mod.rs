@@ -8,9 +8,9 @@
 //! - [`exactly_once`]: a batch's replies, dead letters, receipts and offsets go in one Kafka
 //!   transaction.
 
-pub mod at_least_once;
-pub mod at_most_once;
-pub mod exactly_once;
+pub(crate) mod at_least_once;
+pub(crate) mod at_most_once;
+pub(crate) mod exactly_once;
 
 use super::binding::Binding;
 use super::dispatcher::{Dispatcher, Work};
