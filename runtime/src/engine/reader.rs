@@ -4,7 +4,7 @@
 use super::dispatcher::Work;
 use crate::cloudevents;
 use crate::kafka::{self, BindingConsumer, OffsetTracker, Partition, Polled, Poller};
-use crate::records::audit::Origin;
+use crate::model::Origin;
 use crate::telemetry::BindingMetrics;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

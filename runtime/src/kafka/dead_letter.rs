@@ -10,7 +10,7 @@
 
 use crate::cloudevents::RawRecord;
 use crate::config::Stage;
-use crate::records::audit::Origin;
+use crate::model::Origin;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};

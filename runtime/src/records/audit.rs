@@ -16,16 +16,7 @@ use serde::Serialize;
 use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 
-/// Where an event came from.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Origin {
-    /// The topic.
-    pub topic: String,
-    /// The partition.
-    pub partition: i32,
-    /// The offset.
-    pub offset: i64,
-}
+pub use crate::model::Origin;
 
 /// Who asked: the binding that consumed the event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
