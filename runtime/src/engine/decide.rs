@@ -67,7 +67,7 @@ pub fn unresolved(error: ResolveError, answered_meanwhile: bool) -> Unresolved {
             Unresolved::Failed(failure(true, Some(PauseReason::Unavailable(reason.clone()))))
         }
         ResolveError::Transient { .. } => Unresolved::Failed(failure(true, None)),
-        ResolveError::TooLarge { .. } | ResolveError::Rejected { .. } => {
+        ResolveError::TooLarge { .. } | ResolveError::Rejected { .. } | ResolveError::NotSent => {
             Unresolved::Failed(failure(false, None))
         }
     }

@@ -211,8 +211,7 @@ fn unresolved(binding: &Binding, error: ResolveError, answered_before: u64) -> A
     // Answered by someone else meanwhile, or this very answer was a decision.
     let answered_meanwhile = binding.resolver.answered() > answered_before;
     // A status that is not a transient failure (400, an oversized body): the owner is up.
-    let owner_answered = matches!(error, ResolveError::Rejected { status } if status != 0)
-        || matches!(error, ResolveError::TooLarge { .. });
+    let owner_answered = matches!(error, ResolveError::Rejected { .. } | ResolveError::TooLarge { .. });
     match decide::unresolved(error, answered_meanwhile) {
         Unresolved::Decided(decided) => {
             binding.gate.open();

@@ -169,13 +169,13 @@ impl Resolver {
     ///
     /// Waits for one of the data source's request permits first; the timeout starts once the
     /// permit is held. A `url` outside the data source's base URL is never requested
-    /// ([`ResolveError::Rejected`] with status 0).
+    /// ([`ResolveError::NotSent`]).
     pub async fn fetch(&self, url: &Url, who: &Requester<'_>) -> Result<Released, ResolveError> {
         let started = Instant::now();
         let outcome = self.fetch_once(url, who).await;
         // Only what the owner answered counts: not a failure to reach it, nor a request keyhole
-        // refused to send (status 0).
-        if !matches!(outcome, Err(ResolveError::Transient { .. } | ResolveError::Rejected { status: 0 })) {
+        // refused to send.
+        if !matches!(outcome, Err(ResolveError::Transient { .. } | ResolveError::NotSent)) {
             self.answered.fetch_add(1, Ordering::Relaxed);
         }
         let label = match &outcome {
@@ -195,7 +195,7 @@ impl Resolver {
         // The caller resolved the reference against the base URL; checking again here means no
         // bug upstream can make keyhole send its credentials anywhere else.
         if !within(&self.base_url, url) {
-            return Err(ResolveError::Rejected { status: 0 });
+            return Err(ResolveError::NotSent);
         }
         let _permit = self.permits.acquire().await.map_err(|_| ResolveError::Transient {
             reason: "the resolver is shutting down".to_owned(),
@@ -236,7 +236,7 @@ impl Resolver {
         let mut target = url.clone();
         let mut followed = 0;
         let response = loop {
-            let uri: http::Uri = target.as_str().parse().map_err(|_| ResolveError::Rejected { status: 0 })?;
+            let uri: http::Uri = target.as_str().parse().map_err(|_| ResolveError::NotSent)?;
             let mut request = http::Request::new(Empty::new());
             *request.uri_mut() = uri;
             // Built per request rather than cloned: a redirect is rare, a request per event is not.
@@ -353,7 +353,7 @@ fn requester_header_value(value: &str) -> Result<HeaderValue, ResolveError> {
     let encoded = utf8_percent_encode(value, HEADER_VALUE_ESCAPES).to_string();
     // Cannot fail after encoding (only visible ASCII and spaces remain); should it ever, the
     // request is refused rather than sent with a wrong value.
-    HeaderValue::try_from(encoded).map_err(|_| ResolveError::Rejected { status: 0 })
+    HeaderValue::try_from(encoded).map_err(|_| ResolveError::NotSent)
 }
 
 /// Classifies an answer that released nothing, after the table "Answers from a data owner".

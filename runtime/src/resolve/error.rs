@@ -81,24 +81,16 @@ pub enum ResolveError {
     },
     /// Any other status (other 4xx, a 3xx redirect that was not followed, 1xx...): a permanent
     /// problem with this reference.
-    ///
-    /// `status` is 0 when keyhole sent nothing: the URL lies outside the data source's base URL,
-    /// or no valid request could be built from it.
-    #[error("{}", rejected_message(*status))]
+    #[error("the data owner answered HTTP {status}, which releases nothing for this reference")]
     Rejected {
-        /// The owner's status, or 0 when no request was sent.
+        /// The owner's status.
         status: u16,
     },
-}
-
-fn rejected_message(status: u16) -> String {
-    if status == 0 {
-        "keyhole refused to request this reference: it lies outside the data source or cannot be \
-         sent"
-            .to_owned()
-    } else {
-        format!("the data owner answered HTTP {status}, which releases nothing for this reference")
-    }
+    /// keyhole sent nothing: the URL lies outside the data source's base URL, or no valid
+    /// request could be built from it. A permanent problem with this reference, recorded as
+    /// `rejected` with no status.
+    #[error("keyhole refused to request this reference: it lies outside the data source or cannot be sent")]
+    NotSent,
 }
 
 impl ResolveError {
@@ -110,7 +102,7 @@ impl ResolveError {
             ResolveError::Unauthorized => "unauthorized",
             ResolveError::Transient { .. } => "transient",
             ResolveError::TooLarge { .. } => "too_large",
-            ResolveError::Rejected { .. } => "rejected",
+            ResolveError::Rejected { .. } | ResolveError::NotSent => "rejected",
         }
     }
 
@@ -120,10 +112,8 @@ impl ResolveError {
         match self {
             ResolveError::ConsentDenied { status } | ResolveError::Gone { status } => Some(*status),
             ResolveError::Unauthorized => Some(401),
-            ResolveError::Rejected { status } if *status != 0 => Some(*status),
-            ResolveError::Rejected { .. }
-            | ResolveError::Transient { .. }
-            | ResolveError::TooLarge { .. } => None,
+            ResolveError::Rejected { status } => Some(*status),
+            ResolveError::NotSent | ResolveError::Transient { .. } | ResolveError::TooLarge { .. } => None,
         }
     }
 
@@ -150,6 +140,7 @@ mod tests {
             (ResolveError::Transient { reason: "timed out".into(), retry_after: None }, "transient"),
             (ResolveError::TooLarge { limit: 1 }, "too_large"),
             (ResolveError::Rejected { status: 400 }, "rejected"),
+            (ResolveError::NotSent, "rejected"),
         ];
         for (error, kind) in cases {
             assert_eq!(error.kind(), kind, "{error}");
