@@ -9,7 +9,7 @@ use super::event::{self, decide};
 use super::ordering::KeyOrder;
 use super::outputs::{self, Interrupted};
 use crate::cloudevents::{ReferenceEvent, Refusal};
-use crate::kafka::{self, BindingConsumer, OffsetTracker, Received, Ticket};
+use crate::kafka::{self, BindingConsumer, OffsetTracker, Received, Ticket, TopicPartition};
 use crate::model::Origin;
 use crate::records::audit::Disposal;
 use crate::telemetry::{self, Consumed, EventTrace, InFlight};
@@ -39,8 +39,12 @@ pub struct Work {
     pub in_flight: InFlight,
 }
 
-/// Events of one key within one partition run one at a time.
-type Key = (String, i32, Vec<u8>);
+/// Events of one key within one partition run one at a time: the key, with its partition.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    partition: TopicPartition,
+    key: Vec<u8>,
+}
 
 /// Runs one binding's events.
 pub struct Dispatcher {
@@ -109,8 +113,10 @@ impl Dispatcher {
 
     /// Starts the event now, or queues it behind the events of its key.
     pub fn submit(self: &Arc<Self>, work: Work) {
-        let key =
-            work.received.key.clone().map(|key| (work.origin.topic.clone(), work.origin.partition, key));
+        let key = work.received.key.clone().map(|key| Key {
+            partition: TopicPartition::new(work.origin.topic.clone(), work.origin.partition),
+            key,
+        });
         let Some(work) = self.order().submit(key.as_ref(), work) else { return };
         let (this, hard_stop) = (self.clone(), self.hard_stop.clone());
         tokio::spawn(async move {

@@ -3,7 +3,7 @@
 
 use super::dispatcher::Work;
 use crate::cloudevents;
-use crate::kafka::{self, BindingConsumer, OffsetTracker, Partition, Polled, Poller};
+use crate::kafka::{self, BindingConsumer, OffsetTracker, Polled, Poller, TopicPartition};
 use crate::model::Origin;
 use crate::telemetry::BindingMetrics;
 use std::collections::HashMap;
@@ -63,7 +63,11 @@ impl Reader<'_> {
     /// handed on.
     pub fn begin(&self, read: Read) -> Result<Work, OwnedSemaphorePermit> {
         let Read { generation, origin, received, event, permit, in_flight } = read;
-        match self.tracker.begin_at((origin.topic.clone(), origin.partition), origin.offset, generation) {
+        match self.tracker.begin_at(
+            TopicPartition::new(origin.topic.clone(), origin.partition),
+            origin.offset,
+            generation,
+        ) {
             Some(ticket) => {
                 if ticket.first_in_assignment {
                     // Where each assignment starts reading, once per partition: after a crash
@@ -97,14 +101,14 @@ impl Reader<'_> {
                     continue;
                 }
             };
-            let key = (topic, partition);
+            let key = TopicPartition::new(topic, partition);
             let Some(generation) = self.tracker.generation(&key) else {
                 continue; // Its partition was revoked meanwhile: its next owner reads it.
             };
             if self.rewinds.stale(&key, offset, generation) {
                 continue; // Read before its partition was rewound: it comes again from there.
             }
-            let origin = Origin { topic: key.0, partition, offset };
+            let origin = Origin { topic: key.topic, partition, offset };
             let in_flight = self.metrics.in_flight();
             return Some(Read { generation, origin, received, event, permit, in_flight });
         }
@@ -113,7 +117,7 @@ impl Reader<'_> {
     /// The binding rewound `partition` to `offset` (after an aborted transaction, in the
     /// partition's current assignment): records the polling thread read from it before are
     /// dropped until `offset` comes again.
-    pub fn rewound(&self, partition: Partition, offset: i64) {
+    pub fn rewound(&self, partition: TopicPartition, offset: i64) {
         let Some(generation) = self.tracker.generation(&partition) else { return };
         let mut rewinds = self.rewinds.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         rewinds.insert(partition, (offset, generation));
@@ -123,13 +127,13 @@ impl Reader<'_> {
 /// Partitions rewound and not yet read again from where they were rewound to, with the
 /// assignment they were rewound in.
 #[derive(Default)]
-pub struct Rewinds(Mutex<HashMap<Partition, (i64, u64)>>);
+pub struct Rewinds(Mutex<HashMap<TopicPartition, (i64, u64)>>);
 
 impl Rewinds {
     /// Whether a record of `partition` at `offset`, read in assignment `generation`, was read
     /// before the partition was rewound: the first record at the offset it was rewound to ends
     /// the rewind, and so does a new assignment (it reads from the committed offset).
-    fn stale(&self, partition: &Partition, offset: i64, generation: u64) -> bool {
+    fn stale(&self, partition: &TopicPartition, offset: i64, generation: u64) -> bool {
         let mut rewinds = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         match rewinds.get(partition) {
             Some(&(to, rewound_in)) if rewound_in == generation && offset != to => true,

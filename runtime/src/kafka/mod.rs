@@ -14,7 +14,7 @@ mod record;
 pub(crate) mod reply;
 
 pub use dead_letter::Received;
-pub use offsets::{OffsetTracker, Partition, Ticket};
+pub use offsets::{OffsetTracker, Ticket, TopicPartition};
 pub use poller::{Polled, Poller};
 pub use record::{owned_headers, raw_record};
 
@@ -108,26 +108,29 @@ pub fn client_config(kafka: &KafkaSettings, client_id: &str) -> ClientConfig {
 }
 
 /// Stores `offset` (the next offset to read) for a partition, for librdkafka to commit.
-pub fn store(consumer: &impl Consumer<BindingContext>, partition: &Partition, offset: i64) {
+pub fn store(consumer: &impl Consumer<BindingContext>, partition: &TopicPartition, offset: i64) {
     let mut tpl = TopicPartitionList::new();
     let stored = tpl
-        .add_partition_offset(&partition.0, partition.1, Offset::Offset(offset))
+        .add_partition_offset(&partition.topic, partition.partition, Offset::Offset(offset))
         .and_then(|()| consumer.store_offsets(&tpl));
     if let Err(error) = stored {
         // Happens when the partition was revoked meanwhile: its next owner re-reads from the
         // last commit, so the event is handled again rather than lost.
-        tracing::warn!(topic = %partition.0, partition = partition.1, offset, %error, "Cannot store offset.");
+        tracing::warn!(topic = %partition.topic, partition = partition.partition, offset, %error, "Cannot store offset.");
     }
 }
 
 /// Commits the given offsets synchronously (shutdown, revocation).
-pub fn commit(consumer: &impl Consumer<BindingContext>, offsets: &[(Partition, i64)]) -> KafkaResult<()> {
+pub fn commit(
+    consumer: &impl Consumer<BindingContext>,
+    offsets: &[(TopicPartition, i64)],
+) -> KafkaResult<()> {
     if offsets.is_empty() {
         return Ok(());
     }
     let mut tpl = TopicPartitionList::new();
-    for ((topic, partition), offset) in offsets {
-        tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+    for (at, offset) in offsets {
+        tpl.add_partition_offset(&at.topic, at.partition, Offset::Offset(*offset))?;
     }
     consumer.commit(&tpl, CommitMode::Sync)
 }
@@ -223,6 +226,6 @@ impl ConsumerContext for BindingContext {
     }
 }
 
-fn partitions(tpl: &TopicPartitionList) -> Vec<Partition> {
-    tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect()
+fn partitions(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
+    tpl.elements().iter().map(|e| TopicPartition::new(e.topic(), e.partition())).collect()
 }

@@ -13,8 +13,27 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
-/// A topic and partition.
-pub type Partition = (String, i32);
+/// A topic's partition: where offsets are tracked and committed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+}
+
+impl TopicPartition {
+    /// `partition` of `topic`.
+    pub fn new(topic: impl Into<String>, partition: i32) -> Self {
+        TopicPartition { topic: topic.into(), partition }
+    }
+}
+
+impl std::fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}[{}]", self.topic, self.partition)
+    }
+}
 
 /// Proof that an event was begun in the current assignment of its partition. It is given back
 /// to the tracker by [`OffsetTracker::finish`] or [`OffsetTracker::abandon`]; dropped otherwise
@@ -22,7 +41,7 @@ pub type Partition = (String, i32);
 /// and its offset is not committed past.
 pub struct Ticket {
     /// The event's partition.
-    pub partition: Partition,
+    pub partition: TopicPartition,
     /// The event's offset.
     pub offset: i64,
     /// Whether it is the first event begun in this assignment of its partition: where the
@@ -46,7 +65,7 @@ impl std::fmt::Debug for Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         if let Some(tracker) = self.tracker.take() {
-            tracing::warn!(topic = %self.partition.0, partition = self.partition.1, offset = self.offset,
+            tracing::warn!(topic = %self.partition.topic, partition = self.partition.partition, offset = self.offset,
                 "An event ended without a decision (its task panicked, or was dropped at the drain's deadline); it is read again after a restart or a rebalance.");
             tracker.give_up(&self.partition, self.offset, self.generation);
         }
@@ -78,13 +97,13 @@ impl PartitionState {
 
 #[derive(Default)]
 struct Partitions {
-    states: HashMap<Partition, PartitionState>,
+    states: HashMap<TopicPartition, PartitionState>,
     /// Generations are never reused, even for a partition forgotten and assigned again.
     last_generation: u64,
 }
 
 impl std::ops::Deref for Partitions {
-    type Target = HashMap<Partition, PartitionState>;
+    type Target = HashMap<TopicPartition, PartitionState>;
     fn deref(&self) -> &Self::Target {
         &self.states
     }
@@ -112,7 +131,7 @@ impl OffsetTracker {
     }
 
     /// The partitions were assigned to this consumer: start a new generation for each.
-    pub fn assign(&self, partitions: impl IntoIterator<Item = Partition>) {
+    pub fn assign(&self, partitions: impl IntoIterator<Item = TopicPartition>) {
         let mut map = self.lock();
         for partition in partitions {
             map.last_generation += 1;
@@ -124,7 +143,7 @@ impl OffsetTracker {
     /// The partition's current assignment, if it is assigned and not revoked. Taken when a
     /// record is read and checked by [`OffsetTracker::begin_at`] when its event begins: a
     /// record read before a rebalance is not begun in the partition's next assignment.
-    pub fn generation(&self, partition: &Partition) -> Option<u64> {
+    pub fn generation(&self, partition: &TopicPartition) -> Option<u64> {
         self.lock().get(partition).filter(|s| !s.revoked).map(|s| s.generation)
     }
 
@@ -132,14 +151,19 @@ impl OffsetTracker {
     /// assigned: the event must be dropped, not handled. (The read loop uses
     /// [`OffsetTracker::begin_at`], with the assignment a record was read in.)
     #[cfg(test)]
-    pub fn begin(self: &Arc<Self>, partition: Partition, offset: i64) -> Option<Ticket> {
+    pub fn begin(self: &Arc<Self>, partition: TopicPartition, offset: i64) -> Option<Ticket> {
         let generation = self.generation(&partition)?;
         self.begin_at(partition, offset, generation)
     }
 
     /// [`OffsetTracker::begin`] for a record read in assignment `generation`: `None` when the
     /// partition was revoked (or reassigned) since.
-    pub fn begin_at(self: &Arc<Self>, partition: Partition, offset: i64, generation: u64) -> Option<Ticket> {
+    pub fn begin_at(
+        self: &Arc<Self>,
+        partition: TopicPartition,
+        offset: i64,
+        generation: u64,
+    ) -> Option<Ticket> {
         let mut map = self.lock();
         let state = map.get_mut(&partition).filter(|s| !s.revoked && s.generation == generation)?;
         state.in_flight.insert(offset);
@@ -169,7 +193,7 @@ impl OffsetTracker {
     ///
     /// `store` runs under the tracker's lock: events finish on many tasks at once, and storing
     /// outside the lock could let an older offset overwrite a newer one in librdkafka.
-    pub fn finish(&self, mut ticket: Ticket, store: impl FnOnce(&Partition, i64)) -> Option<i64> {
+    pub fn finish(&self, mut ticket: Ticket, store: impl FnOnce(&TopicPartition, i64)) -> Option<i64> {
         ticket.tracker = None;
         let mut map = self.lock();
         let stored =
@@ -196,7 +220,7 @@ impl OffsetTracker {
         self.give_up(&ticket.partition, ticket.offset, ticket.generation);
     }
 
-    fn give_up(&self, partition: &Partition, offset: i64, generation: u64) {
+    fn give_up(&self, partition: &TopicPartition, offset: i64, generation: u64) {
         let mut map = self.lock();
         if let Some(state) = map.get_mut(partition).filter(|s| s.generation == generation) {
             state.in_flight.remove(&offset);
@@ -212,9 +236,9 @@ impl OffsetTracker {
     /// librdkafka's rebalance callback, which must not return before offsets are stored.
     pub fn revoke_and_drain(
         &self,
-        partitions: &[Partition],
+        partitions: &[TopicPartition],
         deadline: Instant,
-    ) -> (usize, Vec<(Partition, i64)>) {
+    ) -> (usize, Vec<(TopicPartition, i64)>) {
         let mut map = self.lock();
         for partition in partitions {
             if let Some(state) = map.get_mut(partition) {
@@ -244,7 +268,7 @@ impl OffsetTracker {
     }
 
     /// The offsets stored so far, per partition, for the final commit at shutdown.
-    pub fn stored(&self) -> Vec<(Partition, i64)> {
+    pub fn stored(&self) -> Vec<(TopicPartition, i64)> {
         self.lock().iter().filter_map(|(p, s)| s.stored.map(|o| (p.clone(), o))).collect()
     }
 }
@@ -254,8 +278,8 @@ impl OffsetTracker {
 mod tests {
     use super::*;
 
-    fn p() -> Partition {
-        ("refs".to_string(), 0)
+    fn p() -> TopicPartition {
+        TopicPartition::new("refs", 0)
     }
 
     #[test]

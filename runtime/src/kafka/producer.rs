@@ -73,12 +73,12 @@ pub fn begin(producer: &FutureProducer) -> KafkaResult<()> {
 pub fn commit<C: Consumer<X>, X: ConsumerContext>(
     producer: &FutureProducer,
     consumer: &C,
-    positions: &[((String, i32), i64)],
+    positions: &[(super::TopicPartition, i64)],
 ) -> Result<(), TransactionError> {
     if !positions.is_empty() {
         let mut offsets = TopicPartitionList::new();
-        for ((topic, partition), offset) in positions {
-            offsets.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+        for (at, offset) in positions {
+            offsets.add_partition_offset(&at.topic, at.partition, Offset::Offset(*offset))?;
         }
         let group = consumer.group_metadata().ok_or(TransactionError::NoGroup)?;
         producer.send_offsets_to_transaction(&offsets, &group, TRANSACTION_TIMEOUT)?;

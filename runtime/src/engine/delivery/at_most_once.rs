@@ -6,7 +6,7 @@
 use super::{bounds, read_batch};
 use crate::engine::dispatcher::Dispatcher;
 use crate::engine::reader::Reader;
-use crate::kafka::{self, Partition};
+use crate::kafka::{self, TopicPartition};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -35,7 +35,7 @@ pub async fn read(reader: &Reader<'_>, dispatcher: &Arc<Dispatcher>, permits: &A
 
 /// Commits the batch's offsets before it is handled, retrying until the commit succeeds (an
 /// event is never handled uncommitted). `false` if the binding is cancelled first.
-async fn commit_before_handling(reader: &Reader<'_>, offsets: Vec<(Partition, i64)>) -> bool {
+async fn commit_before_handling(reader: &Reader<'_>, offsets: Vec<(TopicPartition, i64)>) -> bool {
     let mut delay = Duration::from_millis(100);
     loop {
         let (consumer, offsets) = (reader.consumer.clone(), offsets.clone());

@@ -7,7 +7,7 @@ use super::{BindingError, Limits, bounds, read_batch};
 use crate::engine::binding::Binding;
 use crate::engine::dispatcher::Dispatcher;
 use crate::engine::reader::Reader;
-use crate::kafka;
+use crate::kafka::{self, TopicPartition};
 use rdkafka::consumer::Consumer as _;
 use rdkafka::producer::FutureProducer;
 use std::sync::Arc;
@@ -102,7 +102,7 @@ pub async fn read(
         aborted.map_err(|e| failed(format!("cannot abort a transaction: {e}")))?;
         // Read the batch again: back to its first offsets, with fresh offset tracking.
         reader.tracker.assign(first.iter().map(|(partition, _)| partition.clone()));
-        for ((topic, partition), offset) in first {
+        for (TopicPartition { topic, partition }, offset) in first {
             let consumer = reader.consumer.clone();
             let topic_name = topic.clone();
             tokio::task::spawn_blocking(move || {
@@ -117,7 +117,7 @@ pub async fn read(
             .map_err(|e| e.to_string())
             .and_then(|sought| sought.map_err(|e| e.to_string()))
             .map_err(|e| failed(format!("cannot rewind {topic}[{partition}] after an abort: {e}")))?;
-            reader.rewound((topic, partition), offset);
+            reader.rewound(TopicPartition::new(topic, partition), offset);
         }
     }
 }

@@ -16,7 +16,7 @@ use super::binding::Binding;
 use super::dispatcher::{Dispatcher, Work};
 use super::reader::{Reader, Rewinds};
 use crate::config::Delivery;
-use crate::kafka::{BindingConsumer, OffsetTracker, Partition, Poller};
+use crate::kafka::{BindingConsumer, OffsetTracker, Poller, TopicPartition};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -147,16 +147,20 @@ async fn read_batch(reader: &Reader<'_>, permits: &Arc<Semaphore>, max: usize) -
 }
 
 /// An offset of each partition of a batch.
-type Offsets = Vec<(Partition, i64)>;
+type Offsets = Vec<(TopicPartition, i64)>;
 
 /// Per partition of a batch: its first offset (to rewind to) and the next offset to read (to
 /// commit).
 fn bounds(batch: &[Work]) -> (Offsets, Offsets) {
-    partition_bounds(batch.iter().map(|w| ((w.origin.topic.clone(), w.origin.partition), w.origin.offset)))
+    partition_bounds(
+        batch
+            .iter()
+            .map(|w| (TopicPartition::new(w.origin.topic.clone(), w.origin.partition), w.origin.offset)),
+    )
 }
 
 /// [`bounds`] of `(partition, offset)` pairs.
-fn partition_bounds(offsets: impl IntoIterator<Item = (Partition, i64)>) -> (Offsets, Offsets) {
+fn partition_bounds(offsets: impl IntoIterator<Item = (TopicPartition, i64)>) -> (Offsets, Offsets) {
     let mut first: Offsets = Vec::new();
     let mut next: Offsets = Vec::new();
     for (partition, offset) in offsets {
@@ -184,10 +188,11 @@ async fn next_work(reader: &Reader<'_>, permits: &Arc<Semaphore>) -> Option<supe
 #[cfg(test)]
 mod tests {
     use super::partition_bounds;
+    use crate::kafka::TopicPartition;
 
     #[test]
     fn a_batch_rewinds_to_its_first_offsets_and_commits_past_its_last() {
-        let p = |n: i32| ("t".to_string(), n);
+        let p = |n: i32| TopicPartition::new("t", n);
         let (first, next) = partition_bounds([(p(0), 5), (p(1), 9), (p(0), 7), (p(0), 6)]);
         assert_eq!(first, [(p(0), 5), (p(1), 9)]);
         assert_eq!(next, [(p(0), 8), (p(1), 10)]);
