@@ -318,10 +318,9 @@ async fn readiness_says_why_keyhole_is_not_ready() {
     let owner = Owner::start().await;
     let state_dir = std::env::temp_dir().join(common::broker::unique("keyhole-registry"));
     std::fs::create_dir_all(&state_dir).unwrap();
-    let toml = common::admin::admin_config("unready", &owner.base_url(), &state_dir)
-        .replace(&common::broker::bootstrap(), "127.0.0.1:9");
-    let config: keyhole::config::Config = toml::from_str(&toml).unwrap();
-    let settings = config.validate(std::path::Path::new(".")).unwrap();
+    let settings = common::config::TestConfig::admin("unready", &owner.base_url(), &state_dir)
+        .set("kafka.bootstrap_servers", "127.0.0.1:9")
+        .settings();
     let listeners = common::running::Listeners::bind().await;
     let (_, url) = listeners.urls();
     let running = common::running::Running::start_with(settings, Some(listeners));

@@ -16,6 +16,7 @@
 use crate::common;
 
 use common::broker::{self, publish, reference, unique};
+use common::config::TestConfig;
 use common::noida::Noida;
 use common::owner::{Answer, Owner};
 use rand::Rng as _;
@@ -115,24 +116,20 @@ impl Crashes {
         let extra = format!(
             "delivery = \"{delivery}\"\n        reply_topic = \"{replies}\"\n        max_in_flight = {MAX_IN_FLIGHT}"
         );
-        let mut toml = common::echo_config(&group, &refs, &owner.base_url(), identity, &extra).replace(
-            &format!("bootstrap_servers = \"{}\"", broker::bootstrap()),
-            &format!("bootstrap_servers = \"{}\"", broker.bootstrap()),
-        );
-        // Access receipts in Kafka: under exactly-once they are in the batch's transaction too.
-        toml.push_str(&format!("\n[receipts]\nsink = \"kafka\"\ntopic = \"{receipts}\"\n"));
+        let mut config = TestConfig::echo(&group, &refs, &owner.base_url(), identity, &extra);
+        config
+            .set("kafka.bootstrap_servers", broker.bootstrap())
+            // Access receipts in Kafka: under exactly-once they are in the batch's transaction too.
+            .set("receipts.sink", "kafka")
+            .set("receipts.topic", receipts.as_str());
         if matches!(broker, Broker::Noida(_)) {
             // noida-db 0.2.3 never expires a member that stopped heartbeating: a new member's
             // JoinGroup waits out the whole rebalance timeout (max.poll.interval.ms, 5 minutes)
             // for the killed one. A static member (KIP-345; what exactly-once bindings are
             // anyway) replaces its killed predecessor at once.
-            toml = toml.replace(
-                r#""heartbeat.interval.ms" = "500""#,
-                r#""heartbeat.interval.ms" = "500", "group.instance.id" = "crash-test""#,
-            );
-            assert!(toml.contains("group.instance.id"), "the properties line changed: {toml}");
+            config.kafka_property("group.instance.id", "crash-test");
         }
-        std::fs::write(dir.join("keyhole.toml"), toml).unwrap();
+        config.write(&dir.join("keyhole.toml"));
         Crashes { broker, owner, refs, replies, group, dir, mode: delivery }
     }
 

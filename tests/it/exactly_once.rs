@@ -12,6 +12,7 @@
 
 use crate::common;
 
+use common::config::TestConfig;
 use common::owner::{Answer, Owner};
 use common::running::Running;
 use keyhole::config::Config;
@@ -27,13 +28,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// An exactly-once echo binding on `topic` of the cluster at `bootstrap`, replying to `replies`.
-fn config(bootstrap: &str, group: &str, topic: &str, owner: &Owner, replies: &str) -> String {
+fn config(bootstrap: &str, group: &str, topic: &str, owner: &Owner, replies: &str) -> TestConfig {
     let identity = r#"{ bearer_token = { env = "KEYHOLE_TEST_OWNER_TOKEN" } }"#;
     let extra = format!("delivery = \"exactly-once\"\n        reply_topic = \"{replies}\"");
-    common::echo_config(group, topic, &owner.base_url(), identity, &extra).replace(
-        &format!("bootstrap_servers = \"{}\"", common::broker::bootstrap()),
-        &format!("bootstrap_servers = \"{bootstrap}\""),
-    )
+    let mut config = TestConfig::echo(group, topic, &owner.base_url(), identity, &extra);
+    config.set("kafka.bootstrap_servers", bootstrap);
+    config
 }
 
 async fn publish_events(bootstrap: &str, topic: &str, owner: &Owner, n: usize) {
@@ -63,10 +63,12 @@ async fn an_aborted_transaction_is_rewound_and_its_batch_handled_again() {
         RDKafkaApiKey::TxnOffsetCommit,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED],
     );
-    let toml = config(&bootstrap, &group, "refs", &owner, "replies").replace(
-        r#"{ env = "KEYHOLE_TEST_OWNER_TOKEN" }"#,
-        &format!(r#"{{ value = "{}" }}"#, common::owner::TOKEN),
-    );
+    let toml = config(&bootstrap, &group, "refs", &owner, "replies")
+        .set_toml(
+            "data_source.0.identity.bearer_token",
+            &format!(r#"{{ value = "{}" }}"#, common::owner::TOKEN),
+        )
+        .text();
     // The temporary directory as the base: receipts land there, not in the working tree.
     let settings = toml::from_str::<Config>(&toml).unwrap().validate(&std::env::temp_dir()).unwrap();
 
@@ -119,22 +121,20 @@ fn mock_cluster_process(group: &str, partitions: i32) -> (std::process::Child, S
 }
 
 /// A directory of the test's own with `keyhole.toml` (the echo binding on `refs`, replies to
-/// `replies`, an audit file; `replace` changes a line of it) and the audit file's path.
+/// `replies`, an audit file; `edit` changes it further) and the audit file's path.
 fn exactly_once_dir(
     bootstrap: &str,
     group: &str,
     owner: &Owner,
-    replace: Option<(&str, &str)>,
+    edit: impl FnOnce(&mut TestConfig),
 ) -> (PathBuf, PathBuf) {
     let dir = std::env::temp_dir().join(common::broker::unique("keyhole-exactly-once"));
     std::fs::create_dir_all(&dir).unwrap();
     let config_path = dir.join("keyhole.toml");
-    let mut toml = config(bootstrap, group, "refs", owner, "replies");
-    if let Some((from, to)) = replace {
-        toml = toml.replace(from, to);
-    }
-    toml.push_str("\n[audit]\npath = \"audit.jsonl\"\n");
-    std::fs::write(&config_path, toml).unwrap();
+    let mut config = config(bootstrap, group, "refs", owner, "replies");
+    config.set("audit.path", "audit.jsonl");
+    edit(&mut config);
+    config.write(&config_path);
     (config_path, dir.join("audit.jsonl"))
 }
 
@@ -146,7 +146,7 @@ async fn kill_9_mid_stream_exactly_once_on_the_mock_cluster() {
     let owner = Owner::start().await;
     owner.set_delay(Duration::from_millis(50));
     publish_events(&bootstrap, "refs", &owner, EVENTS).await;
-    let (config_path, audit) = exactly_once_dir(&bootstrap, &group, &owner, None);
+    let (config_path, audit) = exactly_once_dir(&bootstrap, &group, &owner, |_| {});
     let dir = audit.parent().unwrap().to_path_buf();
 
     let mut first = common::run_keyhole(&config_path);
@@ -202,8 +202,9 @@ async fn sigterm_with_the_broker_gone_ends_an_exactly_once_binding_within_its_bo
     // Slow enough that a batch is under way when the broker goes.
     owner.set_delay(Duration::from_millis(300));
     publish_events(&bootstrap, "refs", &owner, EVENTS).await;
-    let bounds = ("drain_timeout_ms = 10000", "drain_timeout_ms = 2000\ncommit_timeout_ms = 2000");
-    let (config_path, audit) = exactly_once_dir(&bootstrap, &group, &owner, Some(bounds));
+    let (config_path, audit) = exactly_once_dir(&bootstrap, &group, &owner, |config| {
+        config.set("shutdown.drain_timeout_ms", 2000).set("shutdown.commit_timeout_ms", 2000);
+    });
     let dir = audit.parent().unwrap().to_path_buf();
     let mut keyhole = common::run_keyhole(&config_path);
     let deadline = Instant::now() + Duration::from_secs(60);

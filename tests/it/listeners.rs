@@ -21,15 +21,13 @@ async fn a_flood_of_half_open_connections_neither_blinds_the_probes_nor_exhausts
     std::fs::create_dir_all(&dir).unwrap();
     let (api_port, monitoring_port) = (free_port(), free_port());
     assert_ne!(api_port, monitoring_port);
-    let config = common::admin::admin_config(&broker::unique("flood"), &owner.base_url(), &dir).replace(
-        r#"listen = "127.0.0.1:0""#,
-        &format!(
-            "listen = \"127.0.0.1:{api_port}\"\nmonitoring_listen = \"127.0.0.1:{monitoring_port}\"\n\
-             max_connections = {MAX_CONNECTIONS}\nheader_read_timeout_ms = 3000"
-        ),
-    );
     let path = dir.join("keyhole.toml");
-    std::fs::write(&path, config).unwrap();
+    common::config::TestConfig::admin(&broker::unique("flood"), &owner.base_url(), &dir)
+        .set("admin.listen", format!("127.0.0.1:{api_port}"))
+        .set("admin.monitoring_listen", format!("127.0.0.1:{monitoring_port}"))
+        .set("admin.max_connections", i64::try_from(MAX_CONNECTIONS).unwrap())
+        .set("admin.header_read_timeout_ms", 3000)
+        .write(&path);
     let keyhole = common::run_keyhole(&path);
     let (api, probes) = (format!("127.0.0.1:{api_port}"), format!("http://127.0.0.1:{monitoring_port}"));
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();

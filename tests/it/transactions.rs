@@ -12,6 +12,7 @@
 
 use crate::common;
 
+use common::config::TestConfig;
 use common::noida::Noida;
 use common::owner::{Answer, Owner};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -31,11 +32,12 @@ fn keyhole_dir(noida: &Noida, group: &str, owner: &Owner) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     let identity = r#"{ bearer_token = { env = "KEYHOLE_TEST_OWNER_TOKEN" } }"#;
     let extra = "delivery = \"exactly-once\"\n        reply_topic = \"replies\"\n        max_in_flight = 16";
-    let toml = common::echo_config(group, "refs", &owner.base_url(), identity, extra).replace(
-        &format!("bootstrap_servers = \"{}\"", common::broker::bootstrap()),
-        &format!("bootstrap_servers = \"{}\"", noida.bootstrap),
-    ) + "\n[audit]\npath = \"audit.jsonl\"\n\n[receipts]\nsink = \"kafka\"\ntopic = \"receipts\"\n";
-    std::fs::write(dir.join("keyhole.toml"), toml).unwrap();
+    TestConfig::echo(group, "refs", &owner.base_url(), identity, extra)
+        .set("kafka.bootstrap_servers", noida.bootstrap.as_str())
+        .set("audit.path", "audit.jsonl")
+        .set("receipts.sink", "kafka")
+        .set("receipts.topic", "receipts")
+        .write(&dir.join("keyhole.toml"));
     dir
 }
 
@@ -253,11 +255,11 @@ async fn an_exactly_once_bindings_audit_records_are_committed_with_its_batch() {
     publish_events(&noida, &owner, EVENTS, 10).await;
     let dir = keyhole_dir(&noida, &group, &owner);
     let config = dir.join("keyhole.toml");
-    let toml = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("[audit]\npath = \"audit.jsonl\"\n", "[audit]\nsink = \"kafka\"\ntopic = \"audit\"\n");
-    assert!(toml.contains("topic = \"audit\""), "{toml}");
-    std::fs::write(&config, toml).unwrap();
+    TestConfig::from_toml(&std::fs::read_to_string(&config).unwrap())
+        .remove("audit.path")
+        .set("audit.sink", "kafka")
+        .set("audit.topic", "audit")
+        .write(&config);
 
     // Killed once a batch is open with audit records confirmed in it (the topic's end, as a
     // read_uncommitted reader sees it, is past its last stable offset): they are never committed.

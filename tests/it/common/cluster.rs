@@ -5,6 +5,7 @@ use super::admin::{Answer, Body, OPERATOR};
 
 /// The key every test replica signs and verifies registry records with.
 pub const SIGNING_KEY: &str = "registry-signing-key-for-the-tests-0123456789";
+use super::config::TestConfig;
 use super::{broker, owner};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -65,43 +66,41 @@ impl Cluster {
     /// The configuration every replica shares, but for its ports and directory.
     pub fn config(&self, dir: &std::path::Path, port: u16, monitoring_port: u16) -> String {
         let name = dir.file_name().unwrap().to_string_lossy();
-        format!(
-            r#"
-            {common}
-            [audit]
-            path = "{dir}/audit.jsonl"
-
-            [receipts]
-            path = "{dir}/receipts.jsonl"
-
-            [admin]
-            listen = "127.0.0.1:{port}"
-            monitoring_listen = "127.0.0.1:{monitoring_port}"
-            operator_token = {{ value = "{OPERATOR}" }}
-            state_dir = "{dir}/state"
-
-            [registry]
-            store = "kafka"
-            topic = "{registry}"
-            blob_topic = "{blobs}"
-            create_topics = true
-            replication_factor = 1
-            write_timeout_ms = 3000
-            max_staleness_ms = 3000
-            signing_keys = [{{ id = "test", secret = {{ value = "{SIGNING_KEY}" }} }}]
-            "#,
-            common = super::kafka_and_owner_toml(
-                &self.group,
-                &self.owner_base,
-                &format!(r#"{{ bearer_token = {{ value = "{}" }} }}"#, owner::TOKEN)
-            )
+        let identity = format!(r#"{{ bearer_token = {{ value = "{}" }} }}"#, owner::TOKEN);
+        let mut config = TestConfig::kafka_and_owner(&self.group, &self.owner_base, &identity);
+        config
+            .set("kafka.bootstrap_servers", self.bootstrap.as_str())
             // Replicas are told apart by their instance ids (HOSTNAME in production).
-            .replace("properties = {", &format!("instance_id = \"{name}\"\nproperties = {{"))
-            .replace(&broker::bootstrap(), &self.bootstrap),
-            dir = dir.display(),
-            registry = self.registry_topic,
-            blobs = self.blob_topic,
-        )
+            .set("kafka.instance_id", name.as_ref())
+            .merge(&format!(
+                r#"
+                [audit]
+                path = "{dir}/audit.jsonl"
+
+                [receipts]
+                path = "{dir}/receipts.jsonl"
+
+                [admin]
+                listen = "127.0.0.1:{port}"
+                monitoring_listen = "127.0.0.1:{monitoring_port}"
+                operator_token = {{ value = "{OPERATOR}" }}
+                state_dir = "{dir}/state"
+
+                [registry]
+                store = "kafka"
+                topic = "{registry}"
+                blob_topic = "{blobs}"
+                create_topics = true
+                replication_factor = 1
+                write_timeout_ms = 3000
+                max_staleness_ms = 3000
+                signing_keys = [{{ id = "test", secret = {{ value = "{SIGNING_KEY}" }} }}]
+                "#,
+                dir = dir.display(),
+                registry = self.registry_topic,
+                blobs = self.blob_topic,
+            ));
+        config.text()
     }
 
     /// Starts one more replica, from an empty disk; its index.

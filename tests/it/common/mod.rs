@@ -5,6 +5,7 @@ pub mod admin;
 pub mod broker;
 pub mod cluster;
 pub mod collector;
+pub mod config;
 pub mod noida;
 pub mod owner;
 pub mod running;

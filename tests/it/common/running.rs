@@ -1,11 +1,12 @@
 //! keyhole's pipeline running in-process against the test broker, with its outcomes tapped.
 
 use super::broker::{self, create_topic};
+use super::config::TestConfig;
 use keyhole::app::{self, RunError};
-use keyhole::config::{Config, ReceiptSink, Settings};
+use keyhole::config::{ReceiptSink, Settings};
 use keyhole::records::audit::{Decision, Outcome};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -107,11 +108,8 @@ pub async fn setup_handler(
     let topic = create_topic(partitions).await;
     let group = broker::unique("keyhole");
     let identity = format!(r#"{{ bearer_token = {{ value = "{}" }} }}"#, super::owner::TOKEN);
-    let echo = super::guest_path("echo").display().to_string();
-    let toml = super::echo_config(&group, &topic, owner_base, &identity, extra_handler_toml)
-        .replace(&echo, &super::guest_path(guest).display().to_string());
-    let config: Config = toml::from_str(&toml).unwrap();
-    let mut settings = config.validate(Path::new(".")).unwrap_or_else(|p| panic!("{p:#?}"));
+    let mut settings =
+        TestConfig::echo(&group, &topic, owner_base, &identity, extra_handler_toml).guest(guest).settings();
     broker::create_named_topic(&settings.bindings[0].on_failure.dead_letter_topic, 1).await;
     // Not the default beside the (here imaginary) configuration file: the working directory.
     let receipts = std::env::temp_dir().join(format!("{}.receipts.jsonl", broker::unique("keyhole")));
