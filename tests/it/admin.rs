@@ -328,12 +328,133 @@ async fn readiness_says_why_keyhole_is_not_ready() {
     // Alive, but not ready: no broker answers on port 9.
     let alive = get("/healthz").await.unwrap();
     assert_eq!(alive.status(), 200);
-    let ready = get("/readyz").await.unwrap();
-    assert_eq!(ready.status(), 503);
-    assert_eq!(ready.headers()["content-type"], "application/problem+json");
-    let problem: Value = serde_json::from_slice(&ready.bytes().await.unwrap()).unwrap();
-    assert!(problem["detail"].as_str().unwrap().contains("not reachable"), "{problem}");
+    // Not ready from the start; the reason is the broker once its first check (2 s at most)
+    // has failed. The probe itself asks the broker nothing: it answers at once.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let asked = std::time::Instant::now();
+        let ready = get("/readyz").await.unwrap();
+        assert!(
+            asked.elapsed() < std::time::Duration::from_millis(500),
+            "a probe took {:?}",
+            asked.elapsed()
+        );
+        assert_eq!(ready.status(), 503);
+        assert_eq!(ready.headers()["content-type"], "application/problem+json");
+        let problem: Value = serde_json::from_slice(&ready.bytes().await.unwrap()).unwrap();
+        let detail = problem["detail"].as_str().unwrap().to_string();
+        if detail.contains("not reachable") {
+            break;
+        }
+        assert!(detail.contains("Kafka cluster"), "{problem}");
+        assert!(std::time::Instant::now() < deadline, "the broker's check never failed: {problem}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     running.stop().await;
+}
+
+/// Issue 23, problem 4: the supervisor held one lock while it drained a binding, so every
+/// admin write, whoever's, waited for that drain. Tenant A's binding restarts on a new spec
+/// while its one event waits 8 s for a slow data owner (the drain waits for it); meanwhile
+/// tenant B changes and activates its handler, answered at once, and A's handler reads
+/// `stopping`. A's own write is answered once its binding runs again, never two at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_tenants_write_is_answered_while_another_tenants_binding_drains() {
+    use common::admin::Answer;
+    use std::time::{Duration, Instant};
+    let owner = Owner::start().await;
+    let state_dir = std::env::temp_dir().join(common::broker::unique("keyhole-registry"));
+    std::fs::create_dir_all(&state_dir).unwrap();
+    let group = common::broker::unique("keyhole");
+    // The owner may take 20 s to answer: the slow answer is waited for, not retried.
+    let toml = common::admin::admin_config(&group, &owner.base_url(), &state_dir)
+        .replace("timeout_ms = 2000", "timeout_ms = 20000");
+    assert!(toml.contains("timeout_ms = 20000") && toml.contains("drain_timeout_ms = 10000"));
+    let config: keyhole::config::Config = toml::from_str(&toml).unwrap();
+    let settings = config.validate(std::path::Path::new(".")).unwrap_or_else(|p| panic!("{p:#?}"));
+    let listeners = common::running::Listeners::bind().await;
+    let (url, monitoring_url) = listeners.urls();
+    let running = common::running::Running::start_with(settings, Some(listeners));
+    let admin = Admin::from_parts(url.clone(), monitoring_url, running, state_dir, group);
+
+    let (topic_a, topic_b) = (common::broker::create_topic(1).await, common::broker::create_topic(1).await);
+    let a = admin.tenant("draining-a", &[&topic_a], json!({})).await;
+    let b = admin.tenant("waiting-b", &[&topic_b], json!({})).await;
+    let (ha, hb) = ("/v1/tenants/draining-a/handlers/h", "/v1/tenants/waiting-b/handlers/h");
+    let mut versions = Vec::new();
+    for (h, token, topic) in [(ha, &a, &topic_a), (hb, &b, &topic_b)] {
+        admin.ok(201, "PUT", h, Some(token), Body::Json(spec(topic))).await;
+        let uploaded = admin
+            .ok(201, "POST", &format!("{h}/versions"), Some(token), Body::Bytes(common::guest("echo")))
+            .await;
+        versions.push(uploaded["version"].as_str().unwrap().to_string());
+    }
+    let active =
+        admin.ok(200, "POST", &format!("{ha}/versions/{}/activate", versions[0]), Some(&a), Body::None).await;
+    assert_eq!(active["state"], "running");
+
+    // A's one event waits 8 s at the owner.
+    owner.set("r/slow", common::owner::Answer::Release("text/plain", b"slow".to_vec()));
+    owner.set_delay(Duration::from_secs(8));
+    let producer = common::broker::producer();
+    let headers = common::broker::reference("slow-1", "r/slow");
+    common::broker::publish(&producer, &topic_a, None, None, &headers, None).await;
+    let asked = Instant::now() + Duration::from_secs(30);
+    while owner.max_concurrent() == 0 {
+        assert!(Instant::now() < asked, "A's event never reached the owner");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A's spec changes: its binding drains (the event in flight) before it restarts.
+    let restarting = tokio::spawn({
+        let (url, a, topic_a) = (url.clone(), a.clone(), topic_a.clone());
+        async move {
+            let started = Instant::now();
+            let mut changed = spec(&topic_a);
+            changed["max_in_flight"] = json!(2);
+            let http = reqwest::Client::new();
+            let answer = common::admin::call(&http, &url, "PUT", ha, Some(&a), Body::Json(changed)).await;
+            (answer, started.elapsed())
+        }
+    });
+    let stopping = Instant::now() + Duration::from_secs(5);
+    loop {
+        let state = admin.ok(200, "GET", ha, Some(&a), Body::None).await;
+        if state["state"] == "stopping" {
+            break;
+        }
+        assert_eq!(state["state"], "running", "{state:#}");
+        assert!(Instant::now() < stopping, "A's binding never started to stop: {state:#}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // B's writes meanwhile: answered at once, and truthful.
+    async fn timed(admin: &Admin, token: &str, method: &str, path: &str, body: Body) -> (Answer, Duration) {
+        let started = Instant::now();
+        let answer = admin.call(method, path, Some(token), body).await;
+        (answer, started.elapsed())
+    }
+    let (put, put_took) = timed(&admin, &b, "PUT", hb, Body::Json(spec(&topic_b))).await;
+    assert_eq!(put.status, 200, "{put:#?}");
+    let activate = format!("{hb}/versions/{}/activate", versions[1]);
+    let (activated, activate_took) = timed(&admin, &b, "POST", &activate, Body::None).await;
+    assert_eq!(activated.status, 200, "{activated:#?}");
+    assert_eq!(activated.body["state"], "running", "{activated:#?}");
+    for (what, took) in [("B's PUT", put_took), ("B's activation", activate_took)] {
+        assert!(took < Duration::from_secs(2), "{what} took {took:?}: it waited for A's drain");
+    }
+    let draining = admin.ok(200, "GET", ha, Some(&a), Body::None).await;
+    assert_eq!(draining["state"], "stopping", "A's binding is still draining: {draining:#}");
+
+    // A's own write waited for its own drain, then its binding runs again.
+    let (restarted, restart_took) = restarting.await.unwrap();
+    assert_eq!(restarted.status, 200, "{restarted:#?}");
+    assert_eq!(restarted.body["state"], "running", "{restarted:#?}");
+    assert!(restart_took > Duration::from_secs(5), "A's drain took {restart_took:?}: it proved nothing");
+    // The event in flight was finished by the drain, not abandoned.
+    assert!(owner.seen().iter().any(|seen| seen.path == "r/slow" && seen.status == 200));
+    owner.set_delay(Duration::ZERO);
+    admin.running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

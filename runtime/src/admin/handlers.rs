@@ -1,9 +1,9 @@
 //! A tenant's endpoints: its handlers, their uploaded versions, activation and rollback. The
 //! operator may call them too.
 
-use super::Api;
 use super::auth;
 use super::problem::{self, Problem};
+use super::{Api, Scope};
 use crate::registry::{HandlerSpec, HandlerView, VersionInfo};
 use axum::Json;
 use axum::body::Body;
@@ -106,7 +106,7 @@ pub async fn delete(
 ) -> Result<StatusCode, Problem> {
     auth::tenant(&api, &headers, &tenant)?;
     api.registry.delete_handler(&tenant, &handler).await?;
-    let _ = api.control.apply().await;
+    let _ = api.control.apply(scope(&tenant, &handler)).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -341,17 +341,18 @@ async fn switched(
             if let Some(failed) = &view.active {
                 api.registry.restore_activation(&tenant, &handler, failed, before.0, before.1).await?;
             }
-            let _ = api.control.apply().await;
+            let _ = api.control.apply(scope(&tenant, &handler)).await;
             Err(problem)
         }
     }
 }
 
-/// Applies the registry's change to the running bindings; this handler's failure is the
-/// request's.
+/// Applies the registry's change to the running bindings and waits for this handler's binding
+/// alone (another tenant's draining binding does not hold the answer up); this handler's
+/// failure is the request's.
 async fn applied(api: &Api, tenant: &str, handler: &str) -> Result<(), Problem> {
     let name = crate::model::names::binding_name(tenant, handler);
-    if let Err(problems) = api.control.apply().await {
+    if let Err(problems) = api.control.apply(scope(tenant, handler)).await {
         for (binding, problem) in problems {
             if binding == name {
                 return Err(Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "cannot-start", problem));
@@ -360,6 +361,10 @@ async fn applied(api: &Api, tenant: &str, handler: &str) -> Result<(), Problem> 
         }
     }
     Ok(())
+}
+
+fn scope(tenant: &str, handler: &str) -> Scope {
+    Scope::Handler { tenant: tenant.to_string(), handler: handler.to_string() }
 }
 
 /// Fills in what the binding is doing.

@@ -44,9 +44,25 @@ pub trait Control: Send + Sync + 'static {
     fn state(&self, tenant: &str, handler: &str) -> HandlerState;
     /// `Ok` when keyhole can do its work, else every reason it cannot.
     fn ready(&self) -> BoxFuture<'_, Result<(), Vec<String>>>;
-    /// Makes the running handlers what the registry says; per binding (`tenant/handler`), what
+    /// Makes the running handlers what the registry says, and waits until the bindings in
+    /// `scope` are settled (started, swapped, or drained and stopped); other tenants' bindings
+    /// starting or draining are not waited for. Per binding in `scope` (`tenant/handler`), what
     /// could not be applied.
-    fn apply(&self) -> BoxFuture<'_, Result<(), Vec<(String, String)>>>;
+    fn apply(&self, scope: Scope) -> BoxFuture<'_, Result<(), Vec<(String, String)>>>;
+}
+
+/// The bindings a write concerns: it is answered once they are settled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Every handler of a tenant (its grant changed, or it was deleted).
+    Tenant(String),
+    /// One handler.
+    Handler {
+        /// Its tenant.
+        tenant: String,
+        /// The handler.
+        handler: String,
+    },
 }
 
 /// A boxed future, as a trait object's async method returns.
@@ -55,7 +71,8 @@ pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a
 /// What an uploaded handler's binding is doing, as the API shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HandlerState {
-    /// `running`, `paused`, `inactive`, `not_granted`, `stopped`, `failed` or `finished`.
+    /// `running`, `paused`, `stopping`, `inactive`, `not_granted`, `stopped`, `failed` or
+    /// `finished`.
     pub label: &'static str,
     /// Why, for the states that have a reason.
     pub reason: Option<String>,

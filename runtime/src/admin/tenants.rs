@@ -47,7 +47,7 @@ pub async fn put(
     auth::operator(&api, &headers)?;
     let grant = problem::json_body(grant)?;
     let (view, created) = api.registry.put_tenant(&tenant, grant).await?;
-    applied(&api).await;
+    applied(&api, &tenant).await;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(view)).into_response())
 }
@@ -88,7 +88,7 @@ pub async fn delete(
 ) -> Result<StatusCode, Problem> {
     auth::operator(&api, &headers)?;
     api.registry.delete_tenant(&tenant).await?;
-    applied(&api).await;
+    applied(&api, &tenant).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -135,10 +135,10 @@ pub async fn revoke_token(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Applies a grant change to the running bindings; what cannot start is reported in each
-/// handler's state, not as the grant's failure.
-async fn applied(api: &Api) {
-    if let Err(problems) = api.control.apply().await {
+/// Applies a grant change to the tenant's running bindings and waits for them (not for other
+/// tenants'); what cannot start is reported in each handler's state, not as the grant's failure.
+async fn applied(api: &Api, tenant: &str) {
+    if let Err(problems) = api.control.apply(super::Scope::Tenant(tenant.to_string())).await {
         for (binding, problem) in problems {
             tracing::warn!(binding = %binding, reason = %problem, "Uploaded handler cannot run.");
         }

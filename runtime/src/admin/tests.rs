@@ -39,7 +39,7 @@ impl Control for FakeControl {
         Box::pin(async move { if problems.is_empty() { Ok(()) } else { Err(problems) } })
     }
 
-    fn apply(&self) -> BoxFuture<'_, Result<(), Vec<(String, String)>>> {
+    fn apply(&self, _scope: super::Scope) -> BoxFuture<'_, Result<(), Vec<(String, String)>>> {
         *self.applied.lock().unwrap() += 1;
         Box::pin(async { Ok(()) })
     }

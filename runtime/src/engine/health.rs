@@ -1,7 +1,10 @@
-//! What each binding is doing, for `/readyz`, the admin API and the paused gauge.
+//! What each binding is doing, for `/readyz`, the admin API and the paused gauge; and whether
+//! the Kafka cluster answered lately ([`Reachability`]). Both are latches that the components
+//! set as they learn something: `/readyz` reads them and does no I/O of its own.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// What a binding is doing.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,6 +24,10 @@ pub enum BindingState {
     Failed(String),
     /// It ended at shutdown or was replaced.
     Finished,
+    /// Being stopped (deleted, deactivated, no longer granted, or restarting on a changed
+    /// spec): its in-flight events drain and its offsets are committed. What it is next is set
+    /// once that has finished.
+    Stopping,
 }
 
 impl BindingState {
@@ -34,6 +41,7 @@ impl BindingState {
             BindingState::Stopped => "stopped",
             BindingState::Failed(_) => "failed",
             BindingState::Finished => "finished",
+            BindingState::Stopping => "stopping",
         }
     }
 
@@ -61,6 +69,16 @@ impl Health {
     /// Sets a binding's state.
     pub fn set(&self, binding: &str, state: BindingState) {
         self.lock().insert(binding.to_string(), state);
+    }
+
+    /// What a binding's own read loop reports about itself (running; finished, stopped or
+    /// failed when it ends). A binding its supervisor is stopping stays
+    /// [`BindingState::Stopping`]: the supervisor says what it is next.
+    pub fn report(&self, binding: &str, state: BindingState) {
+        let mut states = self.lock();
+        if states.get(binding) != Some(&BindingState::Stopping) {
+            states.insert(binding.to_string(), state);
+        }
     }
 
     /// Pauses a running binding (or changes why it is paused); nothing else is overwritten.
@@ -100,9 +118,70 @@ impl Health {
     }
 }
 
+/// How often the Kafka cluster is asked whether it answers.
+pub const BROKER_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long one check waits for the cluster's answer.
+pub const BROKER_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A check older than this is not trusted (the checking task is stuck or gone).
+const BROKER_CHECK_STALE: Duration = Duration::from_secs(30);
+
+/// Whether the Kafka cluster answered keyhole's last check. Set by the engine's checking task
+/// ([`crate::engine::Engine::watch_broker`]), read by `/readyz` without any I/O: a probe answers
+/// at once however the broker fares, and a flood of probes sends nothing to the cluster.
+#[derive(Default)]
+pub struct Reachability(Mutex<Option<(Instant, Result<(), String>)>>);
+
+impl Reachability {
+    /// Records a check's result.
+    pub fn set(&self, checked: Result<(), String>) {
+        *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((Instant::now(), checked));
+    }
+
+    /// `Ok` when the last check, a recent one, was answered; else why the cluster is not known
+    /// to be reachable.
+    pub fn get(&self) -> Result<(), String> {
+        match &*self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) {
+            None => Err("the Kafka cluster has not answered yet (its first check is under way)".into()),
+            Some((at, _)) if at.elapsed() > BROKER_CHECK_STALE => Err(format!(
+                "the Kafka cluster was last checked {} s ago; its check does not run",
+                at.elapsed().as_secs()
+            )),
+            Some((_, Ok(()))) => Ok(()),
+            Some((_, Err(error))) => Err(format!("the Kafka cluster is not reachable: {error}")),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stopping_binding_keeps_its_state_until_its_supervisor_says() {
+        let health = Health::default();
+        health.report("a/x", BindingState::Running);
+        health.set("a/x", BindingState::Stopping);
+        health.report("a/x", BindingState::Finished);
+        health.pause("a/x", "owner down".into());
+        assert_eq!(health.get("a/x"), Some(BindingState::Stopping));
+        assert!(health.unhealthy().is_empty(), "draining is not a failure");
+        health.set("a/x", BindingState::Inactive);
+        health.report("a/x", BindingState::Running);
+        assert_eq!(health.get("a/x"), Some(BindingState::Running));
+    }
+
+    #[test]
+    fn the_broker_is_not_ready_before_its_first_check_nor_after_a_failed_one() {
+        let broker = Reachability::default();
+        assert!(broker.get().unwrap_err().contains("not answered yet"));
+        broker.set(Err("all brokers down".into()));
+        let why = broker.get().unwrap_err();
+        assert!(why.contains("not reachable") && why.contains("all brokers down"), "{why}");
+        broker.set(Ok(()));
+        assert_eq!(broker.get(), Ok(()));
+    }
 
     #[test]
     fn only_a_running_binding_pauses_and_only_a_paused_one_resumes() {

@@ -25,7 +25,7 @@ pub(crate) mod supervisor;
 
 pub use binding::{Binding, HandlerSlot};
 pub use delivery::BindingError;
-pub use health::{BindingState, Health};
+pub use health::{BindingState, Health, Reachability};
 pub use supervisor::Supervisor;
 
 use crate::config::{BindingSettings, Delivery, Problem, Settings};
@@ -61,6 +61,9 @@ pub struct Engine {
     producer: Arc<FutureProducer>,
     /// What each binding is doing, by name, for `/readyz` and the admin API.
     pub health: Arc<Health>,
+    /// Whether the Kafka cluster answered lately, for `/readyz`: latched by
+    /// [`Engine::watch_broker`].
+    pub broker: Reachability,
 }
 
 impl Engine {
@@ -101,6 +104,7 @@ impl Engine {
                 receipts: Arc::new(receipts),
                 producer: Arc::new(producer),
                 health: Arc::new(Health::default()),
+                broker: Reachability::default(),
             }),
             (audit, receipts, producer) => {
                 problems.extend(audit.err());
@@ -111,8 +115,20 @@ impl Engine {
         }
     }
 
-    /// Loads the configuration file's handlers and creates their consumers.
-    pub fn start_configured(&self) -> Result<Vec<Started>, Vec<Problem>> {
+    /// Loads the configuration file's handlers and creates their consumers, on a blocking
+    /// thread: reading and compiling components, and for exactly-once initialising
+    /// transactions (up to their timeout), would otherwise hold an async worker.
+    pub async fn start_configured(self: &Arc<Self>) -> Result<Vec<Started>, Vec<Problem>> {
+        let engine = self.clone();
+        tokio::task::spawn_blocking(move || engine.start_configured_blocking()).await.map_err(|e| {
+            vec![Problem {
+                path: "binding".into(),
+                message: format!("starting the bindings did not finish: {e}"),
+            }]
+        })?
+    }
+
+    fn start_configured_blocking(&self) -> Result<Vec<Started>, Vec<Problem>> {
         let mut problems = Vec::new();
         let mut started = Vec::new();
         for binding in &self.settings.bindings {
@@ -202,20 +218,40 @@ impl Engine {
         cancel: CancellationToken,
     ) -> Result<(), BindingError> {
         let name = binding.settings.name.clone();
-        self.health.set(&name, BindingState::Running);
+        self.health.report(&name, BindingState::Running);
         let limits =
             delivery::Limits { drain: self.settings.drain_timeout, commit: self.settings.commit_timeout };
         let result = delivery::run(binding, consumer, tracker, cancel, limits).await;
         match &result {
-            Ok(()) => self.health.set(&name, BindingState::Finished),
-            Err(BindingError::Stopped) => self.health.set(&name, BindingState::Stopped),
-            Err(error) => self.health.set(&name, BindingState::Failed(error.to_string())),
+            Ok(()) => self.health.report(&name, BindingState::Finished),
+            Err(BindingError::Stopped) => self.health.report(&name, BindingState::Stopped),
+            Err(error) => self.health.report(&name, BindingState::Failed(error.to_string())),
         }
         result
     }
 
-    /// Whether the broker answers, within `timeout`.
-    pub async fn broker_reachable(&self, timeout: Duration) -> Result<(), String> {
+    /// Checks whether the Kafka cluster answers every [`health::BROKER_CHECK_INTERVAL`] and
+    /// latches the answer in [`Engine::broker`], until `cancel`: the readiness probe reads it
+    /// and asks the cluster nothing itself.
+    pub async fn watch_broker(self: Arc<Self>, cancel: CancellationToken) {
+        loop {
+            let checked = tokio::select! {
+                () = cancel.cancelled() => return,
+                checked = self.broker_reachable(health::BROKER_CHECK_TIMEOUT) => checked,
+            };
+            if let Err(error) = &checked {
+                tracing::debug!(%error, "The Kafka cluster did not answer its check.");
+            }
+            self.broker.set(checked);
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(health::BROKER_CHECK_INTERVAL) => {}
+            }
+        }
+    }
+
+    /// Whether the broker answers, within `timeout` (metadata, on a blocking thread).
+    async fn broker_reachable(&self, timeout: Duration) -> Result<(), String> {
         let producer = self.producer.clone();
         tokio::task::spawn_blocking(move || {
             rdkafka::producer::Producer::client(producer.as_ref())

@@ -167,6 +167,14 @@ impl Registry {
         }
     }
 
+    /// Stops following the Kafka store's registry log (at shutdown) and waits, briefly, for its
+    /// reader's tasks. Nothing to do for the local store.
+    pub async fn close(&self) {
+        if let Backend::Kafka { store, .. } = &self.backend {
+            store.close().await;
+        }
+    }
+
     /// With the Kafka store, wakes whenever another replica's (or this one's) change was
     /// applied here.
     pub fn changes(&self) -> Option<tokio::sync::watch::Receiver<i64>> {

@@ -176,7 +176,8 @@ pub struct HandlerView {
     /// Its stored versions, oldest first.
     pub versions: Vec<VersionInfo>,
     /// Whether its binding runs: `running`, `paused` (its data owner is unavailable or refuses
-    /// keyhole's credentials; nothing is dead-lettered, the first answer resumes it), `inactive`
+    /// keyhole's credentials; nothing is dead-lettered, the first answer resumes it), `stopping`
+    /// (draining its in-flight events before it stops or restarts), `inactive`
     /// (no version active), `not_granted` (its spec exceeds the grant, changed since), `stopped`
     /// (a failure policy stopped it), `failed` (it could not start), `finished` (shut down).
     pub state: String,

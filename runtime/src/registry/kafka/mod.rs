@@ -44,9 +44,20 @@ pub(crate) struct KafkaStore {
     /// Signs the commands this replica writes (the tail verifies every record with it too).
     signer: Arc<signature::Signer>,
     tail: Arc<Tail>,
-    /// Stops the tailing tasks when the registry is dropped.
-    _stop: tokio_util::sync::DropGuard,
+    /// Stops the tailing tasks.
+    stop: CancellationToken,
+    /// The tailing tasks: awaited by [`KafkaStore::close`], aborted when the store is dropped.
+    tasks: tokio::sync::Mutex<tokio::task::JoinSet<()>>,
 }
+
+impl Drop for KafkaStore {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// How long [`KafkaStore::close`] waits for the tailing tasks before it aborts them.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl KafkaStore {
     /// Checks (or creates) the topics, replays the registry log into `state` and starts tailing
@@ -67,7 +78,9 @@ impl KafkaStore {
                 )
             })?;
         let cancel = CancellationToken::new();
-        let (tail, announced) = Tail::start(kafka, settings, state, catalog, signer.clone(), cancel.clone())?;
+        let (tail, announced, tasks) =
+            Tail::start(kafka, settings, state, catalog, signer.clone(), cancel.clone())?;
+        // Not replayed: `tasks`, dropped on return, aborts the reading tasks.
         tail.replayed(settings.write_timeout.max(REPLAY_TIMEOUT)).await?;
         let store = KafkaStore {
             settings: settings.clone(),
@@ -75,7 +88,8 @@ impl KafkaStore {
             producer,
             signer,
             tail,
-            _stop: cancel.drop_guard(),
+            stop: cancel,
+            tasks: tokio::sync::Mutex::new(tasks),
         };
         Ok((store, announced))
     }
@@ -138,6 +152,25 @@ impl KafkaStore {
     /// [`SYNC_TIMEOUT`] (or `write_timeout_ms` if shorter).
     pub async fn sync(&self) -> Result<(), RegistryError> {
         self.tail.sync(self.settings.write_timeout.min(SYNC_TIMEOUT)).await
+    }
+
+    /// Stops following the registry log: the tailing tasks end, waited for within
+    /// [`CLOSE_TIMEOUT`] and aborted after it.
+    pub async fn close(&self) {
+        self.stop.cancel();
+        let mut tasks = self.tasks.lock().await;
+        let ended = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            while let Some(ended) = tasks.join_next().await {
+                if let Err(error) = ended {
+                    tracing::error!(%error, "A task reading the registry log failed.");
+                }
+            }
+        })
+        .await;
+        if ended.is_err() {
+            tracing::warn!("The registry log's reader did not stop in time; aborted.");
+            tasks.abort_all();
+        }
     }
 
     /// Wakes whenever a record was applied: the supervisor follows the registry with it.

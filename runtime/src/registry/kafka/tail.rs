@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// How often the log's end is asked for, to know that this replica is current.
@@ -25,6 +26,9 @@ const WATERMARK_INTERVAL: Duration = Duration::from_millis(500);
 const ANNOUNCED_CAPACITY: usize = 64;
 
 type Waiters = HashMap<String, oneshot::Sender<Result<Applied, RegistryError>>>;
+
+/// A started reader: itself, the versions it announces, and its tasks.
+pub(super) type Started = (Arc<Tail>, mpsc::Receiver<Announced>, JoinSet<()>);
 
 /// This replica's reader of the registry log.
 pub(super) struct Tail {
@@ -48,7 +52,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Tail {
-    /// Starts reading the log from its beginning into `state`, until `cancel`.
+    /// Starts reading the log from its beginning into `state`, until `cancel`. The reading
+    /// tasks are the caller's: it stops them with `cancel` and awaits (or aborts) them.
     pub fn start(
         kafka: &KafkaSettings,
         settings: &KafkaRegistrySettings,
@@ -56,7 +61,7 @@ impl Tail {
         catalog: Arc<Catalog>,
         signer: Arc<Signer>,
         cancel: CancellationToken,
-    ) -> Result<(Arc<Tail>, mpsc::Receiver<Announced>), RegistryError> {
+    ) -> Result<Started, RegistryError> {
         let consumer: StreamConsumer = crate::kafka::client_config(kafka, "keyhole-registry-reader")
             // Assigned, never subscribed: the group is never joined and nothing is committed;
             // librdkafka wants a group id all the same.
@@ -87,9 +92,10 @@ impl Tail {
             current_at: Mutex::default(),
             announced,
         });
-        tokio::spawn(tail.clone().read(cancel.clone()));
-        tokio::spawn(tail.clone().watch_end(cancel));
-        Ok((tail, announcements))
+        let mut tasks = JoinSet::new();
+        tasks.spawn(tail.clone().read(cancel.clone()));
+        tasks.spawn(tail.clone().watch_end(cancel));
+        Ok((tail, announcements, tasks))
     }
 
     /// Waits until the log, as long as it is now, is applied.
