@@ -374,9 +374,6 @@ fn with_state(api: &Api, mut view: HandlerView) -> HandlerView {
         Some(_) => api.control.state(&view.tenant, &view.handler),
     };
     view.state = state.label.to_string();
-    view.state_reason = match state.label {
-        "stopped" => Some("stopped by its failure policy; activate a version to start it again".into()),
-        _ => state.reason,
-    };
+    view.state_reason = state.reason;
     view
 }

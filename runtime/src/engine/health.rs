@@ -51,7 +51,7 @@ impl BindingState {
             BindingState::Paused(why) | BindingState::NotGranted(why) | BindingState::Failed(why) => {
                 Some(why)
             }
-            BindingState::Stopped => Some("stopped by its failure policy"),
+            BindingState::Stopped => Some("stopped by its failure policy; activate a version to start it again"),
             _ => None,
         }
     }
