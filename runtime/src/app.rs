@@ -314,24 +314,17 @@ async fn start_admin(
         idle_timeout: admin.idle_timeout,
     };
     let monitoring_bounds = admin::Bounds { max_connections: admin::MONITORING_MAX_CONNECTIONS, ..bounds };
-    let (shutdown, monitoring_api) = (cancel.clone(), api.clone());
-    services.spawn("admin API", async move {
-        if let Err(error) = admin::serve(listener, api, bounds, shutdown.cancelled_owned()).await {
-            tracing::error!(%error, "The admin API stopped.");
-        }
-    });
-    let shutdown = cancel.clone();
-    services.spawn("probes and metrics", async move {
-        let serving = admin::serve_monitoring(
-            monitoring_listener,
-            monitoring_api,
-            monitoring_bounds,
-            shutdown.cancelled_owned(),
-        );
-        if let Err(error) = serving.await {
-            tracing::error!(%error, "The probes' and metrics' listener stopped.");
-        }
-    });
+    for (which, name, listener, api, bounds) in [
+        (admin::Listener::Api, "admin API", listener, api.clone(), bounds),
+        (admin::Listener::Monitoring, "probes and metrics", monitoring_listener, api, monitoring_bounds),
+    ] {
+        let shutdown = cancel.clone();
+        services.spawn(name, async move {
+            if let Err(error) = admin::serve(which, listener, api, bounds, shutdown.cancelled_owned()).await {
+                tracing::error!(%error, listener = name, "A listener stopped.");
+            }
+        });
+    }
     Ok(registry)
 }
 

@@ -1,6 +1,6 @@
 //! The admin API: third parties upload and activate their handlers; the operator grants each
 //! tenant what it may consume. Monitoring reads `/metrics`, `/healthz` and `/readyz` on a
-//! listener of its own ([`serve_monitoring`]): a flood of the tenant-facing API cannot blind the
+//! listener of its own ([`Listener::Monitoring`]): a flood of the tenant-facing API cannot blind the
 //! probes, and the probes' listener, which names every tenant, need not be reachable by tenants.
 //!
 //! It reads and changes the registry and asks a [`Control`] to apply changes to the running
@@ -110,31 +110,31 @@ impl Api {
 /// Connections the monitoring listener serves at once: probes and a scraper or two need a handful.
 pub const MONITORING_MAX_CONNECTIONS: usize = 64;
 
-/// Serves the API on `listener`, within `bounds`, until `shutdown` completes.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    api: Api,
-    bounds: Bounds,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    if let Ok(address) = listener.local_addr() {
-        tracing::info!(%address, max_connections = bounds.max_connections, "Admin API listening.");
-    }
-    server::serve(listener, router(api), bounds, shutdown).await
+/// Which of the two listeners a server is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    /// The tenant-facing API (`admin.listen`): `/v1` and `/openapi.json`.
+    Api,
+    /// `/healthz`, `/readyz` and `/metrics` (`admin.monitoring_listen`).
+    Monitoring,
 }
 
-/// Serves `/healthz`, `/readyz` and `/metrics` on `listener`, within `bounds`, until
-/// `shutdown` completes.
-pub async fn serve_monitoring(
+/// Serves `which` listener's routes on `listener`, within `bounds`, until `shutdown` completes.
+pub async fn serve(
+    which: Listener,
     listener: tokio::net::TcpListener,
     api: Api,
     bounds: Bounds,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let (routes, what) = match which {
+        Listener::Api => (router(api), "Admin API listening."),
+        Listener::Monitoring => (monitoring_router(api), "Probes and metrics listening."),
+    };
     if let Ok(address) = listener.local_addr() {
-        tracing::info!(%address, "Probes and metrics listening.");
+        tracing::info!(%address, max_connections = bounds.max_connections, "{what}");
     }
-    server::serve(listener, monitoring_router(api), bounds, shutdown).await
+    server::serve(listener, routes, bounds, shutdown).await
 }
 
 /// The probes and the metrics: the operator's, on their own listener.

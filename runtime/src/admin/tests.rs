@@ -87,10 +87,10 @@ impl Served {
         };
         let mut stopped_too = stopped.clone();
         let mut stopped = stopped;
-        tokio::spawn(super::serve(listener, api.clone(), bounds, async move {
+        tokio::spawn(super::serve(super::Listener::Api, listener, api.clone(), bounds, async move {
             let _ = stopped.changed().await;
         }));
-        tokio::spawn(super::serve_monitoring(monitoring, api, bounds, async move {
+        tokio::spawn(super::serve(super::Listener::Monitoring, monitoring, api, bounds, async move {
             let _ = stopped_too.changed().await;
         }));
         Served { url, monitoring_url, control, http: reqwest::Client::new(), _stop: stop }

@@ -51,7 +51,9 @@ impl BindingState {
             BindingState::Paused(why) | BindingState::NotGranted(why) | BindingState::Failed(why) => {
                 Some(why)
             }
-            BindingState::Stopped => Some("stopped by its failure policy; activate a version to start it again"),
+            BindingState::Stopped => {
+                Some("stopped by its failure policy; activate a version to start it again")
+            }
             _ => None,
         }
     }
