@@ -24,102 +24,133 @@ pub async fn read(
     permits: &Arc<Semaphore>,
     limits: Limits,
 ) -> Result<(), BindingError> {
-    let name = reader.name;
-    let producer = binding.producer.clone();
-    let failed = |message: String| BindingError::Failed(message);
+    let (name, producer) = (reader.name, &binding.producer);
     loop {
         let batch = read_batch(reader, permits, binding.settings.max_in_flight).await;
         if batch.is_empty() {
             return Ok(());
         }
         let (first, positions) = bounds(&batch);
-        blocking(&producer, kafka::producer::begin)
+        blocking(producer, kafka::producer::begin)
             .await
-            .map_err(|e| failed(format!("cannot begin a transaction: {e}")))?;
-        dispatcher.take_abandoned();
-        for work in batch {
-            dispatcher.submit(work);
-        }
-        let all = u32::try_from(binding.settings.max_in_flight).unwrap_or(u32::MAX);
-        let cut_short = tokio::select! {
-            acquired = permits.acquire_many(all) => {
-                drop(acquired);
-                false
-            }
-            // Fenced meanwhile: the sends the batch waits on fail now rather than at their
-            // timeout; its events are abandoned, the permits come back, and the batch is given up.
-            never = fail_pending_once_fenced(name, &producer) => match never {},
-            () = async {
-                reader.cancel.cancelled().await;
-                tokio::time::sleep(limits.drain).await;
-            } => true,
-        };
-        if cut_short {
-            // What still runs is dropped; the batch is aborted below and read again.
-            dispatcher.stop_now();
-        }
-        let committed = if cut_short || dispatcher.take_abandoned() > 0 {
-            Err("interrupted".to_string())
-        } else {
-            let (producer, consumer, positions) =
-                (producer.clone(), reader.consumer.clone(), positions.clone());
-            tokio::task::spawn_blocking(move || {
-                kafka::producer::commit(&producer, consumer.as_ref(), &positions)
-            })
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|committed| {
-                committed.map_err(|error| {
-                    if error.is_fatal() {
-                        tracing::error!(binding = %name, %error, "Transaction failed for good.");
-                    }
-                    error.to_string()
-                })
-            })
+            .map_err(|e| BindingError::Failed(format!("cannot begin a transaction: {e}")))?;
+        let finished = handle_batch(binding, reader, dispatcher, permits, batch, limits).await;
+        let committed = match finished {
+            Finished::Whole => commit(name, producer, reader, positions.clone()).await,
+            Finished::Interrupted => Err("interrupted".to_string()),
         };
         let Err(why) = committed else {
             tracing::debug!(binding = %name, offsets = ?positions, "Transaction committed.");
             continue;
         };
         tracing::warn!(binding = %name, reason = %why, "Transaction aborted; its events are read again.");
-        let aborted = if reader.cancel.is_cancelled() {
-            // Shutting down: an abort the broker does not answer in time is left to the
-            // broker's transaction timeout, or to the fencing of the next start with the same
-            // transactional id. Nothing of the batch becomes visible either way.
-            match tokio::time::timeout(limits.commit, blocking(&producer, kafka::producer::abort)).await {
-                Ok(aborted) => aborted,
-                Err(_) => Err("the broker did not answer within shutdown.commit_timeout_ms".into()),
-            }
-        } else {
-            blocking(&producer, kafka::producer::abort).await
-        };
         if reader.cancel.is_cancelled() {
-            if let Err(error) = aborted {
-                tracing::warn!(binding = %name, %error, "Transaction not aborted at shutdown; its events are read again after a restart.");
-            }
+            abort_at_shutdown(name, producer, limits).await;
             return Ok(());
         }
-        aborted.map_err(|e| failed(format!("cannot abort a transaction: {e}")))?;
-        // Read the batch again: back to its first offsets, with fresh offset tracking.
-        reader.tracker.assign(first.iter().map(|(partition, _)| partition.clone()));
-        for (TopicPartition { topic, partition }, offset) in first {
-            let consumer = reader.consumer.clone();
-            let topic_name = topic.clone();
-            tokio::task::spawn_blocking(move || {
-                consumer.seek(
-                    &topic_name,
-                    partition,
-                    rdkafka::Offset::Offset(offset),
-                    Duration::from_secs(10),
-                )
-            })
+        blocking(producer, kafka::producer::abort)
             .await
-            .map_err(|e| e.to_string())
-            .and_then(|sought| sought.map_err(|e| e.to_string()))
-            .map_err(|e| failed(format!("cannot rewind {topic}[{partition}] after an abort: {e}")))?;
-            reader.rewound(TopicPartition::new(topic, partition), offset);
-        }
+            .map_err(|e| BindingError::Failed(format!("cannot abort a transaction: {e}")))?;
+        rewind(reader, first).await?;
     }
+}
+
+/// How a batch's handling ended.
+enum Finished {
+    /// Every event finished: the batch may be committed.
+    Whole,
+    /// Shutdown cut it short, or an event was abandoned: the batch is aborted.
+    Interrupted,
+}
+
+/// Hands the batch to the dispatcher and waits until every event is finished, the producer is
+/// fenced, or shutdown's drain time is up.
+async fn handle_batch(
+    binding: &Binding,
+    reader: &Reader<'_>,
+    dispatcher: &Arc<Dispatcher>,
+    permits: &Arc<Semaphore>,
+    batch: Vec<crate::engine::dispatcher::Work>,
+    limits: Limits,
+) -> Finished {
+    dispatcher.take_abandoned();
+    for work in batch {
+        dispatcher.submit(work);
+    }
+    let all = u32::try_from(binding.settings.max_in_flight).unwrap_or(u32::MAX);
+    let cut_short = tokio::select! {
+        acquired = permits.acquire_many(all) => {
+            drop(acquired);
+            false
+        }
+        // Fenced meanwhile: the sends the batch waits on fail now rather than at their
+        // timeout; its events are abandoned, the permits come back, and the batch is given up.
+        never = fail_pending_once_fenced(reader.name, &binding.producer) => match never {},
+        () = async {
+            reader.cancel.cancelled().await;
+            tokio::time::sleep(limits.drain).await;
+        } => true,
+    };
+    if cut_short {
+        // What still runs is dropped; the batch is aborted and read again.
+        dispatcher.stop_now();
+    }
+    if cut_short || dispatcher.take_abandoned() > 0 { Finished::Interrupted } else { Finished::Whole }
+}
+
+/// Sends the batch's offsets to its transaction and commits it, on a blocking thread.
+async fn commit(
+    name: &str,
+    producer: &Arc<FutureProducer>,
+    reader: &Reader<'_>,
+    positions: Vec<(TopicPartition, i64)>,
+) -> Result<(), String> {
+    let (producer, consumer) = (producer.clone(), reader.consumer.clone());
+    let committed = tokio::task::spawn_blocking(move || {
+        kafka::producer::commit(&producer, consumer.as_ref(), &positions)
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    committed.map_err(|error| {
+        if error.is_fatal() {
+            tracing::error!(binding = %name, %error, "Transaction failed for good.");
+        }
+        error.to_string()
+    })
+}
+
+/// Shutting down: an abort the broker does not answer in time is left to the broker's
+/// transaction timeout, or to the fencing of the next start with the same transactional id.
+/// Nothing of the batch becomes visible either way.
+async fn abort_at_shutdown(name: &str, producer: &Arc<FutureProducer>, limits: Limits) {
+    let aborted = match tokio::time::timeout(limits.commit, blocking(producer, kafka::producer::abort)).await
+    {
+        Ok(aborted) => aborted,
+        Err(_) => Err("the broker did not answer within shutdown.commit_timeout_ms".into()),
+    };
+    if let Err(error) = aborted {
+        tracing::warn!(binding = %name, %error, "Transaction not aborted at shutdown; its events are read again after a restart.");
+    }
+}
+
+/// Reads an aborted batch again: back to its first offsets, with fresh offset tracking.
+async fn rewind(reader: &Reader<'_>, first: Vec<(TopicPartition, i64)>) -> Result<(), BindingError> {
+    reader.tracker.assign(first.iter().map(|(partition, _)| partition.clone()));
+    for (partition, offset) in first {
+        let consumer = reader.consumer.clone();
+        let at = partition.clone();
+        let sought = tokio::task::spawn_blocking(move || {
+            consumer.seek(&at.topic, at.partition, rdkafka::Offset::Offset(offset), Duration::from_secs(10))
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|sought| sought.map_err(|e| e.to_string()));
+        if let Err(e) = sought {
+            return Err(BindingError::Failed(format!("cannot rewind {partition} after an abort: {e}")));
+        }
+        reader.rewound(partition, offset);
+    }
+    Ok(())
 }
 
 /// Watches the producer while a batch runs; once it has failed for good, fails its pending
