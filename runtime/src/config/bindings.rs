@@ -2,7 +2,7 @@
 //! the handlers (names, topics, data source, purpose, limits, retries, failure policies).
 
 use super::validate::Problems;
-use super::{BindingSettings, Config, FailurePolicies, FailurePolicy, IdentityConfig};
+use super::{BindingSettings, Config, FailurePolicies, FailurePolicy, HandlerConfig, IdentityConfig};
 use crate::model::names::{self, NAME_RULE, is_dotted_name, is_name, is_topic};
 use crate::model::purpose::is_purpose;
 use crate::resolve::{DataSourceSettings, Identity};
@@ -76,12 +76,7 @@ impl Config {
             .collect()
     }
 
-    pub(super) fn validate_handlers(
-        &self,
-        base: &Path,
-        sources: &[Option<DataSourceSettings>],
-        problems: &mut Problems,
-    ) -> Vec<BindingSettings> {
+    pub(super) fn validate_handlers(&self, base: &Path, problems: &mut Problems) -> Vec<BindingSettings> {
         if self.handlers.is_empty() && self.admin.is_none() {
             problems.add(
                 "handler",
@@ -93,12 +88,8 @@ impl Config {
         for (i, h) in self.handlers.iter().enumerate() {
             let at = |key: &str| format!("handler[{i}].{key}");
             let before = problems.len();
-            if !is_name(&h.tenant) {
-                problems.add(at("tenant"), format!("{:?} must be {NAME_RULE}", h.tenant));
-            }
-            if !is_name(&h.name) {
-                problems.add(at("name"), format!("{:?} must be {NAME_RULE}", h.name));
-            } else if !seen.insert((h.tenant.as_str(), h.name.as_str())) {
+            check_names(h, &at, problems);
+            if is_name(&h.name) && !seen.insert((h.tenant.as_str(), h.name.as_str())) {
                 problems.add(
                     at("name"),
                     format!("tenant {:?} already has a handler named {:?}", h.tenant, h.name),
@@ -108,99 +99,17 @@ impl Config {
             if !component.is_file() {
                 problems.add(at("component"), format!("{} is not a file", component.display()));
             }
-            if h.topics.is_empty() {
-                problems.add(at("topics"), "must name at least one topic");
-            }
-            for (t, topic) in h.topics.iter().enumerate() {
-                if !is_topic(topic) {
-                    problems.add(
-                        at(&format!("topics[{t}]")),
-                        format!("{topic:?} is not a valid topic name (1-249 characters of a-z, A-Z, 0-9, '.', '_', '-')"),
-                    );
-                }
-            }
-            for (key, topic) in h.reply_topic.iter().map(|t| ("reply_topic".to_string(), t)).chain(
-                h.reply_topics_allowed
-                    .iter()
-                    .enumerate()
-                    .map(|(t, topic)| (format!("reply_topics_allowed[{t}]"), topic)),
-            ) {
-                if !is_topic(topic) {
-                    problems.add(at(&key), format!("{topic:?} is not a valid topic name"));
-                } else if h.topics.contains(topic) {
-                    problems.add(
-                        at(&key),
-                        format!("{topic:?} is also consumed by this handler: its replies would loop"),
-                    );
-                }
-            }
-            let source = self.data_sources.iter().position(|s| s.name == h.data_source);
-            match source {
-                None => {
-                    let known: Vec<&str> = self.data_sources.iter().map(|s| s.name.as_str()).collect();
-                    problems.add(
-                        at("data_source"),
-                        format!(
-                            "no data source named {:?} (configured: {})",
-                            h.data_source,
-                            known.join(", ")
-                        ),
-                    );
-                }
-                // The source's own problems are reported under data_source[..].
-                Some(index) if sources.get(index).is_some_and(Option::is_none) => {}
-                Some(_) => {}
-            }
-            if h.purpose.trim().is_empty() {
-                problems.add(
-                    at("purpose"),
-                    "must declare the purpose of processing; it is sent to the data owner",
-                );
-            } else if !is_purpose(&h.purpose) {
-                problems.add(
-                    at("purpose"),
-                    "must be at most 512 printable ASCII characters (it travels in an HTTP header)",
-                );
-            }
+            check_topics(h, &at, problems);
+            let data_source = self.check_data_source(h, &at, problems);
+            check_purpose(h, &at, problems);
             if h.max_in_flight == 0 || h.max_in_flight > 100_000 {
                 problems.add(at("max_in_flight"), "must be between 1 and 100000");
             }
             validate_limits(&h.limits, &self.sandbox, &|k| at(&format!("limits.{k}")), problems);
-            if h.retry.initial_backoff_ms == 0 || h.retry.max_backoff_ms < h.retry.initial_backoff_ms {
-                problems.add(at("retry"), "needs 0 < initial_backoff_ms <= max_backoff_ms");
-            }
-            if h.retry.max_attempts == 0 {
-                problems.add(at("retry.max_attempts"), "must be at least 1");
-            }
-            if h.retry.max_elapsed_ms == 0 {
-                problems.add(at("retry.max_elapsed_ms"), "must be greater than 0");
-            }
-            if h.on_failure.envelope == FailurePolicy::Retry {
-                problems.add(
-                    at("on_failure.envelope"),
-                    "must be \"dead-letter\" or \"stop\": the same bytes are refused again on every retry",
-                );
-            }
+            check_retry(h, &at, problems);
             let group_id = names::group_id(&self.kafka.group_id, &h.tenant, &h.name);
-            let dead_letter_topic = h
-                .on_failure
-                .dead_letter_topic
-                .clone()
-                .unwrap_or_else(|| names::default_dead_letter_topic(&group_id));
-            if !is_topic(&dead_letter_topic) {
-                problems.add(
-                    at("on_failure.dead_letter_topic"),
-                    format!("{dead_letter_topic:?} is not a valid topic name"),
-                );
-            } else if h.topics.contains(&dead_letter_topic) {
-                problems.add(
-                    at("on_failure.dead_letter_topic"),
-                    format!(
-                        "{dead_letter_topic:?} is also consumed by this handler: dead letters would loop"
-                    ),
-                );
-            }
-            if let (true, Some(data_source)) = (problems.len() == before, source) {
+            let dead_letter_topic = check_failure_policies(h, &group_id, &at, problems);
+            if let (true, Some(data_source)) = (problems.len() == before, data_source) {
                 bindings.push(BindingSettings {
                     name: names::binding_name(&h.tenant, &h.name),
                     tenant: h.tenant.clone(),
@@ -230,6 +139,121 @@ impl Config {
         }
         bindings
     }
+
+    /// The index of the handler's data source, if it is configured. (A source's own problems
+    /// are reported under `data_source[..]`.)
+    fn check_data_source(
+        &self,
+        h: &HandlerConfig,
+        at: &dyn Fn(&str) -> String,
+        problems: &mut Problems,
+    ) -> Option<usize> {
+        let index = self.data_sources.iter().position(|s| s.name == h.data_source);
+        if index.is_none() {
+            let known: Vec<&str> = self.data_sources.iter().map(|s| s.name.as_str()).collect();
+            problems.add(
+                at("data_source"),
+                format!("no data source named {:?} (configured: {})", h.data_source, known.join(", ")),
+            );
+        }
+        index
+    }
+}
+
+/// The tenant's and the handler's names follow the naming rule.
+fn check_names(h: &HandlerConfig, at: &dyn Fn(&str) -> String, problems: &mut Problems) {
+    if !is_name(&h.tenant) {
+        problems.add(at("tenant"), format!("{:?} must be {NAME_RULE}", h.tenant));
+    }
+    if !is_name(&h.name) {
+        problems.add(at("name"), format!("{:?} must be {NAME_RULE}", h.name));
+    }
+}
+
+/// Consumed topics are valid names; reply topics are valid and not consumed (a loop).
+fn check_topics(h: &HandlerConfig, at: &dyn Fn(&str) -> String, problems: &mut Problems) {
+    if h.topics.is_empty() {
+        problems.add(at("topics"), "must name at least one topic");
+    }
+    for (t, topic) in h.topics.iter().enumerate() {
+        if !is_topic(topic) {
+            problems.add(
+                at(&format!("topics[{t}]")),
+                format!(
+                    "{topic:?} is not a valid topic name (1-249 characters of a-z, A-Z, 0-9, '.', '_', '-')"
+                ),
+            );
+        }
+    }
+    let replies = h.reply_topic.iter().map(|t| ("reply_topic".to_string(), t)).chain(
+        h.reply_topics_allowed
+            .iter()
+            .enumerate()
+            .map(|(t, topic)| (format!("reply_topics_allowed[{t}]"), topic)),
+    );
+    for (key, topic) in replies {
+        if !is_topic(topic) {
+            problems.add(at(&key), format!("{topic:?} is not a valid topic name"));
+        } else if h.topics.contains(topic) {
+            problems
+                .add(at(&key), format!("{topic:?} is also consumed by this handler: its replies would loop"));
+        }
+    }
+}
+
+/// The purpose is declared and fits an HTTP header.
+fn check_purpose(h: &HandlerConfig, at: &dyn Fn(&str) -> String, problems: &mut Problems) {
+    if h.purpose.trim().is_empty() {
+        problems.add(at("purpose"), "must declare the purpose of processing; it is sent to the data owner");
+    } else if !is_purpose(&h.purpose) {
+        problems.add(
+            at("purpose"),
+            "must be at most 512 printable ASCII characters (it travels in an HTTP header)",
+        );
+    }
+}
+
+/// The retry limits can be reached.
+fn check_retry(h: &HandlerConfig, at: &dyn Fn(&str) -> String, problems: &mut Problems) {
+    if h.retry.initial_backoff_ms == 0 || h.retry.max_backoff_ms < h.retry.initial_backoff_ms {
+        problems.add(at("retry"), "needs 0 < initial_backoff_ms <= max_backoff_ms");
+    }
+    if h.retry.max_attempts == 0 {
+        problems.add(at("retry.max_attempts"), "must be at least 1");
+    }
+    if h.retry.max_elapsed_ms == 0 {
+        problems.add(at("retry.max_elapsed_ms"), "must be greater than 0");
+    }
+}
+
+/// The failure policies make sense; the dead-letter topic (the configured one, else the
+/// binding's default), which must be valid and not consumed.
+fn check_failure_policies(
+    h: &HandlerConfig,
+    group_id: &str,
+    at: &dyn Fn(&str) -> String,
+    problems: &mut Problems,
+) -> String {
+    if h.on_failure.envelope == FailurePolicy::Retry {
+        problems.add(
+            at("on_failure.envelope"),
+            "must be \"dead-letter\" or \"stop\": the same bytes are refused again on every retry",
+        );
+    }
+    let dead_letter_topic =
+        h.on_failure.dead_letter_topic.clone().unwrap_or_else(|| names::default_dead_letter_topic(group_id));
+    if !is_topic(&dead_letter_topic) {
+        problems.add(
+            at("on_failure.dead_letter_topic"),
+            format!("{dead_letter_topic:?} is not a valid topic name"),
+        );
+    } else if h.topics.contains(&dead_letter_topic) {
+        problems.add(
+            at("on_failure.dead_letter_topic"),
+            format!("{dead_letter_topic:?} is also consumed by this handler: dead letters would loop"),
+        );
+    }
+    dead_letter_topic
 }
 
 fn validate_identity(

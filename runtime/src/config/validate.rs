@@ -47,7 +47,7 @@ impl Config {
         let mut problems = Problems::default();
         let kafka = self.validate_kafka(&mut problems);
         let sources = self.validate_data_sources(base, &mut problems);
-        let bindings = self.validate_handlers(base, &sources, &mut problems);
+        let bindings = self.validate_handlers(base, &mut problems);
         if self.shutdown.drain_timeout_ms == 0 {
             problems.add("shutdown.drain_timeout_ms", "must be greater than 0");
         }
