@@ -208,34 +208,7 @@ fn decide(state: &mut State, catalog: &Catalog, command: &Command) -> Result<App
             }
             done(Answer::Done)
         }
-        Command::PutHandler { tenant, handler, spec } => {
-            if catalog.configured.contains(&(tenant.clone(), handler.clone())) {
-                return Err(RegistryError::Conflict(format!(
-                    "{tenant}/{handler} is defined in keyhole's configuration file; choose another name"
-                )));
-            }
-            let record = tenant_mut(state, tenant)?;
-            check_spec(tenant, &record.grant, catalog, spec)?;
-            let created = !record.handlers.contains_key(handler);
-            let max = record.grant.limits.max_handlers;
-            if created && record.handlers.len() >= max as usize {
-                return Err(RegistryError::OverLimit {
-                    tenant: tenant.clone(),
-                    limit: "handlers",
-                    value: record.handlers.len() as u64 + 1,
-                    max: max.into(),
-                });
-            }
-            let entry = record.handlers.entry(handler.clone()).or_insert_with(|| HandlerRecord {
-                spec: spec.clone(),
-                versions: Vec::new(),
-                active: None,
-                previous: Vec::new(),
-                blobs: Default::default(),
-            });
-            entry.spec = spec.clone();
-            done(Answer::Handler(handler_view(tenant, handler, entry), created))
-        }
+        Command::PutHandler { tenant, handler, spec } => put_handler(state, catalog, tenant, handler, spec),
         Command::DeleteHandler { tenant, handler } => {
             let record = tenant_mut(state, tenant)?.handlers.remove(handler).ok_or_else(|| {
                 RegistryError::UnknownHandler { tenant: tenant.clone(), handler: handler.clone() }
@@ -243,76 +216,12 @@ fn decide(state: &mut State, catalog: &Catalog, command: &Command) -> Result<App
             Ok(Applied { answer: Answer::Done, removed: removed_versions(&record) })
         }
         Command::AddVersion { tenant, handler, info, blob } => {
-            let limits = tenant_mut(state, tenant)?.grant.limits.clone();
-            if info.size_bytes > limits.max_component_bytes {
-                return Err(RegistryError::OverLimit {
-                    tenant: tenant.clone(),
-                    limit: "component size in bytes",
-                    value: info.size_bytes,
-                    max: limits.max_component_bytes,
-                });
-            }
-            let record = handler_record_mut(state, tenant, handler)?;
-            if let Some(existing) = record.versions.iter().find(|v| v.version == info.version) {
-                // The same bytes again: the stored version stands, and this upload's copy of the
-                // bytes (if any) is not needed.
-                let duplicate = blob.clone().filter(|b| record.blobs.get(&info.version) != Some(b));
-                return Ok(Applied {
-                    answer: Answer::Version(existing.clone(), false),
-                    removed: duplicate.map(|b| (info.clone(), Some(b))).into_iter().collect(),
-                });
-            }
-            let max = limits.max_versions_per_handler;
-            if record.versions.len() >= max as usize {
-                return Err(RegistryError::OverLimit {
-                    tenant: tenant.clone(),
-                    limit: "versions per handler",
-                    value: record.versions.len() as u64 + 1,
-                    max: max.into(),
-                });
-            }
-            record.versions.push(info.clone());
-            if let Some(blob) = blob {
-                record.blobs.insert(info.version.clone(), blob.clone());
-            }
-            done(Answer::Version(info.clone(), true))
+            add_version(state, tenant, handler, info, blob)
         }
         Command::DeleteVersion { tenant, handler, version } => {
-            let record = handler_record_mut(state, tenant, handler)?;
-            if record.active.as_deref() == Some(version.as_str()) {
-                return Err(RegistryError::Conflict(format!(
-                    "{version} is the active version; activate another one first"
-                )));
-            }
-            let Some(at) = record.versions.iter().position(|v| v.version == *version) else {
-                return Err(RegistryError::UnknownVersion {
-                    handler: handler.clone(),
-                    version: version.clone(),
-                });
-            };
-            let info = record.versions.remove(at);
-            record.previous.retain(|v| v != version);
-            let blob = record.blobs.remove(version);
-            Ok(Applied { answer: Answer::Done, removed: vec![(info, blob)] })
+            delete_version(state, tenant, handler, version)
         }
-        Command::Activate { tenant, handler, version } => {
-            let record = handler_record_mut(state, tenant, handler)?;
-            if !record.versions.iter().any(|v| v.version == *version) {
-                return Err(RegistryError::UnknownVersion {
-                    handler: handler.clone(),
-                    version: version.clone(),
-                });
-            }
-            if record.active.as_deref() == Some(version.as_str()) {
-                return done(Answer::Activated(handler_view(tenant, handler, record), record.active.clone()));
-            }
-            let replaced = record.active.replace(version.clone());
-            if let Some(replaced) = &replaced {
-                record.previous.retain(|v| v != replaced && v != version);
-                record.previous.push(replaced.clone());
-            }
-            done(Answer::Activated(handler_view(tenant, handler, record), replaced))
-        }
+        Command::Activate { tenant, handler, version } => activate(state, tenant, handler, version),
         Command::Rollback { tenant, handler } => {
             let record = handler_record_mut(state, tenant, handler)?;
             let Some(back) = record.previous.pop() else {
@@ -324,24 +233,159 @@ fn decide(state: &mut State, catalog: &Catalog, command: &Command) -> Result<App
             done(Answer::Activated(handler_view(tenant, handler, record), replaced))
         }
         Command::SetActivation { tenant, handler, active, previous, only_if_active } => {
-            let record = handler_record_mut(state, tenant, handler)?;
-            if only_if_active.is_some() && record.active != *only_if_active {
-                return Err(RegistryError::Conflict(format!(
-                    "{tenant}/{handler}'s activation changed in the meantime; it was left as it is"
-                )));
-            }
-            let known = |v: &String| record.versions.iter().any(|known| known.version == *v);
-            if let Some(unknown) = active.iter().chain(previous).find(|v| !known(v)) {
-                return Err(RegistryError::UnknownVersion {
-                    handler: handler.clone(),
-                    version: unknown.clone(),
-                });
-            }
-            record.active = active.clone();
-            record.previous = previous.clone();
-            done(Answer::Done)
+            set_activation(state, tenant, handler, active, previous, only_if_active)
         }
     }
+}
+
+/// Creates or replaces a handler's spec, within the tenant's grant and handler limit; not one
+/// of the configuration file's.
+fn put_handler(
+    state: &mut State,
+    catalog: &Catalog,
+    tenant: &str,
+    handler: &str,
+    spec: &HandlerSpec,
+) -> Result<Applied, RegistryError> {
+    if catalog.configured.contains(&(tenant.to_owned(), handler.to_owned())) {
+        return Err(RegistryError::Conflict(format!(
+            "{tenant}/{handler} is defined in keyhole's configuration file; choose another name"
+        )));
+    }
+    let record = tenant_mut(state, tenant)?;
+    check_spec(tenant, &record.grant, catalog, spec)?;
+    let created = !record.handlers.contains_key(handler);
+    let max = record.grant.limits.max_handlers;
+    if created && record.handlers.len() >= max as usize {
+        return Err(RegistryError::OverLimit {
+            tenant: tenant.to_owned(),
+            limit: "handlers",
+            value: record.handlers.len() as u64 + 1,
+            max: max.into(),
+        });
+    }
+    let entry = record.handlers.entry(handler.to_owned()).or_insert_with(|| HandlerRecord {
+        spec: spec.clone(),
+        versions: Vec::new(),
+        active: None,
+        previous: Vec::new(),
+        blobs: Default::default(),
+    });
+    entry.spec = spec.clone();
+    done(Answer::Handler(handler_view(tenant, handler, entry), created))
+}
+
+/// Adds an uploaded version within the size and version limits; the same bytes again keep the
+/// stored version.
+fn add_version(
+    state: &mut State,
+    tenant: &str,
+    handler: &str,
+    info: &VersionInfo,
+    blob: &Option<BlobRef>,
+) -> Result<Applied, RegistryError> {
+    let limits = tenant_mut(state, tenant)?.grant.limits.clone();
+    if info.size_bytes > limits.max_component_bytes {
+        return Err(RegistryError::OverLimit {
+            tenant: tenant.to_owned(),
+            limit: "component size in bytes",
+            value: info.size_bytes,
+            max: limits.max_component_bytes,
+        });
+    }
+    let record = handler_record_mut(state, tenant, handler)?;
+    if let Some(existing) = record.versions.iter().find(|v| v.version == info.version) {
+        // The same bytes again: the stored version stands, and this upload's copy of the
+        // bytes (if any) is not needed.
+        let duplicate = blob.clone().filter(|b| record.blobs.get(&info.version) != Some(b));
+        return Ok(Applied {
+            answer: Answer::Version(existing.clone(), false),
+            removed: duplicate.map(|b| (info.clone(), Some(b))).into_iter().collect(),
+        });
+    }
+    let max = limits.max_versions_per_handler;
+    if record.versions.len() >= max as usize {
+        return Err(RegistryError::OverLimit {
+            tenant: tenant.to_owned(),
+            limit: "versions per handler",
+            value: record.versions.len() as u64 + 1,
+            max: max.into(),
+        });
+    }
+    record.versions.push(info.clone());
+    if let Some(blob) = blob {
+        record.blobs.insert(info.version.to_owned(), blob.clone());
+    }
+    done(Answer::Version(info.clone(), true))
+}
+
+/// Deletes a version that is not the active one.
+fn delete_version(
+    state: &mut State,
+    tenant: &str,
+    handler: &str,
+    version: &str,
+) -> Result<Applied, RegistryError> {
+    let record = handler_record_mut(state, tenant, handler)?;
+    if record.active.as_deref() == Some(version) {
+        return Err(RegistryError::Conflict(format!(
+            "{version} is the active version; activate another one first"
+        )));
+    }
+    let Some(at) = record.versions.iter().position(|v| v.version == *version) else {
+        return Err(RegistryError::UnknownVersion {
+            handler: handler.to_owned(),
+            version: version.to_owned(),
+        });
+    };
+    let info = record.versions.remove(at);
+    record.previous.retain(|v| v != version);
+    let blob = record.blobs.remove(version);
+    Ok(Applied { answer: Answer::Done, removed: vec![(info, blob)] })
+}
+
+/// Activates a known version; the one it replaces becomes the latest to roll back to.
+fn activate(state: &mut State, tenant: &str, handler: &str, version: &str) -> Result<Applied, RegistryError> {
+    let record = handler_record_mut(state, tenant, handler)?;
+    if !record.versions.iter().any(|v| v.version == *version) {
+        return Err(RegistryError::UnknownVersion {
+            handler: handler.to_owned(),
+            version: version.to_owned(),
+        });
+    }
+    if record.active.as_deref() == Some(version) {
+        return done(Answer::Activated(handler_view(tenant, handler, record), record.active.clone()));
+    }
+    let replaced = record.active.replace(version.to_owned());
+    if let Some(replaced) = &replaced {
+        record.previous.retain(|v| v != replaced && v != version);
+        record.previous.push(replaced.clone());
+    }
+    done(Answer::Activated(handler_view(tenant, handler, record), replaced))
+}
+
+/// Sets the activation as a whole (a restore), if it is still what the caller saw.
+fn set_activation(
+    state: &mut State,
+    tenant: &str,
+    handler: &str,
+    active: &Option<String>,
+    previous: &[String],
+    only_if_active: &Option<String>,
+) -> Result<Applied, RegistryError> {
+    let record = handler_record_mut(state, tenant, handler)?;
+    if only_if_active.is_some() && record.active != *only_if_active {
+        return Err(RegistryError::Conflict(format!(
+            "{tenant}/{handler}'s activation changed in the meantime; it was left as it is"
+        )));
+    }
+    let known = |v: &String| record.versions.iter().any(|known| known.version == *v);
+    if let Some(unknown) = active.iter().chain(previous).find(|v| !known(v)) {
+        return Err(RegistryError::UnknownVersion { handler: handler.to_owned(), version: unknown.clone() });
+    }
+    record.active = active.clone();
+    record.previous = previous.to_vec();
+    done(Answer::Done)
 }
 
 #[cfg(test)]
