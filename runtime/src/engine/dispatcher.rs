@@ -131,21 +131,21 @@ impl Dispatcher {
     /// handling panics (a bug in keyhole) is abandoned by its dropped ticket, so it is read again
     /// after a restart or a rebalance, and the key's next event still runs: one bad event stops
     /// neither its key nor the partition's drains.
-    async fn run_chain(self: Arc<Self>, mut work: Work, key: Option<Key>) {
-        use futures_util::FutureExt as _;
-        loop {
-            let (offset, partition) = (work.origin.offset, work.origin.partition);
-            if std::panic::AssertUnwindSafe(self.run(work)).catch_unwind().await.is_err() {
-                tracing::error!(binding = %self.binding.settings.name, partition, offset,
-                    "Handling an event panicked; it is left to be read again, and the next events go on.");
-                self.binding.metrics.counter(telemetry::EVENT_PANICS, None).increment(1);
-            }
-            let Some(key) = &key else { return };
-            match self.order().finished(key) {
-                Some(next) => work = next,
-                None => return,
-            }
-        }
+    async fn run_chain(self: Arc<Self>, work: Work, key: Option<Key>) {
+        let next = || key.as_ref().and_then(|key| self.order().finished(key));
+        let panicked = |(partition, offset): (i32, i64)| {
+            tracing::error!(binding = %self.binding.settings.name, partition, offset,
+                "Handling an event panicked; it is left to be read again, and the next events go on.");
+            self.binding.metrics.counter(telemetry::EVENT_PANICS, None).increment(1);
+        };
+        one_after_another(
+            work,
+            next,
+            |work| self.run(work),
+            |work| (work.origin.partition, work.origin.offset),
+            panicked,
+        )
+        .await;
     }
 
     /// Runs one event in its log span and its trace (exported when span export is on).
@@ -227,5 +227,61 @@ impl Dispatcher {
     fn abandon(&self, ticket: Ticket) {
         self.abandoned.fetch_add(1, Ordering::SeqCst);
         self.tracker.abandon(ticket);
+    }
+}
+
+/// Runs `each` on `first`, then on whatever `next` gives, until it gives nothing. A panic in one
+/// is caught and reported to `panicked` (with what `describe` said of the item before it ran),
+/// and the next item still runs: a chain of one key's events must not stop at a bad one, or every
+/// later event of the key would wait for ever.
+async fn one_after_another<T, D, F, Fut>(
+    first: T,
+    mut next: impl FnMut() -> Option<T>,
+    mut each: F,
+    describe: impl Fn(&T) -> D,
+    panicked: impl Fn(D),
+) where
+    F: FnMut(T) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use futures_util::FutureExt as _;
+    let mut item = first;
+    loop {
+        let described = describe(&item);
+        if std::panic::AssertUnwindSafe(each(item)).catch_unwind().await.is_err() {
+            panicked(described);
+        }
+        match next() {
+            Some(following) => item = following,
+            None => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_after_another;
+    use std::sync::Mutex;
+
+    #[tokio::test]
+    async fn a_panicking_event_does_not_stop_the_events_queued_behind_it() {
+        let queued = Mutex::new(vec![3, 2]);
+        let (ran, panicked) = (Mutex::new(Vec::new()), Mutex::new(Vec::new()));
+        one_after_another(
+            1,
+            || queued.lock().unwrap().pop(),
+            |n: i32| {
+                let ran = &ran;
+                async move {
+                    assert!(n != 2, "event 2 is a bug");
+                    ran.lock().unwrap().push(n);
+                }
+            },
+            |n| *n,
+            |n| panicked.lock().unwrap().push(n),
+        )
+        .await;
+        assert_eq!(*ran.lock().unwrap(), [1, 3]);
+        assert_eq!(*panicked.lock().unwrap(), [2]);
     }
 }
