@@ -65,8 +65,11 @@ impl JsonLines {
     }
 }
 
-/// How long the writer naps between batches while lines keep coming.
-const NAP: std::time::Duration = std::time::Duration::from_micros(500);
+/// How long the writer naps between batches while lines keep coming. Each batch costs one
+/// `fdatasync`, whose kernel work dominates the writer's cost: 2 ms gathers enough lines per sync
+/// that keyhole's rate with durable files is within the noise of its rate without the sync (0.5 ms
+/// cost a third of the rate; docs/performance.md).
+const NAP: std::time::Duration = std::time::Duration::from_micros(2000);
 
 /// How many empty naps in a row before the writer parks until the next line.
 const NAPS_BEFORE_PARKING: u32 = 20;
@@ -76,7 +79,7 @@ const NAPS_BEFORE_PARKING: u32 = 20;
 /// While lines keep coming it naps between batches instead of parking on the queue: a parked
 /// receiver must be woken (a system call) by every line sent, a napping one by none, and a
 /// batch gathers what came during the nap. After [`NAPS_BEFORE_PARKING`] empty naps it parks.
-/// A line waits at most one nap (half a millisecond) before it is written.
+/// A line waits at most one nap (2 ms) before it is written and synced.
 fn write_lines(mut file: std::fs::File, mut pending: mpsc::Receiver<Pending>) {
     let mut batch = Vec::new();
     let mut buffer = Vec::new();
