@@ -138,6 +138,37 @@ pub async fn read(topic: &str, n: usize) -> Vec<rdkafka::message::OwnedMessage> 
     got
 }
 
+/// Every record on partition 0 of `topic`, once whoever writes to it has stopped: appends a
+/// marker of its own and reads up to it. (tansu's "latest" offset is the last batch's first
+/// offset plus one, so a watermark undercounts records written in one batch.)
+pub async fn read_all(topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
+    let marker = unique("end-of-test");
+    producer()
+        .send(FutureRecord::<str, str>::to(topic).partition(0).key(&marker), Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|(e, _)| panic!("marker on {topic}: {e}"));
+    let consumer: rdkafka::consumer::StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", unique("reader"))
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut got = Vec::new();
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no end marker on {topic} after {} records", got.len()))
+            .unwrap();
+        if rdkafka::Message::key(&message) == Some(marker.as_bytes()) {
+            return got;
+        }
+        got.push(message.detach());
+    }
+}
+
 /// What a `read_committed` reader of partition 0 of `topic` on `bootstrap` sees: records per
 /// value of the header `header` ("" without it), read until `quiet` passes with nothing new.
 pub async fn records_per_header(
