@@ -38,6 +38,10 @@ SCENARIOS = {
     "instant": dict(events=50_000, partitions=4, keys=1000, latency_ms=0, replies=True),
     "instant-no-replies": dict(events=50_000, partitions=4, keys=1000, latency_ms=0, replies=False),
     "latency-5ms": dict(events=30_000, partitions=1, keys=1000, latency_ms=5, replies=True, order=True),
+    # The instant scenario with the echo reply built natively in place of the Wasm handler
+    # (a binary built with --features bench-native-handler): the difference is the sandbox's cost.
+    "instant-native": dict(events=50_000, partitions=4, keys=1000, latency_ms=0, replies=True,
+                           native=True),
     "at-most-once": dict(events=50_000, partitions=4, keys=1000, latency_ms=0, replies=True,
                          delivery="at-most-once"),
     # Span export on (docs/observability.md): to a collector that accepts every batch (the owner's
@@ -336,7 +340,8 @@ def one_run(args, name, scenario, run):
         http = owner.http_rate(MAX_IN_FLIGHT, args.wrk_seconds)
         raw = raw_consume(broker.bootstrap, "refs", scenario["events"])
         config = keyhole_config(workdir, broker, owner, scenario, args.echo)
-        result = run_keyhole(args.keyhole, workdir, config, scenario["events"])
+        keyhole = args.keyhole_native if scenario.get("native") else args.keyhole
+        result = run_keyhole(keyhole, workdir, config, scenario["events"])
         result.update(http_rate=http, raw_consume=raw)
         if scenario.get("order"):
             result["order_ok"], result["order"] = per_key_order(os.path.join(workdir, "audit.jsonl"), scenario["keys"])
@@ -360,25 +365,38 @@ def main():
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--events", type=int, help="override the scenario's backlog")
     parser.add_argument("--keyhole", default=os.path.join(ROOT, "target/release/keyhole"))
+    parser.add_argument("--keyhole-native", help="the binary built with --features bench-native-handler")
     parser.add_argument("--tansu", required=True)
     parser.add_argument("--echo", default=os.path.join(ROOT, "guest-examples/dist/echo.wasm"))
     parser.add_argument("--wrk-seconds", type=int, default=5)
     parser.add_argument("--keep", action="store_true", help="keep each run's directory (logs, audit)")
     args = parser.parse_args()
     names = list(SCENARIOS) if args.scenarios == ["all"] else args.scenarios
-    summary = []
+    if any(SCENARIOS[name].get("native") for name in names) and not args.keyhole_native:
+        sys.exit("a native scenario needs --keyhole-native (scripts/bench.sh builds it)")
+    scenarios = {}
     for name in names:
         scenario = dict(SCENARIOS[name])
         if args.events:
             scenario["events"] = args.events
+        scenarios[name] = scenario
         print(f"{name}: {scenario['events']:,} events, {scenario['partitions']} partition(s), "
               f"{scenario['keys']} keys, owner latency {scenario['latency_ms']} ms, "
-              f"replies {'on' if scenario['replies'] else 'off'}", flush=True)
-        results = [one_run(args, name, scenario, run + 1) for run in range(args.runs)]
-        median = {k: statistics.median(r[k] for r in results)
+              f"replies {'on' if scenario['replies'] else 'off'}"
+              + (", native echo in place of the Wasm handler" if scenario.get("native") else ""), flush=True)
+    # Round-robin (run 1 of every scenario, then run 2, ...): the machine's drift over the
+    # session spreads over every scenario alike, so their figures compare.
+    results = {name: [] for name in names}
+    for run in range(args.runs):
+        for name in names:
+            print(f"{name}:", end="", flush=True)
+            results[name].append(one_run(args, name, scenarios[name], run + 1))
+    summary = []
+    for name in names:
+        median = {k: statistics.median(r[k] for r in results[name])
                   for k in ("events_per_s", "cpu_us_per_event", "peak_rss_mib", "http_rate", "raw_consume")}
-        median["order"] = all(r.get("order_ok", True) for r in results)
-        summary.append((name, scenario, median))
+        median["order"] = all(r.get("order_ok", True) for r in results[name])
+        summary.append((name, scenarios[name], median))
     print()
     print(f"medians of {args.runs} run(s)")
     print("| scenario | keyhole / owner HTTP | keyhole / raw consume | CPU per event | peak RSS "

@@ -6,6 +6,7 @@
 #   scripts/bench.sh                      # instant owner (replies on and off), 5 ms owner
 #   scripts/bench.sh backlog-10k backlog-100k backlog-1m --runs 3
 #   scripts/bench.sh instant --runs 1 --keep
+#   scripts/bench.sh instant instant-native     # the sandbox's cost per event
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 . "$root/scripts/lib.sh"
@@ -26,8 +27,17 @@ if [ ! -x "$BENCH_VENV/bin/python" ] || ! "$BENCH_VENV/bin/python" -c 'import co
 fi
 ensure_tansu
 "$root/scripts/build-guests.sh"
-step "Building keyhole (release)"
 cd "$root"
-cargo build --release --locked -p keyhole
 target=$(cargo metadata --format-version 1 --no-deps | "$BENCH_VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-exec "$BENCH_VENV/bin/python" "$root/scripts/bench.py" --tansu "$TANSU_BIN" --keyhole "$target/release/keyhole" "$@"
+native=()
+if printf '%s\n' "$@" | grep -qx -- 'instant-native\|all'; then
+    # The native stand-in for the echo handler (runtime/src/sandbox/native.rs): only keyhole's
+    # own crate is built again with the feature; cargo keeps both builds.
+    step "Building keyhole (release, with the native echo stand-in)"
+    cargo build --release --locked -p keyhole --features bench-native-handler
+    cp "$target/release/keyhole" "$target/release/keyhole-bench-native"
+    native=(--keyhole-native "$target/release/keyhole-bench-native")
+fi
+step "Building keyhole (release)"
+cargo build --release --locked -p keyhole
+exec "$BENCH_VENV/bin/python" "$root/scripts/bench.py" --tansu "$TANSU_BIN" --keyhole "$target/release/keyhole" "${native[@]}" "$@"

@@ -93,7 +93,7 @@ pub async fn run_with(
     let cancel = CancellationToken::new();
     let mut bindings = Tasks::default();
     for started in configured {
-        let name = started.0.settings.name.clone();
+        let name = started.0.settings().name.clone();
         let (engine, cancel, named) = (engine.clone(), cancel.clone(), name.clone());
         bindings
             .spawn(name, async move { engine.consume(started, cancel).await.map_err(|e| ended(named, e)) });
@@ -155,7 +155,7 @@ fn start_problem(path: &str, message: String) -> RunError {
 fn ended(binding: String, error: BindingError) -> RunError {
     match error {
         BindingError::Stopped => RunError::Stopped,
-        BindingError::Failed(message) => RunError::Binding { binding, message },
+        failed => RunError::Binding { binding, message: failed.to_string() },
     }
 }
 

@@ -367,11 +367,10 @@ async fn one_tenants_write_is_answered_while_another_tenants_binding_drains() {
     std::fs::create_dir_all(&state_dir).unwrap();
     let group = common::broker::unique("keyhole");
     // The owner may take 20 s to answer: the slow answer is waited for, not retried.
-    let toml = common::admin::admin_config(&group, &owner.base_url(), &state_dir)
-        .replace("timeout_ms = 2000", "timeout_ms = 20000");
-    assert!(toml.contains("timeout_ms = 20000") && toml.contains("drain_timeout_ms = 10000"));
-    let config: keyhole::config::Config = toml::from_str(&toml).unwrap();
-    let settings = config.validate(std::path::Path::new(".")).unwrap_or_else(|p| panic!("{p:#?}"));
+    let settings = common::config::TestConfig::admin(&group, &owner.base_url(), &state_dir)
+        .set("data_source.0.timeout_ms", 20_000)
+        .set("shutdown.drain_timeout_ms", 10_000)
+        .settings();
     let listeners = common::running::Listeners::bind().await;
     let (url, monitoring_url) = listeners.urls();
     let running = common::running::Running::start_with(settings, Some(listeners));

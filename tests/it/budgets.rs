@@ -2,6 +2,7 @@
 //! asked) instead of failing, and the process's memory stays within the budget.
 
 use crate::common::broker::{self, publish, reference};
+use crate::common::config::TestConfig;
 use crate::common::owner::{Answer, Owner};
 use crate::common::running::{Running, setup_handler};
 use keyhole::records::audit::Decision;
@@ -57,26 +58,22 @@ async fn instances_that_hold_their_memory_keep_the_process_within_its_budget() {
     let dir = std::env::temp_dir().join(broker::unique("keyhole-budget"));
     std::fs::create_dir_all(&dir).unwrap();
     let identity = r#"{ bearer_token = { env = "KEYHOLE_TEST_OWNER_TOKEN" } }"#;
-    let echo = crate::common::guest_path("echo").display().to_string();
-    let probe = crate::common::guest_path("probe").display().to_string();
-    let config = crate::common::echo_config(
+    let config = TestConfig::echo(
         &broker::unique("keyhole"),
         &topic,
         &owner.base_url(),
         identity,
         "max_in_flight = 32\n[handler.limits]\nmax_memory_bytes = 67108864\ndeadline_ms = 5000",
     )
-    .replace(&echo, &probe);
-    let config = format!(
-        "[sandbox]\nmemory_budget_bytes = {BUDGET}\ntenant_memory_budget_bytes = {BUDGET}\n\
-         max_memory_bytes_ceiling = {}\n\n[audit]\npath = \"{}/audit.jsonl\"\n\n\
-         [receipts]\npath = \"{}/receipts.jsonl\"\n{config}",
-        64 * MIB,
-        dir.display(),
-        dir.display()
-    );
+    .guest("probe")
+    .set("sandbox.memory_budget_bytes", BUDGET as i64)
+    .set("sandbox.tenant_memory_budget_bytes", BUDGET as i64)
+    .set("sandbox.max_memory_bytes_ceiling", (64 * MIB) as i64)
+    .set("audit.path", dir.join("audit.jsonl").display().to_string())
+    .set("receipts.path", dir.join("receipts.jsonl").display().to_string())
+    .clone();
     let path = dir.join("keyhole.toml");
-    std::fs::write(&path, config).unwrap();
+    config.write(&path);
     let keyhole = crate::common::run_keyhole(&path);
     // Started (its consumer joined) once a first event is decided; its resident memory then is
     // the baseline the budget comes on top of.

@@ -48,23 +48,20 @@ async fn personal_data_reaches_nothing_keyhole_writes_except_the_handlers_reply(
     let dir = std::env::temp_dir().join(broker::unique("keyhole-canary"));
     std::fs::create_dir_all(&dir).unwrap();
     let identity = r#"{ bearer_token = { env = "KEYHOLE_TEST_OWNER_TOKEN" } }"#;
-    let echo = common::guest_path("echo").display().to_string();
-    let leaky = common::guest_path("hostile-leaky").display().to_string();
-    let mut toml = common::echo_config(
+    let collector = Collector::start().await;
+    let toml = common::config::TestConfig::echo(
         &group,
         &topic,
         &owner.base_url(),
         identity,
         &format!("reply_topic = \"{replies}\""),
     )
-    .replace(&echo, &leaky);
-    // [handler.retry] is the last table.
-    toml.push_str("max_attempts = 2\n\n[audit]\npath = \"audit.jsonl\"\n");
-    let collector = Collector::start().await;
-    toml.push_str(&format!(
-        "\n[telemetry]\notlp_endpoint = \"{}\"\nbatch_delay_ms = 100\n",
-        collector.base_url()
-    ));
+    .guest("hostile-leaky")
+    .set("handler.0.retry.max_attempts", 2)
+    .set("audit.path", "audit.jsonl")
+    .set("telemetry.otlp_endpoint", collector.base_url())
+    .set("telemetry.batch_delay_ms", 100)
+    .text();
     let config = dir.join("keyhole.toml");
     std::fs::write(&config, toml).unwrap();
 
@@ -83,7 +80,7 @@ async fn personal_data_reaches_nothing_keyhole_writes_except_the_handlers_reply(
     }
 
     let log_path = dir.join("keyhole.log");
-    let mut keyhole = Command::new(env!("CARGO_BIN_EXE_keyhole"))
+    let mut keyhole = crate::common::command_dying_with_the_test(env!("CARGO_BIN_EXE_keyhole"))
         .args(["run", "--config"])
         .arg(&config)
         .env("KEYHOLE_TEST_OWNER_TOKEN", common::owner::TOKEN)

@@ -258,8 +258,14 @@ async fn a_replica_killed_mid_stream_loses_no_event_and_catches_up_on_the_regist
         let topic = topic.clone();
         async move { publish_events(&topic, next..next + 200, Duration::from_millis(20)).await }
     });
-    ids.extend((next..next + 200).map(|i| format!("e{i}")));
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let new: BTreeSet<String> = (next..next + 200).map(|i| format!("e{i}")).collect();
+    ids.extend(new.iter().cloned());
+    // Killed mid-stream: once it has handled one of the events being published.
+    let started = Instant::now();
+    while !cluster.delivered()[2].iter().any(|(id, _)| new.contains(id)) {
+        assert!(started.elapsed() < Duration::from_secs(60), "replica 2 handled none of the new events");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     cluster.kill(2);
     // A change the killed replica misses.
     cluster.tenant(0, "globex", &[&topic], json!({})).await;

@@ -181,7 +181,7 @@ fn dev_watch_runs_again_when_the_handler_changes() {
     let handler = dir.join("handler.wasm");
     std::fs::copy(guest_path("echo"), &handler).unwrap();
     let out = std::fs::File::create(dir.join("out.jsonl")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keyhole"))
+    let mut child = crate::common::command_dying_with_the_test(env!("CARGO_BIN_EXE_keyhole"))
         .args(["dev", "--json", "--watch", "--handler"])
         .arg(&handler)
         .arg("--fixtures")

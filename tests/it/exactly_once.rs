@@ -108,7 +108,7 @@ fn audited(audit: &Path) -> usize {
 /// serves, or be killed under it), with `refs` of `partitions` partitions, `replies` and the
 /// binding's dead-letter topic; and its bootstrap servers.
 fn mock_cluster_process(group: &str, partitions: i32) -> (std::process::Child, String) {
-    let mut mock = Command::new(env!("CARGO_BIN_EXE_keyhole"))
+    let mut mock = crate::common::command_dying_with_the_test(env!("CARGO_BIN_EXE_keyhole"))
         .args(["mock-cluster", "--topic", &format!("refs:{partitions}"), "--topic", "replies:1"])
         .args(["--topic", &format!("{group}.acme.echo.dlq:1")])
         .stdin(Stdio::piped())

@@ -257,7 +257,7 @@ async fn a_refused_event_keeps_its_id_and_an_overlong_dataref_is_refused_unreque
 /// `keyhole run --log-format <format>` on `config`, logging to `keyhole.log` beside it.
 fn run_with_log_format(config: &std::path::Path, format: &str) -> std::process::Child {
     let log = std::fs::File::create(config.with_file_name("keyhole.log")).unwrap();
-    std::process::Command::new(env!("CARGO_BIN_EXE_keyhole"))
+    crate::common::command_dying_with_the_test(env!("CARGO_BIN_EXE_keyhole"))
         .args(["--log-format", format, "run", "--config"])
         .arg(config)
         .env("KEYHOLE_TEST_OWNER_TOKEN", common::owner::TOKEN)

@@ -156,7 +156,7 @@ async fn a_40_mb_component_moves_into_the_blob_topic_and_back_out_byte_for_byte(
 
 /// `keyhole run` on `config` must exit non-zero, saying `reason`.
 fn refuses_to_start(config: &Path, reason: &str) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keyhole"))
+    let mut child = crate::common::command_dying_with_the_test(env!("CARGO_BIN_EXE_keyhole"))
         .args(["run", "--config"])
         .arg(config)
         .stdout(std::process::Stdio::null())

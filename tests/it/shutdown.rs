@@ -204,11 +204,11 @@ async fn sigterm_with_the_broker_down_exits_within_the_drain_and_commit_timeouts
     let dir = std::env::temp_dir().join(broker::unique("keyhole-broker-down"));
     std::fs::create_dir_all(&dir).unwrap();
     let config = write_config(&dir, &owner, &topic, &broker::unique("keyhole"), "");
-    let toml = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace(&broker::bootstrap(), &own.bootstrap)
-        .replace("drain_timeout_ms = 10000", "drain_timeout_ms = 2000\ncommit_timeout_ms = 2000");
-    std::fs::write(&config, toml).unwrap();
+    common::config::TestConfig::from_toml(&std::fs::read_to_string(&config).unwrap())
+        .set("kafka.bootstrap_servers", own.bootstrap.as_str())
+        .set("shutdown.drain_timeout_ms", 2000)
+        .set("shutdown.commit_timeout_ms", 2000)
+        .write(&config);
     let producer: FutureProducer =
         ClientConfig::new().set("bootstrap.servers", &own.bootstrap).create().unwrap();
     for i in 0..5 {

@@ -56,7 +56,7 @@ fn configure(name: &str, group: &str, topic: &str, replies: &str, owner: &Owner,
 }
 
 fn start(dir: &Path, env: &[(&str, String)]) -> Child {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_keyhole"));
+    let mut command = crate::common::command_dying_with_the_test(env!("CARGO_BIN_EXE_keyhole"));
     command
         .args(["run", "--config"])
         .arg(dir.join("keyhole.toml"))

@@ -499,11 +499,16 @@ pub enum Stage {
     Handler,
     /// Publishing the reply.
     Reply,
+    /// keyhole itself failed on the event (a bug: handling it panicked). Always dead lettered,
+    /// whatever `on_failure` says: reading it again would fail again, and stopping would stop
+    /// the binding on keyhole's bug rather than on the event.
+    Internal,
 }
 
 impl Stage {
     /// Every stage, in the order an event passes them.
-    pub const ALL: [Stage; 4] = [Stage::Envelope, Stage::Resolve, Stage::Handler, Stage::Reply];
+    pub const ALL: [Stage; 5] =
+        [Stage::Envelope, Stage::Resolve, Stage::Handler, Stage::Reply, Stage::Internal];
 
     /// The stage's name in configuration, logs, audit records and dead-letter headers.
     pub fn as_str(self) -> &'static str {
@@ -512,6 +517,7 @@ impl Stage {
             Stage::Resolve => "resolve",
             Stage::Handler => "handler",
             Stage::Reply => "reply",
+            Stage::Internal => "internal",
         }
     }
 }

@@ -129,6 +129,7 @@ impl FailurePolicies {
             Stage::Resolve => self.resolve,
             Stage::Handler => self.handler,
             Stage::Reply => self.reply,
+            Stage::Internal => FailurePolicy::DeadLetter,
         }
     }
 }
@@ -292,4 +293,25 @@ pub enum ConfigError {
         /// Every problem found.
         problems: Vec<Problem>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{FailurePolicies, FailurePolicy, Stage};
+
+    #[test]
+    fn keyholes_own_failure_is_dead_lettered_whatever_the_policies_say() {
+        let stop = FailurePolicy::Stop;
+        let policies = FailurePolicies {
+            dead_letter_topic: "dlq".into(),
+            envelope: stop,
+            resolve: stop,
+            handler: stop,
+            reply: stop,
+        };
+        for stage in Stage::ALL {
+            let expected = if stage == Stage::Internal { FailurePolicy::DeadLetter } else { stop };
+            assert_eq!(policies.at(stage), expected, "{}", stage.as_str());
+        }
+    }
 }

@@ -10,33 +10,52 @@ use crate::telemetry::{self, BindingMetrics};
 use rdkafka::producer::FutureProducer;
 use std::sync::{Arc, RwLock};
 
-/// Everything a binding's events need, shared by their tasks.
+/// Everything a binding's events need, shared by their tasks, grouped by the step that uses it:
+/// asking the owner ([`OwnerAccess`]), running the handler ([`HandlerSlot`]) and writing what an
+/// event leaves ([`Outputs`]). Only the engine sees the fields.
 pub struct Binding {
     /// The binding's configuration.
-    pub settings: BindingSettings,
+    pub(super) settings: BindingSettings,
     /// The active version of the handler component; replaced in place when another version is
     /// activated. Each event takes the version current when it starts and keeps it to the end.
-    pub handler: HandlerSlot,
+    pub(super) handler: HandlerSlot,
+    /// What asking the data owner needs.
+    pub(super) owner: OwnerAccess,
+    /// Where what an event leaves goes.
+    pub(super) outputs: Outputs,
+    /// Backoff between retries, of an attempt and of a send.
+    pub(super) backoff: Backoff,
+    /// The binding's metric handles, made once.
+    pub(super) metrics: BindingMetrics,
+}
+
+/// What the resolve step uses: the only part of a binding that talks to the data owner.
+pub struct OwnerAccess {
     /// The data source's resolver (shared with other bindings of the same source).
-    pub resolver: Arc<Resolver>,
+    pub(super) resolver: Arc<Resolver>,
     /// The data source's base URL, that references resolve against.
-    pub base_url: url::Url,
-    /// Backoff between retries.
-    pub backoff: Backoff,
+    pub(super) base_url: url::Url,
     /// Closed while the data source cannot answer (down, or refusing keyhole's credentials).
-    pub gate: PauseGate,
+    pub(super) gate: PauseGate,
+}
+
+/// What the output step uses: the only part of a binding that writes records or publishes.
+pub struct Outputs {
     /// Where outcomes go.
-    pub audit: Arc<Audit>,
+    pub(super) audit: Arc<Audit>,
     /// Where access receipts go, one per request to the data owner.
-    pub receipts: Arc<Receipts>,
+    pub(super) receipts: Arc<Receipts>,
     /// Publishes replies and dead letters: shared by the bindings that are not exactly-once;
     /// a binding's own transactional producer when it is.
-    pub producer: Arc<FutureProducer>,
-    /// The binding's metric handles, made once.
-    pub metrics: BindingMetrics,
+    pub(super) producer: Arc<FutureProducer>,
 }
 
 impl Binding {
+    /// The binding's configuration.
+    pub fn settings(&self) -> &BindingSettings {
+        &self.settings
+    }
+
     /// Who asks, for records: the binding with the version `handler`.
     pub fn asker(&self, handler: &Handler) -> Asker {
         Asker {

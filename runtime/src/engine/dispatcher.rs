@@ -9,9 +9,10 @@ use super::event::{self, decide};
 use super::ordering::KeyOrder;
 use super::outputs::{self, Interrupted};
 use crate::cloudevents::{ReferenceEvent, Refusal};
+use crate::config::Stage;
 use crate::kafka::{self, BindingConsumer, OffsetTracker, Received, Ticket, TopicPartition};
 use crate::model::Origin;
-use crate::records::audit::Disposal;
+use crate::records::audit::{Decision, Disposal, Outcome};
 use crate::telemetry::{self, Consumed, EventTrace, InFlight};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -127,15 +128,16 @@ impl Dispatcher {
         });
     }
 
-    /// Runs `work`, then every event that queued behind its key meanwhile. An event whose
-    /// handling panics (a bug in keyhole) is abandoned by its dropped ticket, so it is read again
-    /// after a restart or a rebalance, and the key's next event still runs: one bad event stops
-    /// neither its key nor the partition's drains.
+    /// Runs `work`, then every event that queued behind its key meanwhile. A panic while an
+    /// event is decided makes it fail at the `internal` stage (dead lettered, acknowledged: see
+    /// [`internal_failure`]). A panic after that (writing its records) abandons it by its
+    /// dropped ticket, so it is read again after a restart or a rebalance; either way the key's
+    /// next event still runs: one bad event stops neither its key nor the partition's drains.
     async fn run_chain(self: Arc<Self>, work: Work, key: Option<Key>) {
         let next = || key.as_ref().and_then(|key| self.order().finished(key));
         let panicked = |(partition, offset): (i32, i64)| {
             tracing::error!(binding = %self.binding.settings.name, partition, offset,
-                "Handling an event panicked; it is left to be read again, and the next events go on.");
+                "Recording an event panicked (a bug in keyhole); it is left to be read again, and the next events go on.");
             self.binding.metrics.counter(telemetry::EVENT_PANICS, None).increment(1);
         };
         one_after_another(
@@ -181,9 +183,18 @@ impl Dispatcher {
             return self.abandon(ticket);
         }
         let binding = &self.binding;
-        let Some(mut outcome) =
-            decide(binding, event, origin, received.key.as_deref(), &trace, &self.cancel).await
-        else {
+        let event_id = match &event {
+            Ok(event) => Some(event.id.clone()),
+            Err(refusal) => refusal.id.clone(),
+        };
+        let deciding = decide(binding, event, origin, received.key.as_deref(), &trace, &self.cancel);
+        let panicked = || {
+            tracing::error!(binding = %binding.settings.name, partition = ticket.partition.partition,
+                offset = ticket.offset, "Handling an event panicked (a bug in keyhole); it is dead lettered.");
+            binding.metrics.counter(telemetry::EVENT_PANICS, None).increment(1);
+            internal_failure(binding, &ticket, event_id)
+        };
+        let Some(mut outcome) = decided_or(deciding, panicked).await else {
             return self.abandon(ticket);
         };
         if let Some(stage) = outcome.decision.failed_stage() {
@@ -194,9 +205,10 @@ impl Dispatcher {
                 outcome.disposal = Some(Disposal::BindingStopped);
                 // Best effort: the event is not acknowledged, so it comes again either way. A
                 // broker that does not confirm the record within the bound does not hold the stop.
-                let write = binding.audit.write(&outcome, &binding.producer, STOP_RECORD_TIMEOUT);
+                let write =
+                    binding.outputs.audit.write(&outcome, &binding.outputs.producer, STOP_RECORD_TIMEOUT);
                 if matches!(tokio::time::timeout(STOP_RECORD_TIMEOUT, write).await, Ok(Ok(()))) {
-                    binding.audit.announce(outcome, &binding.metrics).await;
+                    binding.outputs.audit.announce(outcome, &binding.metrics).await;
                 }
                 self.stopped.store(true, Ordering::SeqCst);
                 self.cancel.cancel();
@@ -230,6 +242,43 @@ impl Dispatcher {
     }
 }
 
+/// What `deciding` decides; if it panics (a bug in keyhole), what `panicked` makes instead.
+async fn decided_or<T>(
+    deciding: impl std::future::Future<Output = Option<T>>,
+    panicked: impl FnOnce() -> T,
+) -> Option<T> {
+    use futures_util::FutureExt as _;
+    match std::panic::AssertUnwindSafe(deciding).catch_unwind().await {
+        Ok(decided) => decided,
+        Err(_) => Some(panicked()),
+    }
+}
+
+/// The outcome of an event whose handling panicked: a failure at the `internal` stage, which is
+/// always dead lettered and then acknowledged like any other failure, so the partition's offsets
+/// go on and the event is not read again in a loop (it would panic again). The reason names no
+/// more than that: a panic's message could quote anything the code had at hand.
+fn internal_failure(binding: &Binding, ticket: &Ticket, event_id: Option<String>) -> Outcome {
+    Outcome {
+        time: std::time::SystemTime::now(),
+        asker: binding.asker(&binding.handler.current()),
+        origin: Origin {
+            topic: ticket.partition.topic.clone(),
+            partition: ticket.partition.partition,
+            offset: ticket.offset,
+        },
+        event_id,
+        dataref_path: None,
+        attempts: 1,
+        decision: Decision::Failed {
+            stage: Stage::Internal,
+            kind: "panic",
+            reason: "keyhole failed while handling this event (a bug in keyhole: see its log)".into(),
+        },
+        disposal: None,
+    }
+}
+
 /// Runs `each` on `first`, then on whatever `next` gives, until it gives nothing. A panic in one
 /// is caught and reported to `panicked` (with what `describe` said of the item before it ran),
 /// and the next item still runs: a chain of one key's events must not stop at a bad one, or every
@@ -260,8 +309,19 @@ async fn one_after_another<T, D, F, Fut>(
 
 #[cfg(test)]
 mod tests {
-    use super::one_after_another;
+    use super::{decided_or, one_after_another};
     use std::sync::Mutex;
+
+    #[tokio::test]
+    async fn a_panic_while_deciding_becomes_the_fallback_decision_and_an_interruption_stays_one() {
+        let deciding = async {
+            let bug: Option<u8> = None;
+            Some(bug.expect("a bug in keyhole"))
+        };
+        assert_eq!(decided_or(deciding, || 7).await, Some(7), "the panic is caught and replaced");
+        assert_eq!(decided_or(async { Some(1) }, || 7).await, Some(1));
+        assert_eq!(decided_or(async { None::<u8> }, || 7).await, None, "interrupted: abandoned, not failed");
+    }
 
     #[tokio::test]
     async fn a_panicking_event_does_not_stop_the_events_queued_behind_it() {

@@ -2,7 +2,7 @@
 //! owner is asked again on every attempt (consent is checked each time), each answer gets its
 //! receipt before it is acted on, and the event keeps the handler version it started on.
 
-use super::binding::Binding;
+use super::binding::{Binding, OwnerAccess};
 use super::decide::{self, Failure, Next, RetryBudget, Unresolved};
 use super::outputs::{self, Interrupted};
 use crate::cloudevents::{ReferenceEvent, Refusal};
@@ -47,7 +47,7 @@ pub async fn decide(
         }
     };
     let (id, path) = (Some(event.id.clone()), Some(event.dataref.path().to_string()));
-    let url = match event.dataref.resolve_against(&binding.base_url) {
+    let url = match event.dataref.resolve_against(&binding.owner.base_url) {
         Ok(url) => url,
         Err(error) => return Some(outcome(id, path, 1, refused(binding, error.kind(), error.to_string()))),
     };
@@ -69,7 +69,7 @@ async fn attempt_until_decided(
         probing: false,
         // The owner's answer count before this event's latest attempt: a failure while it grew
         // is this reference's own.
-        answered_before: binding.resolver.answered(),
+        answered_before: binding.owner.resolver.answered(),
     };
     let mut number = 1;
     loop {
@@ -81,7 +81,8 @@ async fn attempt_until_decided(
             Attempt::Failed(failure) => failure,
             Attempt::Interrupted => return None,
         };
-        window = Window { probing: failure.pause.is_some(), answered_before: binding.resolver.answered() };
+        window =
+            Window { probing: failure.pause.is_some(), answered_before: binding.owner.resolver.answered() };
         let delay = binding.backoff.delay(number, failure.retry_after);
         budget.spend(&failure, started.elapsed().saturating_sub(waited) + delay);
         if decide::after_failure(&failure, binding.settings.on_failure.at(failure.stage), &budget)
@@ -177,13 +178,13 @@ async fn ask_owner(
     let Run { handler, event, url, trace, .. } = *run;
     let mut answered_before = window.answered_before;
     if !window.probing {
-        if !binding.gate.admit(cancel).await {
+        if !binding.owner.gate.admit(cancel).await {
             return Err(Attempt::Interrupted);
         }
         // A first attempt's window starts when it may ask, not when it was read: answers that
         // reopened the gate while it waited say nothing about this reference.
         if number == 1 {
-            answered_before = binding.resolver.answered();
+            answered_before = binding.owner.resolver.answered();
         }
     }
     let who = Requester {
@@ -192,29 +193,29 @@ async fn ask_owner(
         purpose: &binding.settings.purpose,
         event_id: &event.id,
     };
-    let mut span = trace.resolve(binding.resolver.name(), number);
-    let resolved = binding.resolver.fetch(url, &who).await;
+    let mut span = trace.resolve(binding.owner.resolver.name(), number);
+    let resolved = binding.owner.resolver.fetch(url, &who).await;
     note_answer(&mut span, &resolved);
     drop(span);
     outputs::record_receipt(binding, handler, event, &resolved, number, cancel).await?;
     match resolved {
         Ok(released) => {
-            binding.gate.open();
+            binding.owner.gate.open();
             Ok(released)
         }
-        Err(error) => Err(unresolved(binding, error, answered_before)),
+        Err(error) => Err(unresolved(&binding.owner, error, answered_before)),
     }
 }
 
 /// The owner did not release the data: its decision, or a failure (which may pause the binding).
-fn unresolved(binding: &Binding, error: ResolveError, answered_before: u64) -> Attempt {
+fn unresolved(owner: &OwnerAccess, error: ResolveError, answered_before: u64) -> Attempt {
     // Answered by someone else meanwhile, or this very answer was a decision.
-    let answered_meanwhile = binding.resolver.answered() > answered_before;
+    let answered_meanwhile = owner.resolver.answered() > answered_before;
     // A status that is not a transient failure (400, an oversized body): the owner is up.
     let owner_answered = matches!(error, ResolveError::Rejected { .. } | ResolveError::TooLarge { .. });
     match decide::unresolved(error, answered_meanwhile) {
         Unresolved::Decided(decided) => {
-            binding.gate.open();
+            owner.gate.open();
             Attempt::Decided(match decided {
                 ResolveError::ConsentDenied { status } => Decision::ConsentDenied { status },
                 ResolveError::Gone { status } => Decision::Gone { status },
@@ -225,8 +226,8 @@ fn unresolved(binding: &Binding, error: ResolveError, answered_before: u64) -> A
         }
         Unresolved::Failed(failure) => {
             match &failure.pause {
-                Some(reason) => binding.gate.close(reason.clone()),
-                None if owner_answered => binding.gate.open(),
+                Some(reason) => owner.gate.close(reason.clone()),
+                None if owner_answered => owner.gate.open(),
                 // A poison reference's transient failure: leave the gate as it is; only an
                 // answer reopens it.
                 None => {}

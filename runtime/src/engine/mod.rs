@@ -24,6 +24,7 @@ pub(crate) mod reader;
 pub(crate) mod supervisor;
 
 pub use binding::{Binding, HandlerSlot};
+use binding::{Outputs, OwnerAccess};
 pub use delivery::BindingError;
 pub use health::{BindingState, Health, Reachability};
 pub use supervisor::Supervisor;
@@ -194,17 +195,17 @@ impl Engine {
         let binding = Arc::new(Binding {
             settings: settings.clone(),
             handler: HandlerSlot::new(handler),
-            base_url: self.settings.data_sources[settings.data_source].base_url.clone(),
-            resolver,
+            owner: OwnerAccess {
+                base_url: self.settings.data_sources[settings.data_source].base_url.clone(),
+                resolver,
+                gate: PauseGate::new(&settings.name, metrics.paused.clone(), self.health.clone()),
+            },
+            outputs: Outputs { audit: self.audit.clone(), receipts: self.receipts.clone(), producer },
             backoff: Backoff {
                 initial: Duration::from_millis(settings.retry.initial_backoff_ms),
                 max: Duration::from_millis(settings.retry.max_backoff_ms),
                 ..Backoff::default()
             },
-            gate: PauseGate::new(&settings.name, metrics.paused.clone(), self.health.clone()),
-            audit: self.audit.clone(),
-            receipts: self.receipts.clone(),
-            producer,
             metrics,
         });
         binding.register_counters();

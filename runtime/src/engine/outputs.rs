@@ -59,7 +59,7 @@ where
                 // instance with its transactional id) never sends again: the event is
                 // interrupted, its batch aborted, and the binding ends with the reason.
                 if let Some((code, reason)) =
-                    rdkafka::producer::Producer::client(binding.producer.as_ref()).fatal_error()
+                    rdkafka::producer::Producer::client(binding.outputs.producer.as_ref()).fatal_error()
                 {
                     tracing::error!(binding = %binding.settings.name, event_id, %code, %reason,
                         "{what} cannot be sent: the producer failed for good.");
@@ -88,7 +88,7 @@ pub async fn record_receipt(
         Err(error) => (error.kind(), error.status()),
     };
     let metrics = &binding.metrics;
-    let data_source = binding.resolver.name();
+    let data_source = binding.owner.resolver.name();
     metrics.counter(telemetry::RESOLUTIONS, Some(("outcome", decision))).increment(1);
     let receipt = Receipt {
         time: receipt::now(),
@@ -105,7 +105,7 @@ pub async fn record_receipt(
         attempt: number,
     };
     until_confirmed(binding, &event.id, "Receipt", cancel, || async {
-        let written = binding.receipts.write(&receipt, &binding.producer, SEND_TIMEOUT).await;
+        let written = binding.outputs.receipts.write(&receipt, &binding.outputs.producer, SEND_TIMEOUT).await;
         if written.is_err() {
             metrics.counter(telemetry::RECEIPT_ERRORS, None).increment(1);
         }
@@ -131,7 +131,7 @@ pub async fn publish_reply(
     let request = kafka::reply::Request { who: handler.identity(), event, key, trace: trace.context() };
     let _span = trace.send(topic, "reply");
     let id = until_confirmed(binding, &event.id, "Reply", cancel, || {
-        kafka::reply::publish(&binding.producer, topic, &request, reply, SEND_TIMEOUT)
+        kafka::reply::publish(&binding.outputs.producer, topic, &request, reply, SEND_TIMEOUT)
     })
     .await?;
     binding.metrics.replies.increment(1);
@@ -166,7 +166,7 @@ pub async fn dead_letter(
     let event_id = outcome.event_id.as_deref().unwrap_or("-");
     let mut span = trace.send(topic, "dead_letter");
     let (partition, offset) = until_confirmed(binding, event_id, "Dead letter", cancel, || {
-        kafka::dead_letter::publish(&binding.producer, topic, received, &failure, SEND_TIMEOUT)
+        kafka::dead_letter::publish(&binding.outputs.producer, topic, received, &failure, SEND_TIMEOUT)
     })
     .await?;
     span.placed(partition, offset);
@@ -186,10 +186,10 @@ pub async fn record(
     outcome: Outcome,
     cancel: &CancellationToken,
 ) -> Result<(), Interrupted> {
-    let audit = &binding.audit;
+    let audit = &binding.outputs.audit;
     let event_id = outcome.event_id.as_deref().unwrap_or("-");
     until_confirmed(binding, event_id, "Audit record", cancel, || async {
-        let written = audit.write(&outcome, &binding.producer, SEND_TIMEOUT).await;
+        let written = audit.write(&outcome, &binding.outputs.producer, SEND_TIMEOUT).await;
         if written.is_err() {
             binding.metrics.counter(telemetry::AUDIT_ERRORS, None).increment(1);
         }

@@ -96,10 +96,17 @@ impl Registry {
         kafka: &KafkaSettings,
         catalog: Catalog,
     ) -> Result<(Self, Option<tokio::sync::mpsc::Receiver<Announced>>), RegistryError> {
+        // Reading the store's files (and creating them) is blocking I/O: not on an async worker.
+        let dir = admin.state_dir.clone();
         let RegistryStore::Kafka(settings) = &admin.registry else {
-            return Ok((Registry::open(&admin.state_dir, catalog)?, None));
+            let registry = tokio::task::spawn_blocking(move || Registry::open(&dir, catalog))
+                .await
+                .map_err(|e| RegistryError::Storage(std::io::Error::other(e)))??;
+            return Ok((registry, None));
         };
-        let cache = Store::open(&admin.state_dir.join("cache"))?;
+        let cache = tokio::task::spawn_blocking(move || Store::open(&dir.join("cache")))
+            .await
+            .map_err(|e| RegistryError::Storage(std::io::Error::other(e)))??;
         let (state, catalog) = (Arc::new(Mutex::new(State::default())), Arc::new(catalog));
         let (store, announced) = KafkaStore::open(kafka, settings, state.clone(), catalog.clone()).await?;
         warn_about_stored_names(&read(&state));

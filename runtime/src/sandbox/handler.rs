@@ -2,7 +2,7 @@
 
 use super::admission::Admitted;
 use super::bindings::{self, Event, HandlerError, HandlerPre, Reply};
-use super::engine::{EPOCH_TICK, Sandbox};
+use super::engine::Sandbox;
 use super::error::{GuestError, LoadError, describe};
 use super::limits::{LimitHit, Limits};
 use super::state::{GuestOutput, GuestState, HandlerIdentity};
@@ -95,16 +95,22 @@ impl Handler {
         admitted: Admitted,
     ) -> Result<Option<Reply>, GuestError> {
         let _admitted = admitted;
-        let run = async {
-            let mut instance = self.instantiate(&event.id).await?;
-            instance.call(event).await
-        };
-        // Epoch interruption stops guest code; this stops a guest that waits inside a host call
-        // (a clock subscription, say), where no epoch check runs.
-        let backstop = self.limits.deadline() + 2 * EPOCH_TICK;
-        tokio::time::timeout(backstop, run)
-            .await
-            .unwrap_or(Err(GuestError::DeadlineExceeded { limit_ms: self.limits.deadline_ms }))
+        // The benchmark's native stand-in (see `native`): the reply without the sandbox.
+        #[cfg(feature = "bench-native-handler")]
+        return Ok(Some(super::native::echo(event)));
+        #[cfg(not(feature = "bench-native-handler"))]
+        {
+            let run = async {
+                let mut instance = self.instantiate(&event.id).await?;
+                instance.call(event).await
+            };
+            // Epoch interruption stops guest code; this stops a guest that waits inside a host
+            // call (a clock subscription, say), where no epoch check runs.
+            let backstop = self.limits.deadline() + 2 * super::engine::EPOCH_TICK;
+            tokio::time::timeout(backstop, run)
+                .await
+                .unwrap_or(Err(GuestError::DeadlineExceeded { limit_ms: self.limits.deadline_ms }))
+        }
     }
 
     /// Creates a fresh instance for one event. [`Handler::handle`] is what the pipeline uses;

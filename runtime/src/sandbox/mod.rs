@@ -17,6 +17,8 @@ mod error;
 mod handler;
 mod inspect;
 mod limits;
+#[cfg(feature = "bench-native-handler")]
+mod native;
 mod state;
 
 pub use admission::Admitted;

@@ -11,8 +11,8 @@ use std::sync::OnceLock;
 use std::sync::RwLock;
 use std::time::Duration;
 
-/// Counter: events whose handling panicked (a bug in keyhole), by `binding`, `tenant`; each is
-/// read again after a restart or a rebalance.
+/// Counter: events whose handling panicked (a bug in keyhole), by `binding`, `tenant`; dead
+/// lettered at stage `internal` (or, if recording them panicked, read again later).
 pub const EVENT_PANICS: &str = "keyhole_event_panics_total";
 /// Counter: records read from Kafka, by `binding`, `tenant`.
 pub const EVENTS_CONSUMED: &str = "keyhole_events_consumed_total";
@@ -165,7 +165,10 @@ fn describe() {
     describe_counter!(RECEIPTS, "Access receipts written, by decision.");
     describe_counter!(RECEIPT_ERRORS, "Receipt writes that failed and were tried again.");
     describe_counter!(AUDIT_ERRORS, "Audit record writes that failed and were tried again.");
-    describe_counter!(EVENT_PANICS, "Events whose handling panicked; each is read again later.");
+    describe_counter!(
+        EVENT_PANICS,
+        "Events whose handling panicked (a bug in keyhole); dead lettered at stage internal."
+    );
     describe_gauge!(BINDING_PAUSED, "1 while the binding is paused because its data source cannot answer.");
     describe_gauge!(CONSUMER_LAG, "Messages not yet consumed, per partition.");
     describe_counter!(

@@ -3,7 +3,7 @@
 //! in that transaction. A batch that cannot be finished is aborted and read again, with consent
 //! asked again.
 
-use super::{BindingError, Limits, bounds, read_batch};
+use super::{BindingError, KafkaCallError, Limits, bounds, read_batch};
 use crate::engine::binding::Binding;
 use crate::engine::dispatcher::Dispatcher;
 use crate::engine::reader::Reader;
@@ -24,7 +24,7 @@ pub async fn read(
     permits: &Arc<Semaphore>,
     limits: Limits,
 ) -> Result<(), BindingError> {
-    let (name, producer) = (reader.name, &binding.producer);
+    let (name, producer) = (reader.name, &binding.outputs.producer);
     loop {
         let batch = read_batch(reader, permits, binding.settings.max_in_flight).await;
         if batch.is_empty() {
@@ -33,11 +33,11 @@ pub async fn read(
         let (first, positions) = bounds(&batch);
         blocking(producer, kafka::producer::begin)
             .await
-            .map_err(|e| BindingError::Failed(format!("cannot begin a transaction: {e}")))?;
+            .map_err(|source| BindingError::Transaction { step: "begin", source })?;
         let finished = handle_batch(binding, reader, dispatcher, permits, batch, limits).await;
         let committed = match finished {
             Finished::Whole => commit(name, producer, reader, positions.clone()).await,
-            Finished::Interrupted => Err("interrupted".to_string()),
+            Finished::Interrupted => Err(Unfinished::Interrupted),
         };
         let Err(why) = committed else {
             tracing::debug!(binding = %name, offsets = ?positions, "Transaction committed.");
@@ -50,9 +50,23 @@ pub async fn read(
         }
         blocking(producer, kafka::producer::abort)
             .await
-            .map_err(|e| BindingError::Failed(format!("cannot abort a transaction: {e}")))?;
+            .map_err(|source| BindingError::Transaction { step: "abort", source })?;
         rewind(reader, first).await?;
     }
+}
+
+/// Why a batch's transaction is aborted.
+#[derive(Debug, thiserror::Error)]
+enum Unfinished {
+    /// Shutdown cut the batch short, or one of its events was abandoned.
+    #[error("interrupted")]
+    Interrupted,
+    /// The commit failed.
+    #[error("the commit failed: {0}")]
+    Commit(kafka::producer::TransactionError),
+    /// The commit's blocking thread did not finish.
+    #[error("the commit did not finish: {0}")]
+    Thread(tokio::task::JoinError),
 }
 
 /// How a batch's handling ended.
@@ -85,7 +99,7 @@ async fn handle_batch(
         }
         // Fenced meanwhile: the sends the batch waits on fail now rather than at their
         // timeout; its events are abandoned, the permits come back, and the batch is given up.
-        never = fail_pending_once_fenced(reader.name, &binding.producer) => match never {},
+        never = fail_pending_once_fenced(reader.name, &binding.outputs.producer) => match never {},
         () = async {
             reader.cancel.cancelled().await;
             tokio::time::sleep(limits.drain).await;
@@ -104,32 +118,31 @@ async fn commit(
     producer: &Arc<FutureProducer>,
     reader: &Reader<'_>,
     positions: Vec<(TopicPartition, i64)>,
-) -> Result<(), String> {
+) -> Result<(), Unfinished> {
     let (producer, consumer) = (producer.clone(), reader.consumer.clone());
-    let committed = tokio::task::spawn_blocking(move || {
-        kafka::producer::commit(&producer, consumer.as_ref(), &positions)
-    })
-    .await
-    .map_err(|e| e.to_string())?;
-    committed.map_err(|error| {
-        if error.is_fatal() {
-            tracing::error!(binding = %name, %error, "Transaction failed for good.");
-        }
-        error.to_string()
-    })
+    tokio::task::spawn_blocking(move || kafka::producer::commit(&producer, consumer.as_ref(), &positions))
+        .await
+        .map_err(Unfinished::Thread)?
+        .map_err(|error| {
+            if error.is_fatal() {
+                tracing::error!(binding = %name, %error, "Transaction failed for good.");
+            }
+            Unfinished::Commit(error)
+        })
 }
 
 /// Shutting down: an abort the broker does not answer in time is left to the broker's
 /// transaction timeout, or to the fencing of the next start with the same transactional id.
 /// Nothing of the batch becomes visible either way.
 async fn abort_at_shutdown(name: &str, producer: &Arc<FutureProducer>, limits: Limits) {
-    let aborted = match tokio::time::timeout(limits.commit, blocking(producer, kafka::producer::abort)).await
-    {
-        Ok(aborted) => aborted,
-        Err(_) => Err("the broker did not answer within shutdown.commit_timeout_ms".into()),
-    };
-    if let Err(error) = aborted {
-        tracing::warn!(binding = %name, %error, "Transaction not aborted at shutdown; its events are read again after a restart.");
+    match tokio::time::timeout(limits.commit, blocking(producer, kafka::producer::abort)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(binding = %name, %error, "Transaction not aborted at shutdown; its events are read again after a restart.");
+        }
+        Err(_) => {
+            tracing::warn!(binding = %name, "Transaction not aborted within shutdown.commit_timeout_ms; its events are read again after a restart.");
+        }
     }
 }
 
@@ -137,17 +150,12 @@ async fn abort_at_shutdown(name: &str, producer: &Arc<FutureProducer>, limits: L
 async fn rewind(reader: &Reader<'_>, first: Vec<(TopicPartition, i64)>) -> Result<(), BindingError> {
     reader.tracker.assign(first.iter().map(|(partition, _)| partition.clone()));
     for (partition, offset) in first {
-        let consumer = reader.consumer.clone();
-        let at = partition.clone();
-        let sought = tokio::task::spawn_blocking(move || {
+        let (consumer, at) = (reader.consumer.clone(), partition.clone());
+        KafkaCallError::blocking(move || {
             consumer.seek(&at.topic, at.partition, rdkafka::Offset::Offset(offset), Duration::from_secs(10))
         })
         .await
-        .map_err(|e| e.to_string())
-        .and_then(|sought| sought.map_err(|e| e.to_string()));
-        if let Err(e) = sought {
-            return Err(BindingError::Failed(format!("cannot rewind {partition} after an abort: {e}")));
-        }
+        .map_err(|source| BindingError::Rewind { partition: partition.clone(), source })?;
         reader.rewound(partition, offset);
     }
     Ok(())
@@ -171,10 +179,7 @@ async fn fail_pending_once_fenced(name: &str, producer: &FutureProducer) -> std:
 async fn blocking(
     producer: &Arc<FutureProducer>,
     call: fn(&FutureProducer) -> rdkafka::error::KafkaResult<()>,
-) -> Result<(), String> {
+) -> Result<(), KafkaCallError> {
     let producer = producer.clone();
-    tokio::task::spawn_blocking(move || call(&producer))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+    KafkaCallError::blocking(move || call(&producer)).await
 }

@@ -28,9 +28,48 @@ pub enum BindingError {
     /// A failure policy stopped the binding.
     #[error("stopped on a failure (on_failure = \"stop\"); see the log")]
     Stopped,
-    /// The binding's consumer or producer failed.
-    #[error("{0}")]
-    Failed(String),
+    /// The thread that polls the binding's consumer could not be started.
+    #[error("cannot start the consumer's polling thread: {0}")]
+    Poller(#[source] std::io::Error),
+    /// An exactly-once binding's transaction could not be begun or aborted: its producer is
+    /// unusable (fenced, or failed for good).
+    #[error("cannot {step} a transaction: {source}")]
+    Transaction {
+        /// "begin" or "abort".
+        step: &'static str,
+        /// What the producer answered.
+        #[source]
+        source: KafkaCallError,
+    },
+    /// After an abort, the consumer could not go back to the batch's first offsets.
+    #[error("cannot rewind {partition} after an abort: {source}")]
+    Rewind {
+        /// The partition.
+        partition: TopicPartition,
+        /// What the consumer answered.
+        #[source]
+        source: KafkaCallError,
+    },
+}
+
+/// A librdkafka call that blocks until the broker answers, made on a blocking thread.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaCallError {
+    /// The broker or the client refused.
+    #[error(transparent)]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The blocking thread panicked or was cancelled at shutdown.
+    #[error("the blocking call did not finish: {0}")]
+    Thread(#[from] tokio::task::JoinError),
+}
+
+impl KafkaCallError {
+    /// Runs `call` on a blocking thread.
+    pub(crate) async fn blocking<T: Send + 'static>(
+        call: impl FnOnce() -> rdkafka::error::KafkaResult<T> + Send + 'static,
+    ) -> Result<T, KafkaCallError> {
+        Ok(tokio::task::spawn_blocking(call).await??)
+    }
 }
 
 /// The time limits of a binding's shutdown.
@@ -59,8 +98,7 @@ pub async fn run(
     let store_offsets = delivery == Delivery::AtLeastOnce;
     let dispatcher =
         Dispatcher::new(binding.clone(), consumer.clone(), tracker.clone(), cancel.clone(), store_offsets);
-    let poller = Poller::start(&name, consumer.clone())
-        .map_err(|e| BindingError::Failed(format!("cannot start the consumer's polling thread: {e}")))?;
+    let poller = Poller::start(&name, consumer.clone()).map_err(BindingError::Poller)?;
     let rewinds = Rewinds::default();
     let reader = Reader {
         name: &name,
