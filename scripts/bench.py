@@ -329,7 +329,7 @@ def per_key_order(audit_path, keys):
 
 
 def one_run(args, name, scenario, run):
-    workdir = tempfile.mkdtemp(prefix=f"keyhole-bench-{name}-")
+    workdir = tempfile.mkdtemp(prefix=f"keyhole-bench-{name.split()[0]}-")
     broker = Broker(args.tansu, workdir)
     owner = Owner(workdir, scenario["latency_ms"])
     try:
@@ -340,7 +340,7 @@ def one_run(args, name, scenario, run):
         http = owner.http_rate(MAX_IN_FLIGHT, args.wrk_seconds)
         raw = raw_consume(broker.bootstrap, "refs", scenario["events"])
         config = keyhole_config(workdir, broker, owner, scenario, args.echo)
-        keyhole = args.keyhole_native if scenario.get("native") else args.keyhole
+        keyhole = scenario.get("binary") or (args.keyhole_native if scenario.get("native") else args.keyhole)
         result = run_keyhole(keyhole, workdir, config, scenario["events"])
         result.update(http_rate=http, raw_consume=raw)
         if scenario.get("order"):
@@ -366,6 +366,8 @@ def main():
     parser.add_argument("--events", type=int, help="override the scenario's backlog")
     parser.add_argument("--keyhole", default=os.path.join(ROOT, "target/release/keyhole"))
     parser.add_argument("--keyhole-native", help="the binary built with --features bench-native-handler")
+    parser.add_argument("--baseline", help="another keyhole binary (an earlier build): every scenario also "
+                        "runs on it, interleaved run by run, reported as '<scenario> (baseline)'")
     parser.add_argument("--tansu", required=True)
     parser.add_argument("--echo", default=os.path.join(ROOT, "guest-examples/dist/echo.wasm"))
     parser.add_argument("--wrk-seconds", type=int, default=5)
@@ -380,12 +382,15 @@ def main():
         if args.events:
             scenario["events"] = args.events
         scenarios[name] = scenario
+        if args.baseline and not scenario.get("native"):
+            scenarios[f"{name} (baseline)"] = dict(scenario, binary=args.baseline)
         print(f"{name}: {scenario['events']:,} events, {scenario['partitions']} partition(s), "
               f"{scenario['keys']} keys, owner latency {scenario['latency_ms']} ms, "
               f"replies {'on' if scenario['replies'] else 'off'}"
               + (", native echo in place of the Wasm handler" if scenario.get("native") else ""), flush=True)
     # Round-robin (run 1 of every scenario, then run 2, ...): the machine's drift over the
     # session spreads over every scenario alike, so their figures compare.
+    names = list(scenarios)
     results = {name: [] for name in names}
     for run in range(args.runs):
         for name in names:

@@ -159,6 +159,15 @@ async fn upload_activate_swap_and_roll_back_without_losing_an_event() {
     }
     assert_eq!(receipts.len(), 280, "one receipt per event, none twice");
 
+    // Each request told the owner which version the data would reach: the one the event ran
+    // on, across both swaps (so an owner can release only to versions it approved).
+    let requests = owner.seen();
+    assert_eq!(requests.len(), 280, "one request per event");
+    for request in &requests {
+        let id = request.event_id.as_deref().unwrap();
+        assert_eq!(request.handler_version.as_deref(), Some(seen[id].0.as_str()), "{id}");
+    }
+
     // /metrics serves the binding's series over HTTP.
     let metrics =
         reqwest::get(format!("{}/metrics", admin.monitoring_url)).await.unwrap().text().await.unwrap();

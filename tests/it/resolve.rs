@@ -24,8 +24,13 @@ const TOKEN: &str = "tok-3xq9-very-secret";
 const LIMIT: u64 = 1024;
 const CUSTOMER: &str = r#"{"name":"Zoë","email":"zoe@example.com"}"#;
 
-const WHO: Requester<'static> =
-    Requester { tenant: "acme", handler: "welcome-mail", purpose: "marketing", event_id: "ev-1" };
+const WHO: Requester<'static> = Requester {
+    tenant: "acme",
+    handler: "welcome-mail",
+    purpose: "marketing",
+    event_id: "ev-1",
+    handler_version: "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+};
 
 /// What the fake data owner saw.
 #[derive(Default)]
@@ -207,6 +212,7 @@ async fn released_data_arrives_exactly_and_the_owner_learns_who_asks() {
     assert_eq!(header("keyhole-handler").as_deref(), Some("welcome-mail"));
     assert_eq!(header("keyhole-purpose").as_deref(), Some("marketing"));
     assert_eq!(header("keyhole-event-id").as_deref(), Some("ev-1"));
+    assert_eq!(header("keyhole-handler-version").as_deref(), Some(WHO.handler_version));
     assert_eq!(header("accept").as_deref(), Some("*/*"));
     assert_eq!(header("user-agent"), Some(format!("keyhole/{}", env!("CARGO_PKG_VERSION"))));
 }

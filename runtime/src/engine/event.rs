@@ -192,6 +192,7 @@ async fn ask_owner(
         handler: &binding.settings.handler,
         purpose: &binding.settings.purpose,
         event_id: &event.id,
+        handler_version: handler.version(),
     };
     let mut span = trace.resolve(binding.owner.resolver.name(), number);
     let resolved = binding.owner.resolver.fetch(url, &who).await;

@@ -7,8 +7,11 @@
 //! current-thread runtime). So each binding's consumer is polled by a thread of its own, as
 //! Vector's Kafka source does: the rebalance callback may block it while the binding's events
 //! finish on the async workers. Records are read into [`Polled`] on that thread (the envelope
-//! parsed, the record copied) and handed over through a bounded channel: a binding at its
-//! in-flight limit stops taking them, the channel fills, and the thread stops polling.
+//! parsed, the record copied) and handed over in batches through a bounded channel: a binding
+//! at its in-flight limit stops taking them, the channel fills, and the thread stops polling.
+//! A batch is whatever librdkafka has ready, up to [`BATCH`] records: handing records over one
+//! at a time woke the thread (and the binding's task) once per record, which cost more than
+//! reading the record.
 
 use super::dead_letter::Received;
 use super::{BindingConsumer, raw_record};
@@ -24,8 +27,12 @@ use tokio::sync::mpsc;
 /// How long one poll waits for a record: the longest the thread takes to notice it should stop.
 const POLL: Duration = Duration::from_millis(100);
 
-/// Records read ahead of the binding: librdkafka prefetches the rest.
-const HANDOVER: usize = 64;
+/// The most records handed over at once.
+const BATCH: usize = 32;
+
+/// Batches read ahead of the binding (so at most `HANDOVER * BATCH` records, plus the batch
+/// being taken): librdkafka prefetches the rest.
+const HANDOVER: usize = 2;
 
 /// A record read from a partition, parsed.
 pub struct Polled {
@@ -43,9 +50,9 @@ pub struct Polled {
 
 /// A consumer's polling thread and the records it hands over.
 pub struct Poller {
-    /// What the thread read: a record, or the consumer's error. Taken one at a time by the
-    /// binding's read loop.
-    records: tokio::sync::Mutex<mpsc::Receiver<Result<Polled, KafkaError>>>,
+    /// What the thread read, in batches, and the rest of the batch being taken; taken one
+    /// record at a time by the binding's read loop.
+    records: tokio::sync::Mutex<Handover>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -59,12 +66,19 @@ impl Poller {
         let thread = std::thread::Builder::new()
             .name("keyhole-poll".into())
             .spawn(move || poll(&name, &consumer, &sender, &stopping))?;
+        let records = Handover { batches: records, taking: std::collections::VecDeque::new() };
         Ok(Poller { records: tokio::sync::Mutex::new(records), stop, thread: Some(thread) })
     }
 
     /// The next record (or consumer error) the thread read; `None` once it stopped.
     pub async fn next(&self) -> Option<Result<Polled, KafkaError>> {
-        self.records.lock().await.recv().await
+        let mut records = self.records.lock().await;
+        loop {
+            if let Some(next) = records.taking.pop_front() {
+                return Some(next);
+            }
+            records.taking = records.batches.recv().await?.into();
+        }
     }
 
     /// Stops the thread and waits for it: it lets go of the consumer, which may then be closed.
@@ -72,7 +86,7 @@ impl Poller {
     /// blocking thread.
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        let records = self.records.get_mut();
+        let records = &mut self.records.get_mut().batches;
         // A thread waiting for room in the channel sees it closed.
         records.close();
         while records.try_recv().is_ok() {}
@@ -87,23 +101,37 @@ impl Drop for Poller {
     /// its thread, which then lets go of the consumer; nothing waits for it.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        self.records.get_mut().close();
+        self.records.get_mut().batches.close();
     }
+}
+
+/// The channel of batches and the batch being taken.
+struct Handover {
+    batches: mpsc::Receiver<Vec<Result<Polled, KafkaError>>>,
+    taking: std::collections::VecDeque<Result<Polled, KafkaError>>,
 }
 
 fn poll(
     name: &str,
     consumer: &BindingConsumer,
-    records: &mpsc::Sender<Result<Polled, KafkaError>>,
+    records: &mpsc::Sender<Vec<Result<Polled, KafkaError>>>,
     stop: &AtomicBool,
 ) {
+    let read = |polled: rdkafka::error::KafkaResult<rdkafka::message::BorrowedMessage<'_>>| {
+        polled.map(|message| read(name, &message))
+    };
     while !stop.load(Ordering::SeqCst) {
-        let polled = match consumer.poll(POLL) {
-            None => continue,
-            Some(Err(error)) => Err(error),
-            Some(Ok(message)) => Ok(read(name, &message)),
-        };
-        if records.blocking_send(polled).is_err() {
+        // Waits for a first record, then takes what else is ready without waiting.
+        let Some(first) = consumer.poll(POLL) else { continue };
+        let mut batch = Vec::with_capacity(BATCH);
+        batch.push(read(first));
+        while batch.len() < BATCH {
+            match consumer.poll(Duration::ZERO) {
+                Some(polled) => batch.push(read(polled)),
+                None => break,
+            }
+        }
+        if records.blocking_send(batch).is_err() {
             return; // The binding stopped reading.
         }
     }

@@ -1,8 +1,8 @@
 //! One data source's HTTP client: a single attempt to resolve a reference, classified.
 
 use super::{
-    DataSourceSettings, EVENT_ID_HEADER, HANDLER_HEADER, Identity, PURPOSE_HEADER, Released, Requester,
-    ResolveError, ResolverBuildError, TENANT_HEADER,
+    DataSourceSettings, EVENT_ID_HEADER, HANDLER_HEADER, HANDLER_VERSION_HEADER, Identity, PURPOSE_HEADER,
+    Released, Requester, ResolveError, ResolverBuildError, TENANT_HEADER,
 };
 use bytes::{Bytes, BytesMut};
 use http::StatusCode;
@@ -11,6 +11,7 @@ use http::header::{
     RETRY_AFTER, USER_AGENT as USER_AGENT_HEADER,
 };
 use http_body_util::{BodyExt as _, Empty};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -62,6 +63,51 @@ pub struct Resolver {
     /// an event failing while this grows fails on its own (a poison reference), not because
     /// the owner is down.
     answered: AtomicU64,
+}
+
+/// One answer as [`Resolver::inspect`] saw it: what keyhole made of it, and what `keyhole owner
+/// check` needs besides. `Debug` shows no body.
+pub(crate) struct Inspection {
+    /// The final answer's status and headers (after the redirects followed), when one came.
+    pub(crate) head: Option<(StatusCode, HeaderMap)>,
+    /// Exactly what [`Resolver::fetch`] returns for the same answer.
+    pub(crate) outcome: Result<Released, ResolveError>,
+    /// The body of an answer that released nothing, as far as it was read.
+    pub(crate) refusal_body: Option<RefusalBody>,
+}
+
+impl Inspection {
+    fn unanswered(error: ResolveError) -> Inspection {
+        Inspection { head: None, outcome: Err(error), refusal_body: None }
+    }
+}
+
+impl std::fmt::Debug for Inspection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inspection")
+            .field("status", &self.head.as_ref().map(|(status, _)| status.as_u16()))
+            .field("outcome", &self.outcome)
+            .field("refusal_body", &self.refusal_body)
+            .finish()
+    }
+}
+
+/// The start of the body of an answer that released nothing. `Debug` shows its length only.
+pub(crate) struct RefusalBody {
+    /// The body's first bytes, at most the limit given to [`Resolver::inspect`].
+    pub(crate) prefix: Bytes,
+    /// Whether `prefix` is the whole body: false when the body was longer than the limit,
+    /// broke off, or was still arriving when the time ran out.
+    pub(crate) complete: bool,
+}
+
+impl std::fmt::Debug for RefusalBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefusalBody")
+            .field("prefix", &format_args!("<{} bytes>", self.prefix.len()))
+            .field("complete", &self.complete)
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for Resolver {
@@ -197,16 +243,10 @@ impl Resolver {
         if !within(&self.base_url, url) {
             return Err(ResolveError::NotSent);
         }
-        let _permit = self.permits.acquire().await.map_err(|_| ResolveError::Transient {
-            reason: "the resolver is shutting down".to_owned(),
-            retry_after: None,
-        })?;
+        let _permit = self.permits.acquire().await.map_err(|_| shutting_down())?;
         match tokio::time::timeout(self.timeout, self.exchange(url, who)).await {
             Ok(outcome) => outcome,
-            Err(_) => Err(ResolveError::Transient {
-                reason: format!("timed out: no complete answer within {} ms", self.timeout.as_millis()),
-                retry_after: None,
-            }),
+            Err(_) => Err(self.timed_out()),
         }
     }
 
@@ -222,6 +262,7 @@ impl Resolver {
             (HANDLER_HEADER, who.handler),
             (PURPOSE_HEADER, who.purpose),
             (EVENT_ID_HEADER, who.event_id),
+            (HANDLER_VERSION_HEADER, who.handler_version),
         ] {
             headers.insert(HeaderName::from_static(name), requester_header_value(value)?);
         }
@@ -233,6 +274,58 @@ impl Resolver {
     /// would leave the data source is not followed: the 3xx is the answer. An owner must not be
     /// able to send keyhole, with its credentials and the user's reference, to another host.
     async fn exchange(&self, url: &Url, who: &Requester<'_>) -> Result<Released, ResolveError> {
+        let response = self.send(url, who).await?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(refusal(status, response.headers(), SystemTime::now()));
+        }
+        self.read_released(response, url).await
+    }
+
+    /// One attempt made exactly as [`Resolver::fetch`] makes it (the same request, redirects,
+    /// timeout and classification) for `keyhole owner check`, which needs more than the
+    /// outcome: the final answer's head, and up to `refusal_body_limit` bytes of the body of an
+    /// answer that released nothing (keyhole itself never reads those). The answer counter is
+    /// left alone.
+    pub(crate) async fn inspect(&self, url: &Url, who: &Requester<'_>, refusal_body_limit: usize) -> Inspection {
+        if !within(&self.base_url, url) {
+            return Inspection::unanswered(ResolveError::NotSent);
+        }
+        let Ok(_permit) = self.permits.acquire().await else {
+            return Inspection::unanswered(shutting_down());
+        };
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let response = match tokio::time::timeout_at(deadline, self.send(url, who)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => return Inspection::unanswered(error),
+            Err(_) => return Inspection::unanswered(self.timed_out()),
+        };
+        let status = response.status();
+        let headers = response.headers().clone();
+        if status.is_success() {
+            let outcome = tokio::time::timeout_at(deadline, self.read_released(response, url))
+                .await
+                .unwrap_or_else(|_| Err(self.timed_out()));
+            return Inspection { head: Some((status, headers)), outcome, refusal_body: None };
+        }
+        // Classified on the head alone, as `exchange` does; the body is read only for the
+        // inspection, within what is left of the same time limit.
+        let outcome = Err(refusal(status, &headers, SystemTime::now()));
+        let body = read_prefix(response.into_body(), refusal_body_limit, deadline).await;
+        Inspection { head: Some((status, headers)), outcome, refusal_body: Some(body) }
+    }
+
+    /// The error of a request that found no complete answer within the timeout.
+    fn timed_out(&self) -> ResolveError {
+        ResolveError::Transient {
+            reason: format!("timed out: no complete answer within {} ms", self.timeout.as_millis()),
+            retry_after: None,
+        }
+    }
+
+    /// Sends the request and follows the redirects that stay within the data source (see
+    /// [`Resolver::exchange`]); the final answer, its body unread.
+    async fn send(&self, url: &Url, who: &Requester<'_>) -> Result<http::Response<Incoming>, ResolveError> {
         let mut target = url.clone();
         let mut followed = 0;
         let response = loop {
@@ -262,11 +355,11 @@ impl Resolver {
                 None => break response,
             }
         };
-        let status = response.status();
-        if !status.is_success() {
-            return Err(refusal(status, response.headers(), SystemTime::now()));
-        }
+        Ok(response)
+    }
 
+    /// Reads a 2xx answer into what the owner released, within `max_response_bytes`.
+    async fn read_released(&self, response: http::Response<Incoming>, url: &Url) -> Result<Released, ResolveError> {
         let limit = self.max_response_bytes;
         let declared =
             response.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
@@ -302,6 +395,29 @@ impl Resolver {
         };
         Ok(Released { body, content_type })
     }
+}
+
+/// Reads at most `limit` bytes of `body` before `deadline`.
+async fn read_prefix(mut body: Incoming, limit: usize, deadline: tokio::time::Instant) -> RefusalBody {
+    let mut prefix = BytesMut::new();
+    let read = tokio::time::timeout_at(deadline, async {
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return false };
+            let Ok(chunk) = frame.into_data() else { continue }; // trailers
+            let room = limit.saturating_sub(prefix.len());
+            prefix.extend_from_slice(chunk.get(..room.min(chunk.len())).unwrap_or_default());
+            if chunk.len() > room {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    RefusalBody { prefix: prefix.freeze(), complete: read.unwrap_or(false) }
+}
+
+fn shutting_down() -> ResolveError {
+    ResolveError::Transient { reason: "the resolver is shutting down".to_owned(), retry_after: None }
 }
 
 /// Loads a client certificate, telling the operator which half is unreadable.
@@ -373,7 +489,13 @@ fn refusal(status: StatusCode, headers: &HeaderMap, now: SystemTime) -> ResolveE
 /// Reads `Retry-After` (RFC 9110 §10.2.3): delta-seconds or an HTTP-date; a date in the past
 /// means "now". Anything unreadable is ignored, and backoff alone decides.
 fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    parse_retry_after(headers.get(RETRY_AFTER)?.to_str().ok()?, now)
+}
+
+/// One `Retry-After` value as keyhole reads it (see [`retry_after`]); None when keyhole would
+/// ignore it. `keyhole owner check` holds owners to this.
+pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
     if !value.is_empty() && value.bytes().all(|byte| byte.is_ascii_digit()) {
         // Too many digits for a u64 is still "a very long time"; backoff caps it.
         return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));

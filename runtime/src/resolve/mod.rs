@@ -24,6 +24,9 @@ mod error;
 
 pub use backoff::{Backoff, RETRY_AFTER_CEILING};
 pub use client::{MAX_REDIRECTS, RedirectRule, Resolver};
+// For `keyhole owner check` (the `owner_check` module), which holds a data owner to what this
+// module does with its answers.
+pub(crate) use client::{Inspection, RefusalBody, parse_retry_after};
 pub use error::{ResolveError, ResolverBuildError};
 
 use std::fmt;
@@ -37,6 +40,9 @@ pub const HANDLER_HEADER: &str = "keyhole-handler";
 pub const PURPOSE_HEADER: &str = "keyhole-purpose";
 /// Header carrying the CloudEvents `id` of the event being handled.
 pub const EVENT_ID_HEADER: &str = "keyhole-event-id";
+/// Header naming the handler version that will receive the data: the SHA-256 digest of its
+/// component (`sha256:<hex>`), so that an owner can release data only to versions it approved.
+pub const HANDLER_VERSION_HEADER: &str = "keyhole-handler-version";
 
 /// Settings for one data source, already validated by the config module.
 #[derive(Clone, Debug)]
@@ -103,6 +109,9 @@ pub struct Requester<'a> {
     pub purpose: &'a str,
     /// The CloudEvents `id` of the event being handled.
     pub event_id: &'a str,
+    /// The handler version the event runs on (`sha256:<hex>` of its component): the code the
+    /// released data will reach.
+    pub handler_version: &'a str,
 }
 
 /// What the owner released.

@@ -28,6 +28,8 @@ pub struct Seen {
     pub tenant: Option<String>,
     pub handler: Option<String>,
     pub purpose: Option<String>,
+    /// `Keyhole-Handler-Version`: the handler version the data would reach.
+    pub handler_version: Option<String>,
     pub status: u16,
 }
 
@@ -154,6 +156,7 @@ async fn answer(State(table): State<Arc<Table>>, Path(path): Path<String>, heade
         tenant: text("keyhole-tenant"),
         handler: text("keyhole-handler"),
         purpose: text("keyhole-purpose"),
+        handler_version: text("keyhole-handler-version"),
         status,
     });
     table.in_flight.lock().unwrap().0 -= 1;
