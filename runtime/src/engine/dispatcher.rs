@@ -143,7 +143,7 @@ impl Dispatcher {
         one_after_another(
             work,
             next,
-            |work| self.run(work),
+            |work| Box::pin(self.run(work)),
             |work| (work.origin.partition, work.origin.offset),
             panicked,
         )
@@ -187,7 +187,9 @@ impl Dispatcher {
             Ok(event) => Some(event.id.clone()),
             Err(refusal) => refusal.id.clone(),
         };
-        let deciding = decide(binding, event, origin, received.key.as_deref(), &trace, &self.cancel);
+        // Boxed: the future is several KiB (the owner's request, the sandbox call), and the panic
+        // guard moves what it wraps; a move of a box copies a pointer, not the state machine.
+        let deciding = Box::pin(decide(binding, event, origin, received.key.as_deref(), &trace, &self.cancel));
         let panicked = || {
             tracing::error!(binding = %binding.settings.name, partition = ticket.partition.partition,
                 offset = ticket.offset, "Handling an event panicked (a bug in keyhole); it is dead lettered.");

@@ -100,10 +100,11 @@ impl Handler {
         return Ok(Some(super::native::echo(event)));
         #[cfg(not(feature = "bench-native-handler"))]
         {
-            let run = async {
+            // Boxed: the timeout moves what it wraps, and a store and call in flight are large.
+            let run = Box::pin(async {
                 let mut instance = self.instantiate(&event.id).await?;
                 instance.call(event).await
-            };
+            });
             // Epoch interruption stops guest code; this stops a guest that waits inside a host
             // call (a clock subscription, say), where no epoch check runs.
             let backstop = self.limits.deadline() + 2 * super::engine::EPOCH_TICK;
