@@ -24,6 +24,8 @@
 //! - [`client`]: `keyhole publish`/`request` (data owners) and `deploy`/`rollback` (tenants).
 //! - [`simulate`]: the same pipeline on an in-process broker and sample data owner, for
 //!   `keyhole dev` and `keyhole demo`.
+//! - [`owner_check`]: `keyhole owner check` — a data owner's endpoint held to what [`resolve`]
+//!   does with its answers, from fixtures, in the owner's CI.
 //! - [`telemetry`]: logging set-up, the Prometheus metrics and their names, trace context.
 
 pub mod admin;
@@ -34,6 +36,7 @@ pub mod config;
 pub mod engine;
 pub mod kafka;
 pub mod model;
+pub mod owner_check;
 pub mod records;
 pub mod registry;
 pub mod resolve;

@@ -26,6 +26,7 @@ mod hot_swap;
 mod listeners;
 mod observability;
 mod outage;
+mod owner_check;
 mod pipeline;
 mod registry_store;
 mod request;

@@ -5,6 +5,7 @@ mod check;
 mod deploy;
 mod dev;
 mod health;
+mod owner;
 mod publish;
 mod registry;
 mod run;
@@ -86,6 +87,9 @@ pub enum Command {
     /// names: from one instance's `state_dir` into Kafka, and back (a backup).
     #[command(subcommand)]
     Registry(RegistryCommand),
+    /// Tools for data owners: test your endpoint the way keyhole will ask it.
+    #[command(subcommand)]
+    Owner(OwnerCommand),
     /// Runs librdkafka's in-process mock cluster until stdin closes or a signal comes, and prints
     /// its bootstrap servers. For tests that must kill keyhole while the broker lives on; not a
     /// broker for anything else (it keeps nothing on disk and does not filter aborted
@@ -124,6 +128,40 @@ pub enum RegistryCommand {
         #[arg(long)]
         from: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+pub enum OwnerCommand {
+    /// Checks your endpoint against fixtures, as keyhole would ask it; exits 1 on any violation.
+    ///
+    /// Asks as keyhole asks and classifies each answer as keyhole does: the expected decisions,
+    /// no data in refusals, 404 for an unknown reference, 401 without the token, a decision for
+    /// an unknown handler version, readable Retry-After values, and latency percentiles. Exits 0
+    /// when every check passes, 1 on any violation, 2 on a usage or fixture error. See
+    /// docs/data-owners.md.
+    Check(OwnerCheckArgs),
+}
+
+#[derive(clap::Args)]
+pub struct OwnerCheckArgs {
+    /// The endpoint's base URL, as the operator configures it (`[[data_source]] base_url`);
+    /// each fixture's `dataref` is resolved against it.
+    #[arg(long)]
+    base_url: String,
+    /// The fixture file (TOML): `[asker]` and `[[reference]]` entries.
+    #[arg(long)]
+    fixtures: PathBuf,
+    /// The environment variable that holds the bearer token keyhole sends (never given on the
+    /// command line, never printed).
+    #[arg(long, default_value = "KEYHOLE_OWNER_TOKEN")]
+    token_env: String,
+    /// Limit on one request, connecting to the last byte (default: a data source's default
+    /// `timeout_ms`, 5000).
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    /// Rounds of the released references for the latency percentiles (0 to 10000).
+    #[arg(long, default_value_t = 20)]
+    repeat: u32,
 }
 
 #[derive(clap::Args)]
@@ -254,6 +292,7 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Registry(RegistryCommand::Export { config, to }) => registry::export(&config, &to),
         Command::Registry(RegistryCommand::Import { config, from }) => registry::import(&config, &from),
+        Command::Owner(OwnerCommand::Check(args)) => owner::check(&args),
         Command::Deploy(args) => deploy::deploy(&args),
         Command::Rollback(args) => deploy::rollback(&args),
         Command::Dev(args) => dev::dev(&args),

@@ -287,7 +287,12 @@ impl Resolver {
     /// outcome: the final answer's head, and up to `refusal_body_limit` bytes of the body of an
     /// answer that released nothing (keyhole itself never reads those). The answer counter is
     /// left alone.
-    pub(crate) async fn inspect(&self, url: &Url, who: &Requester<'_>, refusal_body_limit: usize) -> Inspection {
+    pub(crate) async fn inspect(
+        &self,
+        url: &Url,
+        who: &Requester<'_>,
+        refusal_body_limit: usize,
+    ) -> Inspection {
         if !within(&self.base_url, url) {
             return Inspection::unanswered(ResolveError::NotSent);
         }
@@ -359,7 +364,11 @@ impl Resolver {
     }
 
     /// Reads a 2xx answer into what the owner released, within `max_response_bytes`.
-    async fn read_released(&self, response: http::Response<Incoming>, url: &Url) -> Result<Released, ResolveError> {
+    async fn read_released(
+        &self,
+        response: http::Response<Incoming>,
+        url: &Url,
+    ) -> Result<Released, ResolveError> {
         let limit = self.max_response_bytes;
         let declared =
             response.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());

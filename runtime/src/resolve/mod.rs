@@ -26,7 +26,7 @@ pub use backoff::{Backoff, RETRY_AFTER_CEILING};
 pub use client::{MAX_REDIRECTS, RedirectRule, Resolver};
 // For `keyhole owner check` (the `owner_check` module), which holds a data owner to what this
 // module does with its answers.
-pub(crate) use client::{Inspection, RefusalBody, parse_retry_after};
+pub(crate) use client::{Inspection, parse_retry_after};
 pub use error::{ResolveError, ResolverBuildError};
 
 use std::fmt;

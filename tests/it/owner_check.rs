@@ -1,0 +1,401 @@
+//! `keyhole owner check`, as a data owner runs it in its CI: against a conforming owner on
+//! loopback every check passes; against owners broken in one way each it exits 1 and names that
+//! violation, and only that one; a fixture that needs a path keyhole would refuse is a fixture
+//! error (exit 2) before any request. The token and the released data never reach the output.
+// A test fails loudly on anything unexpected; unwrap is how it says so.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use crate::common::broker::unique;
+use crate::common::served::{Served, serve};
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use std::collections::BTreeSet;
+use std::process::Output;
+use std::sync::{Arc, Mutex};
+
+const TOKEN: &str = "owner-check-tok-9f3k2q";
+/// In the record the owner releases: it must never appear in the report.
+const CANARY: &str = "canary-7c1d@example.com";
+const APPROVED: &str = "sha256:1c7fade2ae61cef416657dc79e782f8cfd794371e13755138eab5ff84dd7b1ff";
+const PURPOSE: &str = "Age statistics for product planning (contract ACME-17)";
+
+/// The one way an owner is broken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    None,
+    /// `customers/43` (erased) is released instead of 410.
+    WrongDecision,
+    /// `customers/42` is released without a Content-Type.
+    NoContentType,
+    /// `customers/44` is refused with 403 and the record as `application/json`.
+    DataInRefusal,
+    /// Any path it does not know is answered 200.
+    ReleasesUnknown,
+    /// The token is not checked.
+    IgnoresToken,
+    /// A handler version it has not approved gets 503 with this Retry-After.
+    FailsOtherVersion(&'static str),
+}
+
+/// One request the owner got.
+#[derive(Clone, Debug)]
+struct Seen {
+    path: String,
+    authorization: Option<String>,
+    tenant: Option<String>,
+    handler: Option<String>,
+    purpose: Option<String>,
+    version: Option<String>,
+    event_id: Option<String>,
+    user_agent: Option<String>,
+}
+
+struct Owner {
+    fault: Fault,
+    seen: Mutex<Vec<Seen>>,
+}
+
+fn record() -> String {
+    format!(r#"{{"birthdate":"1990-04-12","country":"DE","email":"{CANARY}"}}"#)
+}
+
+fn problem(status: u16, title: &str) -> Response {
+    let body = serde_json::json!({ "type": "about:blank", "title": title, "status": status }).to_string();
+    (StatusCode::from_u16(status).unwrap(), [(header::CONTENT_TYPE, "application/problem+json")], body)
+        .into_response()
+}
+
+fn json(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// A data owner as docs/data-owners.md describes it (token, then version, then the record, then
+/// consent), with one fault.
+async fn answer(State(owner): State<Arc<Owner>>, Path(path): Path<String>, headers: HeaderMap) -> Response {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let seen = Seen {
+        path: path.clone(),
+        authorization: text("authorization"),
+        tenant: text("keyhole-tenant"),
+        handler: text("keyhole-handler"),
+        purpose: text("keyhole-purpose"),
+        version: text("keyhole-handler-version"),
+        event_id: text("keyhole-event-id"),
+        user_agent: text("user-agent"),
+    };
+    owner.seen.lock().unwrap().push(seen.clone());
+    let fault = owner.fault;
+    if seen.authorization != Some(format!("Bearer {TOKEN}")) && fault != Fault::IgnoresToken {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    if seen.version.as_deref() != Some(APPROVED) {
+        if let Fault::FailsOtherVersion(retry_after) = fault {
+            let mut response = StatusCode::SERVICE_UNAVAILABLE.into_response();
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(retry_after));
+            return response;
+        }
+        return problem(403, "handler version not approved");
+    }
+    match path.as_str() {
+        "customers/42" if fault == Fault::NoContentType => Response::new(Body::from(record())),
+        "customers/42" => json(StatusCode::OK, record()),
+        "customers/43" if fault == Fault::WrongDecision => json(StatusCode::OK, record()),
+        "customers/43" => StatusCode::GONE.into_response(),
+        "customers/44" if fault == Fault::DataInRefusal => json(StatusCode::FORBIDDEN, record()),
+        "customers/44" => problem(403, "no consent for this purpose"),
+        _ if fault == Fault::ReleasesUnknown => json(StatusCode::OK, "{}".into()),
+        _ => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn start(fault: Fault) -> (Arc<Owner>, Served) {
+    let owner = Arc::new(Owner { fault, seen: Mutex::new(Vec::new()) });
+    let app = axum::Router::new().route("/api/{*path}", axum::routing::get(answer)).with_state(owner.clone());
+    (owner, serve(app).await)
+}
+
+fn base_url(served: &Served) -> String {
+    format!("http://{}/api/", served.addr)
+}
+
+const FIXTURES: &str = r#"
+[asker]
+tenant = "acme"
+handler = "age-band"
+purpose = "Age statistics for product planning (contract ACME-17)"
+handler_version = "sha256:1c7fade2ae61cef416657dc79e782f8cfd794371e13755138eab5ff84dd7b1ff"
+
+[[reference]]
+dataref = "customers/42"
+expect = "released"
+content_type = "application/json"
+
+[[reference]]
+dataref = "customers/44"
+expect = "denied"
+
+[[reference]]
+dataref = "customers/43"
+expect = "gone"
+"#;
+
+/// What one run printed.
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    /// The checks with a `FAIL` line.
+    fn failed(&self) -> BTreeSet<String> {
+        self.stdout
+            .lines()
+            .filter_map(|line| line.strip_prefix("FAIL "))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The check's lines, `ok` or `FAIL`.
+    fn lines_of(&self, check: &str) -> Vec<&str> {
+        self.stdout.lines().filter(|line| line.split_whitespace().nth(1) == Some(check)).collect()
+    }
+}
+
+/// `keyhole owner check` with `fixtures` against `base_url`, the token in its environment.
+async fn owner_check(base_url: &str, fixtures: &str, token: Option<&str>, extra: &[&str]) -> Run {
+    let file = std::env::temp_dir().join(format!("{}.toml", unique("owner-check-fixtures")));
+    std::fs::write(&file, fixtures).unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_keyhole"));
+    command
+        .args(["owner", "check", "--base-url", base_url, "--fixtures"])
+        .arg(&file)
+        .args(extra)
+        .env_remove("KEYHOLE_OWNER_TOKEN");
+    if let Some(token) = token {
+        command.env("KEYHOLE_OWNER_TOKEN", token);
+    }
+    let output: Output = tokio::task::spawn_blocking(move || command.output()).await.unwrap().unwrap();
+    std::fs::remove_file(&file).ok();
+    let run = Run {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    for printed in [&run.stdout, &run.stderr] {
+        assert!(!printed.contains(TOKEN), "the token was printed:\n{printed}");
+        assert!(!printed.contains(CANARY), "released data was printed:\n{printed}");
+    }
+    run
+}
+
+/// Runs the check against an owner with `fault` and asserts it exits 1 failing exactly `checks`.
+async fn fails_exactly(fault: Fault, checks: &[&str]) -> Run {
+    let (_owner, served) = start(fault).await;
+    let run = owner_check(&base_url(&served), FIXTURES, Some(TOKEN), &["--repeat", "3"]).await;
+    assert_eq!(run.code, Some(1), "{fault:?}:\n{}{}", run.stdout, run.stderr);
+    let expected: BTreeSet<String> = checks.iter().map(|c| c.to_string()).collect();
+    assert_eq!(run.failed(), expected, "{fault:?}:\n{}", run.stdout);
+    assert!(run.stdout.trim_end().ends_with("violation") || run.stdout.trim_end().ends_with("violations"));
+    run
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_conforming_owner_passes_every_check() {
+    let (owner, served) = start(Fault::None).await;
+    let run = owner_check(&base_url(&served), FIXTURES, Some(TOKEN), &["--repeat", "5"]).await;
+    assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
+    assert!(run.failed().is_empty(), "{}", run.stdout);
+    for check in [
+        "answer",
+        "content-type",
+        "unknown-reference",
+        "without-token",
+        "other-version",
+        "repeat",
+        "refusal-body",
+        "retry-after",
+    ] {
+        let lines = run.lines_of(check);
+        assert!(!lines.is_empty() && lines.iter().all(|l| l.starts_with("ok ")), "{check}:\n{}", run.stdout);
+    }
+    assert_eq!(run.lines_of("answer").len(), 3, "{}", run.stdout);
+    assert!(run.stdout.contains("customers/42: released (HTTP 200, "), "{}", run.stdout);
+    assert!(run.stdout.contains("customers/44: consent_denied (HTTP 403), as expected"), "{}", run.stdout);
+    assert!(run.stdout.contains("customers/43: gone (HTTP 410), as expected"), "{}", run.stdout);
+    let latency =
+        run.stdout.lines().find(|l| l.starts_with("latency")).unwrap_or_else(|| panic!("{}", run.stdout));
+    assert!(latency.contains("5 requests (5 rounds of 1 released reference)"), "{latency}");
+    for percentile in ["p50 ", "p90 ", "p99 ", "max "] {
+        assert!(latency.contains(percentile), "{latency}");
+    }
+    assert!(run.stdout.ends_with("passed: every check\n"), "{}", run.stdout);
+
+    // Asked as keyhole asks: every Keyhole-* header as the fixture says, a fresh event id each time.
+    let seen = owner.seen.lock().unwrap().clone();
+    let authorised = |s: &&Seen| s.authorization.as_deref() == Some(&format!("Bearer {TOKEN}"));
+    let released: Vec<_> = seen
+        .iter()
+        .filter(|s| s.path == "customers/42" && authorised(s) && s.version.as_deref() == Some(APPROVED))
+        .collect();
+    assert_eq!(released.len(), 1 + 5, "the answer check and 5 rounds: {seen:#?}");
+    for s in &seen {
+        assert_eq!(s.tenant.as_deref(), Some("acme"), "{s:?}");
+        assert_eq!(s.handler.as_deref(), Some("age-band"), "{s:?}");
+        assert_eq!(s.purpose.as_deref(), Some(PURPOSE), "{s:?}");
+        assert!(s.event_id.as_deref().is_some_and(|id| id.starts_with("keyhole-owner-check-")), "{s:?}");
+        assert!(s.user_agent.as_deref().is_some_and(|ua| ua.starts_with("keyhole/")), "{s:?}");
+        let version = s.version.as_deref().unwrap();
+        assert!(version.len() == 71 && version.starts_with("sha256:"), "{s:?}");
+    }
+    let ids: BTreeSet<_> = seen.iter().map(|s| s.event_id.clone()).collect();
+    assert_eq!(ids.len(), seen.len(), "event ids are unique");
+    // Three references without the token, three for another version, one unknown path.
+    assert_eq!(seen.iter().filter(|s| s.authorization.is_none()).count(), 3);
+    let others: Vec<_> = seen.iter().filter(|s| s.version.as_deref() != Some(APPROVED)).collect();
+    assert_eq!(others.len(), 3, "{others:#?}");
+    assert!(others.iter().all(|s| authorised(s) && s.version == others[0].version));
+    let unknown: Vec<_> = seen.iter().filter(|s| !s.path.starts_with("customers/")).collect();
+    assert_eq!(unknown.len(), 1, "{unknown:#?}");
+    assert!(unknown[0].path.starts_with("keyhole-owner-check/"), "{unknown:#?}");
+    assert_eq!(seen.len(), 3 + 1 + 3 + 3 + 5);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_decision_is_named_with_what_was_expected_and_received() {
+    let run = fails_exactly(Fault::WrongDecision, &["answer"]).await;
+    let lines = run.lines_of("answer");
+    assert!(
+        lines.iter().any(|l| l.starts_with("FAIL")
+            && l.contains("customers/43: expected gone (404 or 410), received released (HTTP 200")),
+        "{}",
+        run.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_release_without_a_content_type_is_a_violation() {
+    let run = fails_exactly(Fault::NoContentType, &["content-type"]).await;
+    assert!(run.stdout.contains("customers/42: released without a readable Content-Type"), "{}", run.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refusal_that_carries_the_data_is_a_violation() {
+    let run = fails_exactly(Fault::DataInRefusal, &["refusal-body"]).await;
+    let lines = run.lines_of("refusal-body");
+    assert_eq!(lines.len(), 1, "{}", run.stdout);
+    assert!(lines[0].contains("customers/44: HTTP 403 with 75 bytes of application/json"), "{}", run.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_reference_must_be_404() {
+    let run = fails_exactly(Fault::ReleasesUnknown, &["unknown-reference"]).await;
+    let lines = run.lines_of("unknown-reference");
+    assert!(
+        lines[0].contains("expected gone (HTTP 404), received released (HTTP 200, 2 bytes)"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_owner_that_does_not_ask_for_the_token_is_named() {
+    let run = fails_exactly(Fault::IgnoresToken, &["without-token"]).await;
+    let lines = run.lines_of("without-token");
+    assert_eq!(lines.len(), 3, "one line per reference:\n{}", run.stdout);
+    assert!(
+        lines[0].contains(
+            "customers/42 (without the token): expected unauthorized (HTTP 401), received released"
+        ),
+        "{}",
+        run.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_5xx_for_another_handler_version_is_a_violation() {
+    let run = fails_exactly(Fault::FailsOtherVersion("120"), &["other-version"]).await;
+    let lines = run.lines_of("other-version");
+    assert_eq!(lines.len(), 3, "{}", run.stdout);
+    assert!(lines.iter().all(|l| l.contains("received transient (HTTP 503)")), "{}", run.stdout);
+    // Its Retry-After is well formed: that check passes, having seen them.
+    let retry_after = run.lines_of("retry-after");
+    assert!(retry_after[0].starts_with("ok") && retry_after[0].contains("(3)"), "{}", run.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_retry_after_is_a_violation() {
+    let run = fails_exactly(Fault::FailsOtherVersion("in a minute"), &["other-version", "retry-after"]).await;
+    // The same value on three answers is one violation, counted.
+    let lines = run.lines_of("retry-after");
+    assert_eq!(lines.len(), 1, "{}", run.stdout);
+    assert!(
+        lines[0].contains("HTTP 503 with Retry-After \"in a minute\" is neither delta-seconds"),
+        "{}",
+        run.stdout
+    );
+    assert!(lines[0].ends_with("(and 2 more answers like it)"), "{}", run.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endpoint_that_does_not_answer_fails_each_check_once_per_reference() {
+    // A port nothing listens on any more.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let run = owner_check(&format!("http://{closed}/api/"), FIXTURES, Some(TOKEN), &["--repeat", "4"]).await;
+    assert_eq!(run.code, Some(1), "{}{}", run.stdout, run.stderr);
+    let expected: BTreeSet<String> =
+        ["answer", "unknown-reference", "without-token", "other-version", "repeat"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+    assert_eq!(run.failed(), expected, "{}", run.stdout);
+    assert!(run.lines_of("answer").iter().all(|l| l.contains("cannot connect")), "{}", run.stdout);
+    let repeat = run.lines_of("repeat");
+    assert_eq!(repeat.len(), 1, "{}", run.stdout);
+    assert!(
+        repeat[0].contains("customers/42: expected released in every round, released in 0 of 4"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("latency  not measured"), "{}", run.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fixture_that_needs_a_path_keyhole_refuses_is_an_error_before_any_request() {
+    let (owner, served) = start(Fault::None).await;
+    for (dataref, rule) in [("../x", "dot segment"), ("https://crm.example.com/api/x", "absolute URL")] {
+        let fixtures = format!("{FIXTURES}\n[[reference]]\ndataref = {dataref:?}\nexpect = \"gone\"\n");
+        let run = owner_check(&base_url(&served), &fixtures, Some(TOKEN), &[]).await;
+        assert_eq!(run.code, Some(2), "{dataref}: {}{}", run.stdout, run.stderr);
+        assert!(run.stderr.contains("reference[3].dataref") && run.stderr.contains(rule), "{}", run.stderr);
+        assert!(run.stdout.is_empty(), "{}", run.stdout);
+    }
+    // Unknown keys and a version keyhole would not send are fixture errors too.
+    for (broken, named) in [
+        (FIXTURES.replace("expect = \"gone\"", "expect = \"gone\"\nstatus = 410"), "status"),
+        (FIXTURES.replace(APPROVED, "latest"), "asker.handler_version"),
+    ] {
+        let run = owner_check(&base_url(&served), &broken, Some(TOKEN), &[]).await;
+        assert_eq!(run.code, Some(2), "{}{}", run.stdout, run.stderr);
+        assert!(run.stderr.contains(named), "{}", run.stderr);
+    }
+    assert!(owner.seen.lock().unwrap().is_empty(), "nothing is asked on a fixture error");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_the_token_variable_nothing_is_asked() {
+    let (owner, served) = start(Fault::None).await;
+    let run = owner_check(&base_url(&served), FIXTURES, None, &[]).await;
+    assert_eq!(run.code, Some(2), "{}{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("set KEYHOLE_OWNER_TOKEN"), "{}", run.stderr);
+    // Another variable, named with --token-env.
+    let run =
+        owner_check(&base_url(&served), FIXTURES, None, &["--token-env", "NO_SUCH_VARIABLE_FOR_KEYHOLE"])
+            .await;
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("set NO_SUCH_VARIABLE_FOR_KEYHOLE"), "{}", run.stderr);
+    assert!(owner.seen.lock().unwrap().is_empty());
+}
