@@ -102,7 +102,8 @@ def handler_for(token, approved):
             self.log_decision(path, who, status)
             data = json.dumps(body).encode()
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            # A refusal's body says why, and nothing of the record: problem+json (RFC 9457).
+            self.send_header("Content-Type", "application/json" if status == 200 else "application/problem+json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)

@@ -399,3 +399,36 @@ async fn without_the_token_variable_nothing_is_asked() {
     assert!(run.stderr.contains("set NO_SUCH_VARIABLE_FOR_KEYHOLE"), "{}", run.stderr);
     assert!(owner.seen.lock().unwrap().is_empty());
 }
+
+/// The example owner that docs/data-owners.md walks through passes, as the guide says.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_example_owner_of_the_guide_passes_every_check() {
+    let root = crate::common::repo_root();
+    let version = keyhole::sandbox::version_of(&crate::common::guest("age-band"));
+    let port = crate::common::cluster::free_port();
+    let mut owner = crate::common::command_dying_with_the_test("python3")
+        .arg(root.join("examples/data-owner/owner.py"))
+        .args(["--token", TOKEN, "--port", &port.to_string(), "--approve"])
+        .arg(format!("acme/age-band={version}"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "owner.py did not listen");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let fixtures = format!(
+        "[asker]\ntenant = \"acme\"\nhandler = \"age-band\"\npurpose = \"{PURPOSE}\"\nhandler_version = \"{version}\"\n\n\
+         [[reference]]\ndataref = \"customers/42\"\nexpect = \"released\"\ncontent_type = \"application/json\"\n\n\
+         [[reference]]\ndataref = \"customers/44\"\nexpect = \"denied\"\n\n\
+         [[reference]]\ndataref = \"customers/43\"\nexpect = \"gone\"\n"
+    );
+    let run =
+        owner_check(&format!("http://127.0.0.1:{port}/api/"), &fixtures, Some(TOKEN), &["--repeat", "3"])
+            .await;
+    owner.kill().ok();
+    owner.wait().ok();
+    assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
+    assert!(run.failed().is_empty(), "{}", run.stdout);
+}

@@ -189,7 +189,8 @@ impl Dispatcher {
         };
         // Boxed: the future is several KiB (the owner's request, the sandbox call), and the panic
         // guard moves what it wraps; a move of a box copies a pointer, not the state machine.
-        let deciding = Box::pin(decide(binding, event, origin, received.key.as_deref(), &trace, &self.cancel));
+        let deciding =
+            Box::pin(decide(binding, event, origin, received.key.as_deref(), &trace, &self.cancel));
         let panicked = || {
             tracing::error!(binding = %binding.settings.name, partition = ticket.partition.partition,
                 offset = ticket.offset, "Handling an event panicked (a bug in keyhole); it is dead lettered.");
