@@ -335,7 +335,7 @@ fn validate_limits(
 
 /// Parses a data source's base URL: http(s), no credentials, query or fragment; the path is
 /// made to end with '/' so that references resolve under it, never beside it.
-pub(super) fn parse_base_url(text: &str) -> Result<url::Url, String> {
+pub(crate) fn parse_base_url(text: &str) -> Result<url::Url, String> {
     let mut url = url::Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!("must be an http or https URL, not {}:", url.scheme()));
@@ -344,7 +344,7 @@ pub(super) fn parse_base_url(text: &str) -> Result<url::Url, String> {
         return Err("must name a host".into());
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err("must not carry credentials; use identity.bearer_token or a client certificate".into());
+        return Err("must not carry credentials (keyhole sends its own: the data source's identity)".into());
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err("must not have a query or fragment".into());

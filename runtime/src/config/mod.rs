@@ -11,6 +11,7 @@ mod tests;
 mod uploaded;
 mod validate;
 
+pub(crate) use bindings::parse_base_url;
 pub use telemetry::TelemetryConfig;
 pub use uploaded::UploadedBinding;
 

@@ -114,24 +114,10 @@ pub enum SetupError {
     },
 }
 
-/// The rules of a data source's `base_url` (configuration.md): http or https, a host, no
-/// credentials, query or fragment; a trailing '/' is added.
+/// The base URL as keyhole's configuration reads a data source's (the same rules, the same
+/// trailing '/').
 fn parse_base_url(text: &str) -> Result<Url, String> {
-    let mut url = Url::parse(text).map_err(|error| format!("{text:?} is not a URL: {error}"))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        return Err(format!("{text:?} is not an http or https URL with a host"));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err("must not carry credentials (the token is read from --token-env)".into());
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err("must not have a query or fragment".into());
-    }
-    if !url.path().ends_with('/') {
-        let path = format!("{}/", url.path());
-        url.set_path(&path);
-    }
-    Ok(url)
+    crate::config::parse_base_url(text)
 }
 
 /// A check ready to run: the fixtures validated, their URLs joined, the clients built.

@@ -115,10 +115,9 @@ pub fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
         .collect()
 }
 
-/// Reads the first `n` records of partition 0 of `topic` (fails after 30 s).
-pub async fn read(topic: &str, n: usize) -> Vec<rdkafka::message::OwnedMessage> {
-    use rdkafka::consumer::StreamConsumer;
-    let consumer: StreamConsumer = ClientConfig::new()
+/// A reader of partition 0 of `topic` from its beginning.
+fn reader_from_the_beginning(topic: &str) -> rdkafka::consumer::StreamConsumer {
+    let consumer: rdkafka::consumer::StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .set("group.id", unique("reader"))
         .set("fetch.wait.max.ms", "10")
@@ -127,6 +126,12 @@ pub async fn read(topic: &str, n: usize) -> Vec<rdkafka::message::OwnedMessage> 
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
     consumer.assign(&tpl).unwrap();
+    consumer
+}
+
+/// Reads the first `n` records of partition 0 of `topic` (fails after 30 s).
+pub async fn read(topic: &str, n: usize) -> Vec<rdkafka::message::OwnedMessage> {
+    let consumer = reader_from_the_beginning(topic);
     let mut got = Vec::new();
     while got.len() < n {
         let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
@@ -147,15 +152,7 @@ pub async fn read_all(topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
         .send(FutureRecord::<str, str>::to(topic).partition(0).key(&marker), Duration::from_secs(10))
         .await
         .unwrap_or_else(|(e, _)| panic!("marker on {topic}: {e}"));
-    let consumer: rdkafka::consumer::StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .set("group.id", unique("reader"))
-        .set("fetch.wait.max.ms", "10")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
-    consumer.assign(&tpl).unwrap();
+    let consumer = reader_from_the_beginning(topic);
     let mut got = Vec::new();
     loop {
         let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
