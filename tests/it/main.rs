@@ -10,6 +10,7 @@ mod common;
 
 mod admin;
 mod architecture;
+mod batch;
 mod brokers;
 mod budgets;
 mod canary;

@@ -169,6 +169,7 @@ fn settings(base: &Url) -> DataSourceSettings {
         timeout: Duration::from_secs(2),
         max_response_bytes: LIMIT,
         max_concurrent_requests: 8,
+        batch: None,
     }
 }
 

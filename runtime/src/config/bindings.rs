@@ -47,6 +47,9 @@ impl Config {
                 if source.max_concurrent_requests == 0 {
                     problems.add(at("max_concurrent_requests"), "must be greater than 0");
                 }
+                let batch = source.batch.as_ref().and_then(|batch| {
+                    validate_batch(batch, base_url.as_ref(), &|k| at(&format!("batch.{k}")), problems)
+                });
                 let identity =
                     validate_identity(&source.identity, base, &|k| at(&format!("identity.{k}")), problems);
                 let in_clear =
@@ -69,6 +72,7 @@ impl Config {
                         timeout: Duration::from_millis(source.timeout_ms),
                         max_response_bytes: source.max_response_bytes,
                         max_concurrent_requests: source.max_concurrent_requests,
+                        batch,
                     }),
                     _ => None,
                 }
@@ -331,6 +335,42 @@ fn validate_limits(
             problems.add(at(key), "must be greater than 0");
         }
     }
+}
+
+/// Checks `[data_source.batch]`: a path that stays under the base URL, and bounds.
+fn validate_batch(
+    batch: &super::BatchConfig,
+    base_url: Option<&url::Url>,
+    at: &dyn Fn(&str) -> String,
+    problems: &mut Problems,
+) -> Option<crate::resolve::BatchSettings> {
+    let before = problems.len();
+    let path = batch.path.as_str();
+    let plain = !path.is_empty()
+        && !path.starts_with('/')
+        && !path.contains(['?', '#', '\\'])
+        && path.split('/').all(|segment| !segment.is_empty() && segment != "." && segment != "..");
+    if !plain {
+        problems.add(
+            at("path"),
+            "must be a relative path under base_url (segments without '.', '..', '?', '#' or '\\'), e.g. \"batch\"",
+        );
+    } else if let Some(base) = base_url
+        && base.join(path).map_or(true, |url| !url.as_str().starts_with(base.as_str()))
+    {
+        problems.add(at("path"), "must stay under base_url");
+    }
+    if !(2..=256).contains(&batch.max_references) {
+        problems.add(at("max_references"), "must be 2 to 256");
+    }
+    if batch.max_wait_ms > 100 {
+        problems.add(at("max_wait_ms"), "must be at most 100 (it delays the first reference of each batch)");
+    }
+    (problems.len() == before).then(|| crate::resolve::BatchSettings {
+        path: path.to_string(),
+        max_references: batch.max_references,
+        max_wait: Duration::from_millis(batch.max_wait_ms),
+    })
 }
 
 /// Parses a data source's base URL: http(s), no credentials, query or fragment; the path is

@@ -349,6 +349,31 @@ pub struct DataSourceConfig {
     /// references and the released data would cross the network in clear.
     #[serde(default)]
     pub allow_plaintext_credentials: bool,
+    /// Batched resolution: the owner's batch endpoint (docs/data-owners.md). Without it, one
+    /// request per reference.
+    #[serde(default)]
+    pub batch: Option<BatchConfig>,
+}
+
+/// `[data_source.batch]`: resolve the references in flight together in one request.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// The batch endpoint, relative to `base_url` (e.g. `"batch"`).
+    pub path: String,
+    /// The most references in one request (2-256).
+    #[serde(default = "default_batch_max_references")]
+    pub max_references: usize,
+    /// How long the first reference waits for others (0-100 ms).
+    #[serde(default = "default_batch_max_wait_ms")]
+    pub max_wait_ms: u64,
+}
+
+fn default_batch_max_references() -> usize {
+    16
+}
+fn default_batch_max_wait_ms() -> u64 {
+    2
 }
 
 fn default_timeout_ms() -> u64 {

@@ -313,3 +313,45 @@ fn the_memory_budgets_must_hold_the_largest_handler() {
         paths("memory_budget_bytes = 1000\ntenant_memory_budget_bytes = 0\nmax_memory_bytes_ceiling = 0");
     assert!(tiny.iter().any(|p| p == "sandbox.memory_budget_bytes"), "{tiny:?}");
 }
+
+#[test]
+fn batched_resolution_is_off_by_default_and_its_keys_are_checked() {
+    let settings = parse(MINIMAL).validate(Path::new(".")).unwrap();
+    assert_eq!(settings.data_sources[0].batch, None, "one request per reference unless asked");
+
+    let with = |batch: &str| {
+        let text = MINIMAL.replace(
+            r#"identity = { bearer_token = { value = "t0ken" } }"#,
+            &format!("identity = {{ bearer_token = {{ value = \"t0ken\" }} }}\n    batch = {batch}"),
+        );
+        parse(&text).validate(Path::new("."))
+    };
+    let settings = with(r#"{ path = "v1/batch" }"#).unwrap();
+    assert_eq!(
+        settings.data_sources[0].batch,
+        Some(crate::resolve::BatchSettings {
+            path: "v1/batch".into(),
+            max_references: 16,
+            max_wait: std::time::Duration::from_millis(2),
+        })
+    );
+    for (batch, key) in [
+        (r#"{ path = "" }"#, "data_source[0].batch.path"),
+        (r#"{ path = "/batch" }"#, "data_source[0].batch.path"),
+        (r#"{ path = "../batch" }"#, "data_source[0].batch.path"),
+        (r#"{ path = "a/./b" }"#, "data_source[0].batch.path"),
+        (r#"{ path = "batch?x=1" }"#, "data_source[0].batch.path"),
+        (r#"{ path = "batch", max_references = 1 }"#, "data_source[0].batch.max_references"),
+        (r#"{ path = "batch", max_references = 257 }"#, "data_source[0].batch.max_references"),
+        (r#"{ path = "batch", max_wait_ms = 101 }"#, "data_source[0].batch.max_wait_ms"),
+    ] {
+        let problems = with(batch).unwrap_err();
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, [key], "{batch}");
+    }
+    let text = MINIMAL.replace(
+        r#"identity = { bearer_token = { value = "t0ken" } }"#,
+        "identity = { bearer_token = { value = \"t0ken\" } }\n    batch = { path = \"b\", size = 3 }",
+    );
+    assert!(toml::from_str::<Config>(&text).is_err(), "unknown keys are refused");
+}

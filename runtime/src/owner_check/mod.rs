@@ -177,6 +177,7 @@ impl OwnerCheck {
                 timeout: settings.timeout,
                 max_response_bytes: settings.max_response_bytes,
                 max_concurrent_requests: 1,
+                batch: None,
             })
             // Redirects as the engine follows them: below the base path, by the dataref rules.
             .map(|resolver| resolver.with_redirect_rule(|base, url| check_below(base, url).is_ok()))

@@ -1,5 +1,6 @@
 //! One data source's HTTP client: a single attempt to resolve a reference, classified.
 
+use super::batch::{Asker, BatchAnswer, BatchRequest, BatchSettings, Batcher, SendBatch, Waiting};
 use super::{
     DataSourceSettings, EVENT_ID_HEADER, HANDLER_HEADER, HANDLER_VERSION_HEADER, Identity, PURPOSE_HEADER,
     Released, Requester, ResolveError, ResolverBuildError, TENANT_HEADER,
@@ -10,12 +11,13 @@ use http::header::{
     ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LOCATION,
     RETRY_AFTER, USER_AGENT as USER_AGENT_HEADER,
 };
-use http_body_util::{BodyExt as _, Empty};
+use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Semaphore;
@@ -36,6 +38,8 @@ const HEADER_VALUE_ESCAPES: &AsciiSet = &CONTROLS.add(b'%');
 /// per event, and the resolver needs none of them: it follows redirects itself, within the data
 /// source, and never retries (the engine does, with backoff).
 type HttpClient = Client<hyper_tls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+/// The batch endpoint's client: the same connector, a body to post.
+type BatchHttpClient = Client<hyper_tls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// One pooled HTTP client per data source, plus a semaphore bounding concurrent requests.
 ///
@@ -58,7 +62,9 @@ pub struct Resolver {
     max_response_bytes: u64,
     /// Bounds concurrent requests so that keyhole never floods the owner; a permit is held
     /// until the body is read.
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
+    /// Batched resolution, when the data source has a batch endpoint.
+    batch: Option<Batching>,
     /// How many times the owner answered (anything but a transient failure), by any binding:
     /// an event failing while this grows fails on its own (a poison reference), not because
     /// the owner is down.
@@ -132,6 +138,7 @@ impl Resolver {
             timeout,
             max_response_bytes,
             max_concurrent_requests,
+            batch,
         } = settings;
         let invalid = |reason| Err(ResolverBuildError::InvalidSetting { data_source: name.clone(), reason });
         if !matches!(base_url.scheme(), "http" | "https") || base_url.host().is_none() {
@@ -176,6 +183,21 @@ impl Resolver {
         connector.https_only(base_url.scheme() == "https");
         // No proxy (personal data goes straight to the data owner or nowhere), no retries, no
         // redirects followed by the client (see `exchange`).
+        let permits = Arc::new(Semaphore::new(max_concurrent_requests.min(Semaphore::MAX_PERMITS)));
+        let batch = batch.map(|settings| Batching {
+            client: Arc::new(BatchClient {
+                client: Client::builder(TokioExecutor::new())
+                    .pool_max_idle_per_host(max_concurrent_requests)
+                    .build(connector.clone()),
+                url: base_url.join(&settings.path).unwrap_or_else(|_| base_url.clone()),
+                authorization: authorization.clone(),
+                timeout,
+                permits: permits.clone(),
+                max_answer_bytes: batch_answer_limit(&settings, max_response_bytes),
+            }),
+            batcher: std::sync::OnceLock::new(),
+            settings,
+        });
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(max_concurrent_requests)
             .build(connector);
@@ -187,7 +209,8 @@ impl Resolver {
             authorization,
             timeout,
             max_response_bytes,
-            permits: Semaphore::new(max_concurrent_requests.min(Semaphore::MAX_PERMITS)),
+            permits,
+            batch,
             answered: AtomicU64::new(0),
             redirect_rule: any_redirect,
         })
@@ -243,8 +266,49 @@ impl Resolver {
         if !within(&self.base_url, url) {
             return Err(ResolveError::NotSent);
         }
+        if let Some(batching) = &self.batch {
+            return self.fetch_in_a_batch(batching, url, who).await;
+        }
         let _permit = self.permits.acquire().await.map_err(|_| shutting_down())?;
         match tokio::time::timeout(self.timeout, self.exchange(url, who)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(self.timed_out()),
+        }
+    }
+
+    /// Asks for `url` in the next batch of its asker and waits for its own answer.
+    async fn fetch_in_a_batch(
+        &self,
+        batching: &Batching,
+        url: &Url,
+        who: &Requester<'_>,
+    ) -> Result<Released, ResolveError> {
+        let dataref = url.as_str().strip_prefix(self.base_url.as_str()).ok_or(ResolveError::NotSent)?;
+        // What goes in the batch's headers must be sendable, exactly as for a single request.
+        for value in [who.tenant, who.handler, who.purpose, who.handler_version] {
+            requester_header_value(value)?;
+        }
+        let batcher = batching.batcher.get_or_init(|| {
+            Batcher::start(batching.settings.clone(), batching.client.clone(), self.max_response_bytes)
+        });
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let asker = Asker {
+            tenant: who.tenant.to_owned(),
+            handler: who.handler.to_owned(),
+            purpose: who.purpose.to_owned(),
+            handler_version: who.handler_version.to_owned(),
+        };
+        let waiting =
+            Waiting { asker, event_id: who.event_id.to_owned(), dataref: dataref.to_owned(), answer };
+        // The batch's own request is bounded by the timeout; this adds the window it waited in
+        // and the wait for a permit, as a single request's timeout starts once it holds one.
+        let bound = self.timeout.saturating_mul(2) + batching.settings.max_wait;
+        match tokio::time::timeout(bound, async {
+            batcher.ask(waiting).await?;
+            answered.await.map_err(|_| shutting_down())?
+        })
+        .await
+        {
             Ok(outcome) => outcome,
             Err(_) => Err(self.timed_out()),
         }
@@ -483,14 +547,18 @@ fn requester_header_value(value: &str) -> Result<HeaderValue, ResolveError> {
 
 /// Classifies an answer that released nothing, after the table "Answers from a data owner".
 fn refusal(status: StatusCode, headers: &HeaderMap, now: SystemTime) -> ResolveError {
+    refusal_of(status, retry_after(headers, now))
+}
+
+/// [`refusal`], with the `Retry-After` already read (a batch result carries it in its JSON).
+pub(super) fn refusal_of(status: StatusCode, retry_after: Option<Duration>) -> ResolveError {
     match status.as_u16() {
         401 => ResolveError::Unauthorized,
         403 | 451 => ResolveError::ConsentDenied { status: status.as_u16() },
         404 | 410 => ResolveError::Gone { status: status.as_u16() },
-        408 | 429 | 500..=599 => ResolveError::Transient {
-            reason: format!("the data owner answered HTTP {status}"),
-            retry_after: retry_after(headers, now),
-        },
+        408 | 429 | 500..=599 => {
+            ResolveError::Transient { reason: format!("the data owner answered HTTP {status}"), retry_after }
+        }
         other => ResolveError::Rejected { status: other },
     }
 }
@@ -546,6 +614,98 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         cause = inner.source();
     }
     line
+}
+
+/// A data source's batching: its settings, the client that posts batches, and the collector,
+/// started on first use (on the runtime the first event runs on).
+struct Batching {
+    settings: BatchSettings,
+    client: Arc<BatchClient>,
+    batcher: std::sync::OnceLock<Batcher>,
+}
+
+/// Posts batches to the owner's batch endpoint with the resolver's credentials and limits.
+struct BatchClient {
+    client: BatchHttpClient,
+    url: Url,
+    authorization: Option<HeaderValue>,
+    timeout: Duration,
+    /// Shared with single requests: a batch takes one of the data source's request permits.
+    permits: Arc<Semaphore>,
+    max_answer_bytes: u64,
+}
+
+/// The largest batch answer keyhole reads: every result at the data source's body limit (in
+/// base64), and room for the JSON around them.
+fn batch_answer_limit(settings: &BatchSettings, max_response_bytes: u64) -> u64 {
+    let per_result = max_response_bytes.saturating_mul(4) / 3 + 4 + 1024;
+    per_result.saturating_mul(settings.max_references as u64).saturating_add(1024)
+}
+
+impl SendBatch for BatchClient {
+    async fn send(&self, asker: &Asker, batch: &BatchRequest<'_>) -> Result<BatchAnswer, ResolveError> {
+        let body = serde_json::to_vec(batch).map_err(|_| ResolveError::NotSent)?;
+        let _permit = self.permits.acquire().await.map_err(|_| shutting_down())?;
+        let exchange = async {
+            let mut request = http::Request::new(Full::new(Bytes::from(body)));
+            *request.method_mut() = http::Method::POST;
+            *request.uri_mut() = self.url.as_str().parse().map_err(|_| ResolveError::NotSent)?;
+            let headers = request.headers_mut();
+            headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            headers.insert(USER_AGENT_HEADER, HeaderValue::from_static(USER_AGENT));
+            if let Some(authorization) = &self.authorization {
+                headers.insert(AUTHORIZATION, authorization.clone());
+            }
+            for (name, value) in [
+                (TENANT_HEADER, asker.tenant.as_str()),
+                (HANDLER_HEADER, asker.handler.as_str()),
+                (PURPOSE_HEADER, asker.purpose.as_str()),
+                (HANDLER_VERSION_HEADER, asker.handler_version.as_str()),
+            ] {
+                headers.insert(HeaderName::from_static(name), requester_header_value(value)?);
+            }
+            let response =
+                self.client.request(request).await.map_err(|error| request_failed(&error, &self.url))?;
+            let status = response.status();
+            if status != StatusCode::OK {
+                // The batch as a whole: never an owner's decision about a reference.
+                return Err(match refusal(status, response.headers(), SystemTime::now()) {
+                    ResolveError::Unauthorized => ResolveError::Unauthorized,
+                    ResolveError::Transient { reason, retry_after } => {
+                        ResolveError::Transient { reason: format!("batch endpoint: {reason}"), retry_after }
+                    }
+                    _ => ResolveError::Transient {
+                        reason: format!("the batch endpoint answered HTTP {status}, not 200"),
+                        retry_after: None,
+                    },
+                });
+            }
+            let limit = self.max_answer_bytes;
+            let body = http_body_util::Limited::new(
+                response.into_body(),
+                usize::try_from(limit).unwrap_or(usize::MAX),
+            )
+            .collect()
+            .await
+            .map_err(|_| ResolveError::Transient {
+                reason: format!("the batch answer broke off or exceeded {limit} bytes"),
+                retry_after: None,
+            })?
+            .to_bytes();
+            serde_json::from_slice::<BatchAnswer>(&body).map_err(|error| ResolveError::Transient {
+                reason: format!("the batch answer cannot be read: {error}"),
+                retry_after: None,
+            })
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(answer) => answer,
+            Err(_) => Err(ResolveError::Transient {
+                reason: format!("timed out: no complete batch answer within {} ms", self.timeout.as_millis()),
+                retry_after: None,
+            }),
+        }
+    }
 }
 
 #[cfg(test)]

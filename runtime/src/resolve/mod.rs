@@ -19,10 +19,12 @@
 //! (which may carry personal data): errors name the status or a short reason instead.
 
 mod backoff;
+mod batch;
 mod client;
 mod error;
 
 pub use backoff::{Backoff, RETRY_AFTER_CEILING};
+pub use batch::{BATCH_PROTOCOL_VERSION, BatchSettings};
 pub use client::{MAX_REDIRECTS, RedirectRule, Resolver};
 // For `keyhole owner check` (the `owner_check` module), which holds a data owner to what this
 // module does with its answers.
@@ -61,6 +63,9 @@ pub struct DataSourceSettings {
     pub max_response_bytes: u64,
     /// How many requests to this data source may be under way at once.
     pub max_concurrent_requests: usize,
+    /// Batched resolution, when the owner has a batch endpoint; `None`: one request per
+    /// reference.
+    pub batch: Option<BatchSettings>,
 }
 
 /// How keyhole proves who it is to the data owner. `Debug` shows no secret.

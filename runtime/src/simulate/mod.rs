@@ -176,6 +176,7 @@ fn settings(bootstrap: &str, owner: url::Url, handler: &Path, fixtures: &Fixture
             timeout: Duration::from_secs(5),
             max_response_bytes: 1 << 20,
             max_concurrent_requests: 16,
+            batch: None,
         }],
         bindings: vec![BindingSettings {
             name: "dev/handler".into(),

@@ -42,6 +42,8 @@ struct Table {
     /// When set, every request is answered with this status (the owner is down).
     down: Mutex<Option<u16>>,
     in_flight: Mutex<(usize, usize)>,
+    /// The size of every batch request (`POST /api/batch`), in order.
+    batches: Mutex<Vec<usize>>,
 }
 
 /// A running data owner. Dropping it stops the server.
@@ -79,8 +81,10 @@ impl Owner {
     fn serve(listener: tokio::net::TcpListener) -> Owner {
         let table = Arc::new(Table::default());
         *table.token.lock().unwrap() = TOKEN.to_string();
-        let app =
-            axum::Router::new().route("/api/{*path}", axum::routing::get(answer)).with_state(table.clone());
+        let app = axum::Router::new()
+            .route("/api/batch", axum::routing::post(batch))
+            .route("/api/{*path}", axum::routing::get(answer))
+            .with_state(table.clone());
         let server = serve_on(listener, app);
         Owner { addr: server.addr, table, _server: server }
     }
@@ -120,6 +124,12 @@ impl Owner {
         self.table.seen.lock().unwrap().clone()
     }
 
+    /// The number of references in each batch request so far (docs/data-owners.md, "Batched
+    /// resolution"): the owner answers `POST /api/batch` from the same table.
+    pub fn batches(&self) -> Vec<usize> {
+        self.table.batches.lock().unwrap().clone()
+    }
+
     /// The most requests it was answering at once.
     pub fn max_concurrent(&self) -> usize {
         self.table.in_flight.lock().unwrap().1
@@ -127,6 +137,48 @@ impl Owner {
 }
 
 async fn answer(State(table): State<Arc<Table>>, Path(path): Path<String>, headers: HeaderMap) -> Response {
+    let event_id = headers.get("keyhole-event-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let answer = decide(&table, path, event_id, &headers).await;
+    match answer {
+        Answer::Release(content_type, body) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
+        Answer::Status(s) => StatusCode::from_u16(s).unwrap().into_response(),
+    }
+}
+
+/// A batch request: every reference decided as a single request would be, one result each, in
+/// order; the whole batch answered with the outage's status while the owner is down, 401 without
+/// the token.
+async fn batch(State(table): State<Arc<Table>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    use base64::Engine as _;
+    let request: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(request["version"], 1, "{request}");
+    let references = request["references"].as_array().unwrap().clone();
+    table.batches.lock().unwrap().push(references.len());
+    let down = *table.down.lock().unwrap();
+    let authorised = headers.get("authorization").and_then(|v| v.to_str().ok())
+        == Some(&*format!("Bearer {}", table.token.lock().unwrap()));
+    if let Some(status) = down.or((!authorised).then_some(401)) {
+        return StatusCode::from_u16(status).unwrap().into_response();
+    }
+    let mut results = Vec::new();
+    for reference in references {
+        let dataref = reference["dataref"].as_str().unwrap();
+        let path = dataref.split('?').next().unwrap_or_default().to_string();
+        let event_id = reference["event_id"].as_str().map(str::to_string);
+        results.push(match decide(&table, path, event_id, &headers).await {
+            Answer::Release(content_type, body) => serde_json::json!({
+                "status": 200,
+                "content_type": content_type,
+                "data_base64": base64::engine::general_purpose::STANDARD.encode(body),
+            }),
+            Answer::Status(status) => serde_json::json!({ "status": status }),
+        });
+    }
+    axum::Json(serde_json::json!({ "version": 1, "results": results })).into_response()
+}
+
+/// Decides one reference and records it as seen.
+async fn decide(table: &Table, path: String, event_id: Option<String>, headers: &HeaderMap) -> Answer {
     {
         let mut n = table.in_flight.lock().unwrap();
         n.0 += 1;
@@ -152,7 +204,7 @@ async fn answer(State(table): State<Arc<Table>>, Path(path): Path<String>, heade
     };
     table.seen.lock().unwrap().push(Seen {
         path,
-        event_id: text("keyhole-event-id"),
+        event_id,
         tenant: text("keyhole-tenant"),
         handler: text("keyhole-handler"),
         purpose: text("keyhole-purpose"),
@@ -160,8 +212,5 @@ async fn answer(State(table): State<Arc<Table>>, Path(path): Path<String>, heade
         status,
     });
     table.in_flight.lock().unwrap().0 -= 1;
-    match answer {
-        Answer::Release(content_type, body) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
-        Answer::Status(s) => StatusCode::from_u16(s).unwrap().into_response(),
-    }
+    answer
 }
