@@ -42,6 +42,10 @@ SCENARIOS = {
     # (a binary built with --features bench-native-handler): the difference is the sandbox's cost.
     "instant-native": dict(events=50_000, partitions=4, keys=1000, latency_ms=0, replies=True,
                            native=True),
+    # Batched resolution (docs/data-owners.md): the owner's batch endpoint (nginx with njs)
+    # answers 16 references per request; its limit is its batched capacity in references/s.
+    "instant-batched": dict(events=50_000, partitions=4, keys=1000, latency_ms=0, replies=True,
+                            batch=16),
     "at-most-once": dict(events=50_000, partitions=4, keys=1000, latency_ms=0, replies=True,
                          delivery="at-most-once"),
     # Span export on (docs/observability.md): to a collector that accepts every batch (the owner's
@@ -102,10 +106,26 @@ class Broker:
         self.process.wait()
 
 
-class Owner:
-    """nginx answering every reference with the 1 KiB record, at once or after `latency_ms`."""
+BATCH_JS = """
+var RESULT = {status: 200, content_type: "application/json", data_base64: DATA};
+function batch(r) {
+    var request = JSON.parse(r.requestText);
+    var results = [];
+    for (var i = 0; i < request.references.length; i++) {
+        results.push(RESULT);
+    }
+    r.headersOut["Content-Type"] = "application/json";
+    r.return(200, JSON.stringify({version: 1, results: results}));
+}
+export default {batch};
+"""
 
-    def __init__(self, workdir, latency_ms):
+
+class Owner:
+    """nginx answering every reference with the 1 KiB record, at once or after `latency_ms`; with
+    `batch`, also a batch endpoint (njs) answering every reference of a batch with the record."""
+
+    def __init__(self, workdir, latency_ms, batch=False):
         self.port = free_port()
         self.dir = os.path.join(workdir, "nginx")
         os.makedirs(os.path.join(self.dir, "logs"), exist_ok=True)
@@ -115,6 +135,14 @@ class Owner:
             answer = f"echo_sleep {latency_ms / 1000}; echo -n '{body}';"
         else:
             module, answer = "", f"return 200 '{body}';"
+        batch_location = ""
+        if batch:
+            import base64
+            with open(os.path.join(self.dir, "batch.js"), "w") as f:
+                f.write(BATCH_JS.replace("DATA", json.dumps(base64.b64encode(RECORD.encode()).decode())))
+            module += "\nload_module /usr/lib/nginx/modules/ngx_http_js_module.so;"
+            batch_location = (f"js_import batch from {self.dir}/batch.js;\n"
+                              "    location = /api/batch { client_body_buffer_size 1m; js_content batch.batch; }")
         conf = f"""{module}
 worker_processes 1;
 daemon off;
@@ -129,6 +157,8 @@ http {{
   server {{
     listen 127.0.0.1:{self.port} backlog=4096;
     location /api/ {{ default_type application/json; {answer} }}
+    {batch_location}
+    location = /status {{ stub_status; }}
     location = /v1/traces {{ return 200; }}
   }}
 }}
@@ -152,6 +182,32 @@ http {{
             if line.startswith("Requests/sec:"):
                 return float(line.split()[1])
         sys.exit(f"cannot read wrk's output:\n{out}")
+
+    def batch_rate(self, connections, seconds, references):
+        """References/s wrk gets posting batches of `references` at `connections` connections."""
+        body = json.dumps({"version": 1, "references": [
+            {"event_id": f"e{i}", "dataref": f"customers/{i}"} for i in range(references)]})
+        script = os.path.join(self.dir, "batch.lua")
+        with open(script, "w") as f:
+            f.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\n'
+                    'wrk.headers["Content-Type"] = "application/json"\n')
+        out = subprocess.run(
+            ["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", "-s", script, self.base_url + "batch"],
+            capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Requests/sec:"):
+                return float(line.split()[1]) * references
+        sys.exit(f"cannot read wrk's output:\n{out}")
+
+    def requests(self):
+        """Requests nginx has answered so far (stub_status)."""
+        with socket.create_connection(("127.0.0.1", self.port)) as connection:
+            connection.sendall(b"GET /status HTTP/1.0\r\nHost: owner\r\n\r\n")
+            answer = b""
+            while chunk := connection.recv(4096):
+                answer += chunk
+        # "Active connections: N \nserver accepts handled requests\n A H R \n..."
+        return int(answer.decode().split("\r\n\r\n", 1)[1].splitlines()[2].split()[2])
 
     def stop(self):
         self.process.terminate()
@@ -217,6 +273,8 @@ def keyhole_config(workdir, broker, owner, scenario, echo):
     delivery = f'delivery = "{scenario["delivery"]}"' if "delivery" in scenario else ""
     collector = {"live": owner.collector_url, "down": f"http://127.0.0.1:{free_port()}"}.get(scenario.get("telemetry"))
     telemetry = f'[telemetry]\notlp_endpoint = "{collector}"' if collector else ""
+    batch = (f'\n[data_source.batch]\npath = "batch"\nmax_references = {scenario["batch"]}\nmax_wait_ms = 2\n'
+             if scenario.get("batch") else "")
     config = f"""{telemetry}
 
 [kafka]
@@ -239,7 +297,7 @@ name = "owner"
 base_url = "{owner.base_url}"
 timeout_ms = 10000
 max_concurrent_requests = {MAX_IN_FLIGHT}
-
+{batch}
 [[handler]]
 name = "echo"
 tenant = "bench"
@@ -331,24 +389,33 @@ def per_key_order(audit_path, keys):
 def one_run(args, name, scenario, run):
     workdir = tempfile.mkdtemp(prefix=f"keyhole-bench-{name.split()[0]}-")
     broker = Broker(args.tansu, workdir)
-    owner = Owner(workdir, scenario["latency_ms"])
+    owner = Owner(workdir, scenario["latency_ms"], batch=bool(scenario.get("batch")))
     try:
         broker.create("refs", scenario["partitions"])
         broker.create("replies", scenario["partitions"])
         broker.create("bench.bench.echo.dlq", 1)
         produce(broker.bootstrap, "refs", scenario["events"], scenario["keys"])
-        http = owner.http_rate(MAX_IN_FLIGHT, args.wrk_seconds)
+        if scenario.get("batch"):
+            # The limit: the owner's batched capacity, in references/s, at a concurrency that
+            # keeps every batch of keyhole's in-flight limit busy.
+            http = owner.batch_rate(MAX_IN_FLIGHT // scenario["batch"], args.wrk_seconds, scenario["batch"])
+        else:
+            http = owner.http_rate(MAX_IN_FLIGHT, args.wrk_seconds)
         raw = raw_consume(broker.bootstrap, "refs", scenario["events"])
         config = keyhole_config(workdir, broker, owner, scenario, args.echo)
         keyhole = scenario.get("binary") or (args.keyhole_native if scenario.get("native") else args.keyhole)
+        requests_before = owner.requests()
         result = run_keyhole(keyhole, workdir, config, scenario["events"])
+        # Every event is asked for once at least (retries would add): requests per event.
+        result["owner_requests_per_event"] = (owner.requests() - requests_before - 1) / scenario["events"]
         result.update(http_rate=http, raw_consume=raw)
         if scenario.get("order"):
             result["order_ok"], result["order"] = per_key_order(os.path.join(workdir, "audit.jsonl"), scenario["keys"])
         print(f"  run {run}: keyhole {result['events_per_s']:,.0f} events/s "
               f"({result['events_per_s'] / http:.3f} x HTTP {http:,.0f} req/s, "
               f"{result['events_per_s'] / raw:.4f} x raw consume {raw:,.0f} msg/s), "
-              f"{result['cpu_us_per_event']:.0f} us CPU/event, peak RSS {result['peak_rss_mib']:.1f} MiB"
+              f"{result['cpu_us_per_event']:.0f} us CPU/event, peak RSS {result['peak_rss_mib']:.1f} MiB, "
+              f"{result['owner_requests_per_event']:.3f} owner requests/event"
               + (f", {result['order']}" if "order" in result else ""), flush=True)
         return result
     finally:
@@ -399,20 +466,22 @@ def main():
     summary = []
     for name in names:
         median = {k: statistics.median(r[k] for r in results[name])
-                  for k in ("events_per_s", "cpu_us_per_event", "peak_rss_mib", "http_rate", "raw_consume")}
+                  for k in ("events_per_s", "cpu_us_per_event", "peak_rss_mib", "http_rate", "raw_consume",
+                            "owner_requests_per_event")}
         median["order"] = all(r.get("order_ok", True) for r in results[name])
         summary.append((name, scenarios[name], median))
     print()
     print(f"medians of {args.runs} run(s)")
     print("| scenario | keyhole / owner HTTP | keyhole / raw consume | CPU per event | peak RSS "
-          "| keyhole | owner HTTP | raw consume |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| keyhole | owner HTTP (batched: references/s) | raw consume | owner requests per event |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, scenario, m in summary:
         order = "" if not scenario.get("order") else (" (per-key order kept)" if m["order"] else " (ORDER BROKEN)")
         print(f"| {name}{order} | {m['events_per_s'] / m['http_rate']:.3f} | "
               f"{m['events_per_s'] / m['raw_consume']:.4f} | {m['cpu_us_per_event']:.0f} µs | "
               f"{m['peak_rss_mib']:.1f} MiB | {m['events_per_s']:,.0f} events/s | "
-              f"{m['http_rate']:,.0f} req/s | {m['raw_consume']:,.0f} msg/s |")
+              f"{m['http_rate']:,.0f} req/s | {m['raw_consume']:,.0f} msg/s | "
+              f"{m['owner_requests_per_event']:.3f} |")
     if any(not m["order"] for _, s, m in summary if s.get("order")):
         sys.exit("per-key order was broken")
 

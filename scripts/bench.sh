@@ -7,17 +7,19 @@
 #   scripts/bench.sh backlog-10k backlog-100k backlog-1m --runs 3
 #   scripts/bench.sh instant --runs 1 --keep
 #   scripts/bench.sh instant instant-native     # the sandbox's cost per event
+#   scripts/bench.sh instant-batched            # batched resolution against the owner's batched capacity
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 . "$root/scripts/lib.sh"
 
 if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null \
-    || [ ! -e /usr/lib/nginx/modules/ngx_http_echo_module.so ]; then
-    step "Installing nginx (with the echo module) and wrk from Debian"
+    || [ ! -e /usr/lib/nginx/modules/ngx_http_echo_module.so ] \
+    || [ ! -e /usr/lib/nginx/modules/ngx_http_js_module.so ]; then
+    step "Installing nginx (with the echo and njs modules) and wrk from Debian"
     sudo_if_needed() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
     sudo_if_needed apt-get update -qq
     DEBIAN_FRONTEND=noninteractive sudo_if_needed apt-get install -y -qq --no-install-recommends \
-        nginx-light libnginx-mod-http-echo wrk >/dev/null
+        nginx-light libnginx-mod-http-echo libnginx-mod-http-js wrk >/dev/null
 fi
 BENCH_VENV="$KEYHOLE_CACHE/bench-venv"
 if [ ! -x "$BENCH_VENV/bin/python" ] || ! "$BENCH_VENV/bin/python" -c 'import confluent_kafka' 2>/dev/null; then
