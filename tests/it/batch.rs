@@ -41,7 +41,8 @@ async fn references_in_flight_together_share_a_request_and_each_gets_its_own_dec
             &producer,
             &s.topic,
             Some(0),
-            Some(&format!("k{i}")),
+            // Eight keys: a key's events are decided one after another, batched or not.
+            Some(&format!("k{}", i % 8)),
             &reference(&format!("e{i}"), &dataref),
             None,
         )
@@ -51,6 +52,13 @@ async fn references_in_flight_together_share_a_request_and_each_gets_its_own_dec
     let mut keyhole = Running::start(s.settings);
     let outcomes = keyhole.take(events, WITHIN).await;
     keyhole.stop().await;
+    // Per-key order: each key's outcomes came in offset order.
+    let mut last = std::collections::HashMap::new();
+    for outcome in &outcomes {
+        let i: usize = outcome.event_id.as_deref().unwrap()[1..].parse().unwrap();
+        let previous = last.insert(i % 8, outcome.origin.offset);
+        assert!(previous < Some(outcome.origin.offset), "key k{} out of order at e{i}", i % 8);
+    }
 
     let by_id = by_id(&outcomes);
     for i in 0..events {
