@@ -10,16 +10,25 @@ serves customer records under /api/ and decides every request on the spot:
   403  the customer gave no consent to that tenant for that purpose
   200  the fields that purpose needs, and nothing else
 
-It logs one line per request to stderr: who asked, why, for which event and path, and what was
+It also serves keyhole's batch endpoint (docs/data-owners.md, "Batched resolution"):
+`POST /api/batch` with `{"version": 1, "references": [{"event_id", "dataref"}, ...]}` is answered
+`{"version": 1, "results": [...]}`, one result per reference, in order, each decided exactly as
+the same `GET` would be: `{"status": 200, "content_type": ..., "data_base64": ...}` for a release,
+`{"status": 403}` and so on for a refusal. Without the token the whole batch gets 401; a request
+that is not that JSON gets 400.
+
+It logs one line per decision to stderr: who asked, why, for which event and path, and what was
 decided. Never the data, the token or the query string.
 
     python3 owner.py --token dev --port 8080 \\
         --approve acme/age-band=sha256:cd600bbe07589a3eb1f3de31c127ff2385d692f312d95b867c7a980722b7b8a3
 
-Then point a `[[data_source]]` at http://127.0.0.1:8080/api/ with `bearer_token` = dev.
+Then point a `[[data_source]]` at http://127.0.0.1:8080/api/ with `bearer_token` = dev (and,
+to batch, `[data_source.batch] path = "batch"`).
 """
 
 import argparse
+import base64
 import hmac
 import http.server
 import json
@@ -52,6 +61,7 @@ FIELDS = {
 }
 
 PATH = re.compile(r"/api/customers/([0-9]+)")
+MAX_BATCH_BYTES = 1 << 20  # a batch request is a list of references: far below this
 
 
 def requester(headers):
@@ -92,18 +102,68 @@ def handler_for(token, approved):
     expected = f"Bearer {token}".encode()
 
     class Owner(http.server.BaseHTTPRequestHandler):
+        def authorised(self):
+            return hmac.compare_digest(self.headers.get("Authorization", "").encode(), expected)
+
         def do_GET(self):  # noqa: N802 (the standard library's name)
             path = self.path.split("?", 1)[0]  # the query string may hold personal data: never logged
             who = requester(self.headers)
-            if not hmac.compare_digest(self.headers.get("Authorization", "").encode(), expected):
+            if not self.authorised():
                 status, body = 401, {"error": "not keyhole"}
             else:
                 status, body = decide(path, who, approved)
             self.log_decision(path, who, status)
+            # A refusal's body says why, and nothing of the record: problem+json (RFC 9457).
+            self.send_json(status, body, "application/json" if status == 200 else "application/problem+json")
+
+        def do_POST(self):  # noqa: N802
+            path = self.path.split("?", 1)[0]
+            who = requester(self.headers)
+            if path != "/api/batch":
+                status, body = 404, {"error": "no such endpoint"}
+            elif not self.authorised():
+                status, body = 401, {"error": "not keyhole"}  # the whole batch: keyhole pauses
+            else:
+                references = self.read_batch()
+                if references is None:
+                    status, body = 400, {"error": "not a version 1 batch"}
+                else:
+                    status, body = 200, {"version": 1, "results": [self.batch_result(r, who) for r in references]}
+            if status != 200:
+                self.log_decision(path, who, status)
+            self.send_json(status, body, "application/json" if status == 200 else "application/problem+json")
+
+        def read_batch(self):
+            """The references of a version 1 batch request, or None."""
+            try:
+                length = int(self.headers.get("Content-Length", ""))
+                if not 0 < length <= MAX_BATCH_BYTES:
+                    return None
+                request = json.loads(self.rfile.read(length))
+                references = request["references"]
+                if request["version"] != 1 or not all(
+                    isinstance(r.get("event_id"), str) and isinstance(r.get("dataref"), str) for r in references
+                ):
+                    return None
+                return references
+            except (ValueError, TypeError, KeyError, AttributeError):
+                return None
+
+        def batch_result(self, reference, who):
+            """One reference, decided exactly as `GET /api/<dataref>` with the same headers would be."""
+            path = "/api/" + reference["dataref"].split("?", 1)[0]
+            who = {**who, "event_id": reference["event_id"]}
+            status, body = decide(path, who, approved)
+            self.log_decision(path, who, status)
+            if status != 200:
+                return {"status": status}
+            data = json.dumps(body).encode()  # the same bytes as the single answer
+            return {"status": 200, "content_type": "application/json", "data_base64": base64.b64encode(data).decode()}
+
+        def send_json(self, status, body, content_type):
             data = json.dumps(body).encode()
             self.send_response(status)
-            # A refusal's body says why, and nothing of the record: problem+json (RFC 9457).
-            self.send_header("Content-Type", "application/json" if status == 200 else "application/problem+json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)

@@ -2,6 +2,8 @@
 //! loopback every check passes; against owners broken in one way each it exits 1 and names that
 //! violation, and only that one; a fixture that needs a path keyhole would refuse is a fixture
 //! error (exit 2) before any request. The token and the released data never reach the output.
+//! Every owner here also serves the batch endpoint (`POST /api/batch`, docs/data-owners.md
+//! "Batched resolution") from the same decisions, and is checked with `--batch-path batch`.
 // A test fails loudly on anything unexpected; unwrap is how it says so.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -33,10 +35,16 @@ enum Fault {
     DataInRefusal,
     /// Any path it does not know is answered 200.
     ReleasesUnknown,
-    /// The token is not checked.
+    /// The token is not checked (on single requests; the batch endpoint still checks it).
     IgnoresToken,
     /// A handler version it has not approved gets 503 with this Retry-After.
     FailsOtherVersion(&'static str),
+    /// In a batch, `customers/44` is released instead of 403.
+    BatchDisagrees,
+    /// The batch answer is malformed in this way (see `batch`).
+    BatchMalformed(&'static str),
+    /// The batch endpoint does not check the token.
+    BatchIgnoresToken,
 }
 
 /// One request the owner got.
@@ -52,9 +60,20 @@ struct Seen {
     user_agent: Option<String>,
 }
 
+/// One batch request the owner got.
+#[derive(Clone, Debug)]
+struct BatchSeen {
+    authorization: Option<String>,
+    tenant: Option<String>,
+    version: Option<String>,
+    /// (event id, dataref) per reference, in order.
+    references: Vec<(String, String)>,
+}
+
 struct Owner {
     fault: Fault,
     seen: Mutex<Vec<Seen>>,
+    batches: Mutex<Vec<BatchSeen>>,
 }
 
 fn record() -> String {
@@ -90,7 +109,12 @@ async fn answer(State(owner): State<Arc<Owner>>, Path(path): Path<String>, heade
     if seen.authorization != Some(format!("Bearer {TOKEN}")) && fault != Fault::IgnoresToken {
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    if seen.version.as_deref() != Some(APPROVED) {
+    decide(fault, &path, seen.version.as_deref())
+}
+
+/// The decision on one reference, once the token is checked.
+fn decide(fault: Fault, path: &str, version: Option<&str>) -> Response {
+    if version != Some(APPROVED) {
         if let Fault::FailsOtherVersion(retry_after) = fault {
             let mut response = StatusCode::SERVICE_UNAVAILABLE.into_response();
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(retry_after));
@@ -98,7 +122,7 @@ async fn answer(State(owner): State<Arc<Owner>>, Path(path): Path<String>, heade
         }
         return problem(403, "handler version not approved");
     }
-    match path.as_str() {
+    match path {
         "customers/42" if fault == Fault::NoContentType => Response::new(Body::from(record())),
         "customers/42" => json(StatusCode::OK, record()),
         "customers/43" if fault == Fault::WrongDecision => json(StatusCode::OK, record()),
@@ -110,9 +134,73 @@ async fn answer(State(owner): State<Arc<Owner>>, Path(path): Path<String>, heade
     }
 }
 
+/// The batch endpoint: 401 without the token, 400 for anything but a version 1 request, else one
+/// result per reference made from the single answer (`decide`) to the same reference, with the
+/// owner's batch fault.
+async fn batch(State(owner): State<Arc<Owner>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    use base64::Engine as _;
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let references: Vec<(String, String)> = request["references"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| Some((r["event_id"].as_str()?.to_owned(), r["dataref"].as_str()?.to_owned())))
+        .collect();
+    owner.batches.lock().unwrap().push(BatchSeen {
+        authorization: text("authorization"),
+        tenant: text("keyhole-tenant"),
+        version: text("keyhole-handler-version"),
+        references: references.clone(),
+    });
+    let fault = owner.fault;
+    if text("authorization") != Some(format!("Bearer {TOKEN}")) && fault != Fault::BatchIgnoresToken {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    if request["version"] != 1 || references.is_empty() {
+        return StatusCode::BAD_REQUEST.into_response();
+    }
+    if fault == Fault::BatchMalformed("status") {
+        return StatusCode::BAD_REQUEST.into_response();
+    }
+    let base64 = base64::engine::general_purpose::STANDARD;
+    let mut results = Vec::new();
+    for (_, dataref) in &references {
+        let path = dataref.split('?').next().unwrap();
+        let mut single = decide(fault, path, text("keyhole-handler-version").as_deref());
+        if fault == Fault::BatchDisagrees && path == "customers/44" {
+            single = json(StatusCode::OK, record());
+        }
+        let status = single.status();
+        let content_type = single.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap().to_owned());
+        let data = axum::body::to_bytes(single.into_body(), usize::MAX).await.unwrap();
+        let mut result = serde_json::json!({ "status": status.as_u16() });
+        if status.is_success() {
+            result["data_base64"] = base64.encode(&data).into();
+            if let Some(content_type) = content_type {
+                result["content_type"] = content_type.into();
+            }
+        }
+        results.push(result);
+    }
+    let mut version = 1;
+    match fault {
+        Fault::BatchMalformed("version") => version = 2,
+        Fault::BatchMalformed("count") => results.truncate(2),
+        Fault::BatchMalformed("field") => results[0]["email"] = CANARY.into(),
+        Fault::BatchMalformed("base64") => results[0]["data_base64"] = "not base64!".into(),
+        Fault::BatchMalformed("string") => results[0]["status"] = CANARY.into(),
+        _ => {}
+    }
+    axum::Json(serde_json::json!({ "version": version, "results": results })).into_response()
+}
+
 async fn start(fault: Fault) -> (Arc<Owner>, Served) {
-    let owner = Arc::new(Owner { fault, seen: Mutex::new(Vec::new()) });
-    let app = axum::Router::new().route("/api/{*path}", axum::routing::get(answer)).with_state(owner.clone());
+    let owner = Arc::new(Owner { fault, seen: Mutex::new(Vec::new()), batches: Mutex::new(Vec::new()) });
+    let app = axum::Router::new()
+        .route("/api/batch", axum::routing::post(batch))
+        .route("/api/{*path}", axum::routing::get(answer))
+        .with_state(owner.clone());
     (owner, serve(app).await)
 }
 
@@ -195,7 +283,9 @@ async fn owner_check(base_url: &str, fixtures: &str, token: Option<&str>, extra:
 /// Runs the check against an owner with `fault` and asserts it exits 1 failing exactly `checks`.
 async fn fails_exactly(fault: Fault, checks: &[&str]) -> Run {
     let (_owner, served) = start(fault).await;
-    let run = owner_check(&base_url(&served), FIXTURES, Some(TOKEN), &["--repeat", "3"]).await;
+    let run =
+        owner_check(&base_url(&served), FIXTURES, Some(TOKEN), &["--repeat", "3", "--batch-path", "batch"])
+            .await;
     assert_eq!(run.code, Some(1), "{fault:?}:\n{}{}", run.stdout, run.stderr);
     let expected: BTreeSet<String> = checks.iter().map(|c| c.to_string()).collect();
     assert_eq!(run.failed(), expected, "{fault:?}:\n{}", run.stdout);
@@ -206,7 +296,9 @@ async fn fails_exactly(fault: Fault, checks: &[&str]) -> Run {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_conforming_owner_passes_every_check() {
     let (owner, served) = start(Fault::None).await;
-    let run = owner_check(&base_url(&served), FIXTURES, Some(TOKEN), &["--repeat", "5"]).await;
+    let run =
+        owner_check(&base_url(&served), FIXTURES, Some(TOKEN), &["--repeat", "5", "--batch-path", "batch"])
+            .await;
     assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
     assert!(run.failed().is_empty(), "{}", run.stdout);
     for check in [
@@ -218,6 +310,8 @@ async fn a_conforming_owner_passes_every_check() {
         "repeat",
         "refusal-body",
         "retry-after",
+        "batch-answer",
+        "batch-without-token",
     ] {
         let lines = run.lines_of(check);
         assert!(!lines.is_empty() && lines.iter().all(|l| l.starts_with("ok ")), "{check}:\n{}", run.stdout);
@@ -226,6 +320,21 @@ async fn a_conforming_owner_passes_every_check() {
     assert!(run.stdout.contains("customers/42: released (HTTP 200, "), "{}", run.stdout);
     assert!(run.stdout.contains("customers/44: consent_denied (HTTP 403), as expected"), "{}", run.stdout);
     assert!(run.stdout.contains("customers/43: gone (HTTP 410), as expected"), "{}", run.stdout);
+    assert!(
+        run.lines_of("batch-answer")[0].contains(
+            "every reference (3) got the same decision in a batch (POST batch) as alone: consent_denied (HTTP \
+             403), gone (HTTP 410), released (75 bytes, application/json)"
+        ),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.lines_of("batch-without-token")[0].contains(
+            "POST batch of customers/42, customers/44, customers/43 without the token: unauthorized"
+        ),
+        "{}",
+        run.stdout
+    );
     let latency =
         run.stdout.lines().find(|l| l.starts_with("latency")).unwrap_or_else(|| panic!("{}", run.stdout));
     assert!(latency.contains("5 requests (5 rounds of 1 released reference)"), "{latency}");
@@ -262,6 +371,21 @@ async fn a_conforming_owner_passes_every_check() {
     assert_eq!(unknown.len(), 1, "{unknown:#?}");
     assert!(unknown[0].path.starts_with("keyhole-owner-check/"), "{unknown:#?}");
     assert_eq!(seen.len(), 3 + 1 + 3 + 3 + 5);
+
+    // Two batches of the three references, as keyhole batches them: with the token, then without.
+    let batches = owner.batches.lock().unwrap().clone();
+    assert_eq!(batches.len(), 2, "{batches:#?}");
+    assert_eq!(batches[0].authorization, Some(format!("Bearer {TOKEN}")));
+    assert_eq!(batches[1].authorization, None);
+    for b in &batches {
+        assert_eq!(b.tenant.as_deref(), Some("acme"), "{b:?}");
+        assert_eq!(b.version.as_deref(), Some(APPROVED), "{b:?}");
+        let datarefs: Vec<_> = b.references.iter().map(|(_, dataref)| dataref.as_str()).collect();
+        assert_eq!(datarefs, ["customers/42", "customers/44", "customers/43"], "{b:?}");
+        for (event_id, _) in &b.references {
+            assert!(event_id.starts_with("keyhole-owner-check-") && !ids.contains(&Some(event_id.clone())));
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -341,16 +465,101 @@ async fn a_malformed_retry_after_is_a_violation() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_batch_that_disagrees_with_the_single_answer_is_named() {
+    let run = fails_exactly(Fault::BatchDisagrees, &["batch-answer"]).await;
+    let lines = run.lines_of("batch-answer");
+    assert_eq!(lines.len(), 1, "only the reference that disagrees:\n{}", run.stdout);
+    assert!(
+        lines[0].contains(
+            "customers/44 (in a batch): expected the decision it got alone, consent_denied (HTTP 403), received \
+             released (75 bytes, application/json)"
+        ),
+        "{}",
+        run.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_batch_answer_is_named() {
+    for (malformed, named) in [
+        ("version", "the batch answer cannot be read: version 2 (keyhole speaks 1)"),
+        ("count", "the batch answer cannot be read: 2 results for 3 references"),
+        ("field", "unknown field `email`"),
+        ("status", "the batch endpoint answered HTTP 400 Bad Request, not 200"),
+        // The value the owner sent is not printed: it could be the data.
+        ("string", "invalid type: string \"…\", expected u16"),
+        (
+            "base64",
+            "customers/42 (in a batch): expected the decision it got alone, released (HTTP 200, 75 bytes), \
+             received transient: ",
+        ),
+    ] {
+        let run = fails_exactly(Fault::BatchMalformed(malformed), &["batch-answer"]).await;
+        let lines = run.lines_of("batch-answer");
+        assert_eq!(lines.len(), 1, "{malformed}:\n{}", run.stdout);
+        assert!(lines[0].contains(named), "{malformed}:\n{}", run.stdout);
+        if malformed != "base64" {
+            assert!(
+                lines[0].contains(
+                    "POST batch of customers/42, customers/44, customers/43: expected 200 with version 1"
+                ),
+                "{malformed}:\n{}",
+                run.stdout
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_endpoint_that_does_not_ask_for_the_token_is_named() {
+    let run = fails_exactly(Fault::BatchIgnoresToken, &["batch-without-token"]).await;
+    let lines = run.lines_of("batch-without-token");
+    assert_eq!(lines.len(), 1, "{}", run.stdout);
+    assert!(
+        lines[0].contains(
+            "without the token: expected unauthorized (HTTP 401) for the whole batch, received HTTP 200 with a \
+             result per reference: consent_denied (HTTP 403), gone (HTTP 410), released (75 bytes, \
+             application/json)"
+        ),
+        "{}",
+        run.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_path_keyhole_would_refuse_is_an_error_before_any_request() {
+    let (owner, served) = start(Fault::None).await;
+    for path in ["../batch", "/batch", "batch?x=1", ""] {
+        let run = owner_check(&base_url(&served), FIXTURES, Some(TOKEN), &["--batch-path", path]).await;
+        assert_eq!(run.code, Some(2), "{path}: {}{}", run.stdout, run.stderr);
+        assert!(
+            run.stderr.contains("--batch-path: must be a relative path under base_url"),
+            "{}",
+            run.stderr
+        );
+    }
+    assert!(owner.seen.lock().unwrap().is_empty() && owner.batches.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_endpoint_that_does_not_answer_fails_each_check_once_per_reference() {
     // A port nothing listens on any more.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let run = owner_check(&format!("http://{closed}/api/"), FIXTURES, Some(TOKEN), &["--repeat", "4"]).await;
+    let extra = ["--repeat", "4", "--batch-path", "batch"];
+    let run = owner_check(&format!("http://{closed}/api/"), FIXTURES, Some(TOKEN), &extra).await;
     assert_eq!(run.code, Some(1), "{}{}", run.stdout, run.stderr);
-    let expected: BTreeSet<String> =
-        ["answer", "unknown-reference", "without-token", "other-version", "repeat"]
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
+    let expected: BTreeSet<String> = [
+        "answer",
+        "unknown-reference",
+        "without-token",
+        "other-version",
+        "repeat",
+        "batch-answer",
+        "batch-without-token",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
     assert_eq!(run.failed(), expected, "{}", run.stdout);
     assert!(run.lines_of("answer").iter().all(|l| l.contains("cannot connect")), "{}", run.stdout);
     let repeat = run.lines_of("repeat");
@@ -424,11 +633,15 @@ async fn the_example_owner_of_the_guide_passes_every_check() {
          [[reference]]\ndataref = \"customers/44\"\nexpect = \"denied\"\n\n\
          [[reference]]\ndataref = \"customers/43\"\nexpect = \"gone\"\n"
     );
-    let run =
-        owner_check(&format!("http://127.0.0.1:{port}/api/"), &fixtures, Some(TOKEN), &["--repeat", "3"])
-            .await;
+    let extra = ["--repeat", "3", "--batch-path", "batch"];
+    let run = owner_check(&format!("http://127.0.0.1:{port}/api/"), &fixtures, Some(TOKEN), &extra).await;
     owner.kill().ok();
     owner.wait().ok();
     assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
     assert!(run.failed().is_empty(), "{}", run.stdout);
+    // Its batch endpoint too: the same decisions, 401 for a batch without the token.
+    for check in ["batch-answer", "batch-without-token"] {
+        let lines = run.lines_of(check);
+        assert!(lines.len() == 1 && lines[0].starts_with("ok "), "{check}:\n{}", run.stdout);
+    }
 }

@@ -162,6 +162,10 @@ pub struct OwnerCheckArgs {
     /// Rounds of the released references for the latency percentiles (0 to 10000).
     #[arg(long, default_value_t = 20)]
     repeat: u32,
+    /// The batch endpoint, relative to --base-url (`[data_source.batch] path`, e.g. `batch`):
+    /// the references are also posted in a batch and must get the same decisions.
+    #[arg(long)]
+    batch_path: Option<String>,
 }
 
 #[derive(clap::Args)]

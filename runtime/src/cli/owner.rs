@@ -26,6 +26,7 @@ pub fn check(args: &OwnerCheckArgs) -> anyhow::Result<ExitCode> {
         settings.timeout = Duration::from_millis(timeout_ms);
     }
     settings.repeat = args.repeat;
+    settings.batch_path.clone_from(&args.batch_path);
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     // Built inside the runtime: the HTTP clients need it.

@@ -346,19 +346,8 @@ fn validate_batch(
 ) -> Option<crate::resolve::BatchSettings> {
     let before = problems.len();
     let path = batch.path.as_str();
-    let plain = !path.is_empty()
-        && !path.starts_with('/')
-        && !path.contains(['?', '#', '\\'])
-        && path.split('/').all(|segment| !segment.is_empty() && segment != "." && segment != "..");
-    if !plain {
-        problems.add(
-            at("path"),
-            "must be a relative path under base_url (segments without '.', '..', '?', '#' or '\\'), e.g. \"batch\"",
-        );
-    } else if let Some(base) = base_url
-        && base.join(path).map_or(true, |url| !url.as_str().starts_with(base.as_str()))
-    {
-        problems.add(at("path"), "must stay under base_url");
+    if let Err(problem) = check_batch_path(path, base_url) {
+        problems.add(at("path"), problem);
     }
     if !(2..=256).contains(&batch.max_references) {
         problems.add(at("max_references"), "must be 2 to 256");
@@ -371,6 +360,26 @@ fn validate_batch(
         max_references: batch.max_references,
         max_wait: Duration::from_millis(batch.max_wait_ms),
     })
+}
+
+/// Checks a batch endpoint's path (`[data_source.batch] path`, `keyhole owner check
+/// --batch-path`): a plain relative path that, joined onto `base_url` when known, stays under it.
+pub(crate) fn check_batch_path(path: &str, base_url: Option<&url::Url>) -> Result<(), &'static str> {
+    let plain = !path.is_empty()
+        && !path.starts_with('/')
+        && !path.contains(['?', '#', '\\'])
+        && path.split('/').all(|segment| !segment.is_empty() && segment != "." && segment != "..");
+    if !plain {
+        return Err(
+            "must be a relative path under base_url (segments without '.', '..', '?', '#' or '\\'), e.g. \"batch\"",
+        );
+    }
+    if let Some(base) = base_url
+        && base.join(path).map_or(true, |url| !url.as_str().starts_with(base.as_str()))
+    {
+        return Err("must stay under base_url");
+    }
+    Ok(())
 }
 
 /// Parses a data source's base URL: http(s), no credentials, query or fragment; the path is

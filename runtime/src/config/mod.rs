@@ -11,7 +11,7 @@ mod tests;
 mod uploaded;
 mod validate;
 
-pub(crate) use bindings::parse_base_url;
+pub(crate) use bindings::{check_batch_path, parse_base_url};
 pub use telemetry::TelemetryConfig;
 pub use uploaded::UploadedBinding;
 

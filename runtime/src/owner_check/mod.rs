@@ -15,6 +15,10 @@
 //! - every reference asked for another handler version is answered with a decision (an owner
 //!   must expect versions it has not approved, and refuse them with 403, not fail);
 //! - a `Retry-After` on 408, 429 or 5xx is one keyhole can read;
+//! - with a batch endpoint (`--batch-path`), the references posted in one batch, exactly as
+//!   keyhole batches them (`Resolver::inspect_batch`), get a readable answer and each the same
+//!   decision as alone (for a release, the same content type and bytes);
+//! - a batch without the token answers 401 as a whole;
 //! - over `repeat` rounds, the released references stay released, and their latency
 //!   percentiles are measured.
 //!
@@ -29,9 +33,10 @@ pub use fixtures::{Asker, Expect, FixtureError, Fixtures, Problem, Reference};
 pub use report::{Check, Latency, Line, Report};
 
 use crate::cloudevents::check_below;
-use crate::config::DataSourceConfig;
+use crate::config::{BatchConfig, DataSourceConfig};
 use crate::resolve::{
-    DataSourceSettings, Identity, Inspection, Released, Requester, ResolveError, Resolver, ResolverBuildError,
+    BatchSettings, DataSourceSettings, Identity, Inspection, Released, Requester, ResolveError, Resolver,
+    ResolverBuildError,
 };
 use rules::{MAX_REFUSAL_BODY_BYTES, content_type_matches, refusal_body_problem, retry_after_problem};
 use std::time::{Duration, Instant, SystemTime};
@@ -54,6 +59,9 @@ pub struct Settings {
     pub max_response_bytes: u64,
     /// Rounds of the released references whose latency is measured.
     pub repeat: u32,
+    /// The owner's batch endpoint, relative to the base URL (`[data_source.batch] path`); None:
+    /// the batch checks are skipped.
+    pub batch_path: Option<String>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -64,6 +72,7 @@ impl std::fmt::Debug for Settings {
             .field("timeout", &self.timeout)
             .field("max_response_bytes", &self.max_response_bytes)
             .field("repeat", &self.repeat)
+            .field("batch_path", &self.batch_path)
             .finish()
     }
 }
@@ -80,6 +89,7 @@ impl Settings {
             timeout: Duration::from_millis(timeout_ms),
             max_response_bytes,
             repeat: 20,
+            batch_path: None,
         })
     }
 }
@@ -92,12 +102,21 @@ fn data_source_defaults() -> (u64, u64) {
     defaults.map_or((5_000, 1 << 20), |config| (config.timeout_ms, config.max_response_bytes))
 }
 
+/// The most references keyhole puts in one batch by default (`[data_source.batch]
+/// max_references`), read from the configuration module: the check's batches are no larger.
+fn batch_max_references() -> usize {
+    toml::from_str::<BatchConfig>("path = \"batch\"").map_or(16, |config| config.max_references)
+}
+
 /// What keeps the check from starting; nothing has been asked of the owner.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     /// The base URL cannot be a data source's.
     #[error("--base-url: {0}")]
     BaseUrl(String),
+    /// The batch path cannot be a data source's `[data_source.batch] path`.
+    #[error("--batch-path: {0}")]
+    BatchPath(&'static str),
     /// The limits are out of range.
     #[error("{0}")]
     Setting(&'static str),
@@ -147,6 +166,19 @@ impl OwnerCheck {
             return Err(SetupError::Setting("--repeat must be at most 10000"));
         }
         let base = &settings.base_url;
+        // By the configuration's own rules, so that a path that passes here can be configured.
+        let batch = match &settings.batch_path {
+            Some(path) => {
+                crate::config::check_batch_path(path, Some(base)).map_err(SetupError::BatchPath)?;
+                Some(BatchSettings {
+                    path: path.clone(),
+                    max_references: batch_max_references(),
+                    // Unused: the check sends its batches itself, one at a time.
+                    max_wait: Duration::ZERO,
+                })
+            }
+            None => None,
+        };
         let urls = fixtures
             .references
             .iter()
@@ -177,7 +209,7 @@ impl OwnerCheck {
                 timeout: settings.timeout,
                 max_response_bytes: settings.max_response_bytes,
                 max_concurrent_requests: 1,
-                batch: None,
+                batch: batch.clone(),
             })
             // Redirects as the engine follows them: below the base path, by the dataref rules.
             .map(|resolver| resolver.with_redirect_rule(|base, url| check_below(base, url).is_ok()))
@@ -203,6 +235,8 @@ impl OwnerCheck {
 
         // Each reference, as the fixtures' handler asks for it.
         let mut content_types = Vec::new();
+        // Each reference's answer alone, which its answer in a batch must match.
+        let mut alone = Vec::new();
         for (reference, url) in references.clone() {
             let seen = self.ask(&self.with_token, url, &asker.handler_version).await;
             let label = &reference.label;
@@ -211,6 +245,7 @@ impl OwnerCheck {
             if let (Expect::Released, Ok(released)) = (reference.expect, &seen.outcome) {
                 content_types.push(content_type_line(reference, released));
             }
+            alone.push(seen);
         }
         lines.extend(content_types);
 
@@ -272,6 +307,11 @@ impl OwnerCheck {
                 decisions.join(", ")
             )
         }));
+
+        // The references in batches, as keyhole batches them.
+        if let Some(path) = &self.settings.batch_path {
+            lines.extend(self.check_batches(path, &alone).await);
+        }
 
         // The released references, round after round, timed.
         let released: Vec<_> =
@@ -344,6 +384,94 @@ impl OwnerCheck {
             rounds: (rounds, timed),
             latency: Latency::of(&samples),
         }
+    }
+
+    /// The `batch-answer` and `batch-without-token` lines: every reference posted to the batch
+    /// endpoint (in batches of at most keyhole's default `max_references`) must get the same
+    /// decision as `alone`, and one batch without the token must be refused as a whole.
+    async fn check_batches(&self, path: &str, alone: &[Inspection]) -> Vec<Line> {
+        let asker = &self.fixtures.asker;
+        let who = Requester {
+            tenant: &asker.tenant,
+            handler: &asker.handler,
+            purpose: &asker.purpose,
+            // Each reference of a batch carries its own.
+            event_id: "",
+            handler_version: &asker.handler_version,
+        };
+        let fresh = |url: &Url| (format!("keyhole-owner-check-{}", uuid::Uuid::new_v4()), url.clone());
+        let entries: Vec<_> = self.fixtures.references.iter().zip(&self.urls).zip(alone).collect();
+        let per_batch = batch_max_references().max(1);
+
+        let mut answers = Tally::new(Check::BatchAnswer);
+        let mut decisions = Vec::new();
+        for chunk in entries.chunks(per_batch) {
+            let sent: Vec<_> = chunk.iter().map(|((_, url), _)| fresh(url)).collect();
+            match self.with_token.inspect_batch(&who, &sent).await {
+                Err(error) => answers.fail(format!(
+                    "{}: expected 200 with version {} and one result per reference, received {}",
+                    batch_label(path, chunk.iter().map(|((reference, _), _)| *reference)),
+                    crate::resolve::BATCH_PROTOCOL_VERSION,
+                    batch_failure(&error)
+                )),
+                Ok(outcomes) => {
+                    for (((reference, _), seen), outcome) in chunk.iter().zip(outcomes) {
+                        if same_decision(&seen.outcome, &outcome) {
+                            answers.pass();
+                            decisions.push(decision(&outcome));
+                        } else {
+                            answers.fail(format!(
+                                "{} (in a batch): expected the decision it got alone, {}, received {}",
+                                reference.label,
+                                describe(seen),
+                                decision(&outcome)
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        decisions.sort();
+        decisions.dedup();
+        let count = self.urls.len();
+        let mut lines = answers.lines(|_| {
+            format!(
+                "every reference ({count}) got the same decision in a batch (POST {path}) as alone: {}",
+                decisions.join(", ")
+            )
+        });
+
+        // One batch without the token: refused as a whole, as a single request is.
+        let chunk = &entries[..entries.len().min(per_batch)];
+        let sent: Vec<_> = chunk.iter().map(|((_, url), _)| fresh(url)).collect();
+        let label = batch_label(path, chunk.iter().map(|((reference, _), _)| *reference));
+        let (passed, text) = match self.without_token.inspect_batch(&who, &sent).await {
+            Err(ResolveError::Unauthorized) => {
+                (true, format!("{label} without the token: unauthorized (HTTP 401)"))
+            }
+            Err(error) => (
+                false,
+                format!(
+                    "{label} without the token: expected unauthorized (HTTP 401) for the whole batch, received {}",
+                    batch_failure(&error)
+                ),
+            ),
+            Ok(outcomes) => {
+                let mut received: Vec<_> = outcomes.iter().map(decision).collect();
+                received.sort();
+                received.dedup();
+                (
+                    false,
+                    format!(
+                        "{label} without the token: expected unauthorized (HTTP 401) for the whole batch, received \
+                         HTTP 200 with a result per reference: {}",
+                        received.join(", ")
+                    ),
+                )
+            }
+        };
+        lines.push(Line { check: Check::BatchWithoutToken, passed, text });
+        lines
     }
 
     /// One request as keyhole makes it, with a fresh event id.
@@ -490,6 +618,77 @@ fn content_type_line(reference: &Reference, released: &Released) -> Line {
     Line { check: Check::ContentType, passed, text }
 }
 
+/// Whether a reference's answer in a batch is the decision it got alone, as keyhole records it:
+/// the same outcome and, for a release, the same content type and bytes.
+fn same_decision(alone: &Result<Released, ResolveError>, batched: &Result<Released, ResolveError>) -> bool {
+    match (alone, batched) {
+        (Ok(alone), Ok(batched)) => alone.content_type == batched.content_type && alone.body == batched.body,
+        (Err(alone), Err(batched)) => alone.kind() == batched.kind(),
+        _ => false,
+    }
+}
+
+/// What keyhole made of one result of a batch, never its content: the decision, the status a
+/// single answer would have had, a release's size and content type.
+fn decision(outcome: &Result<Released, ResolveError>) -> String {
+    match outcome {
+        Ok(released) => format!(
+            "released ({} bytes, {})",
+            released.body.len(),
+            released.content_type.as_deref().unwrap_or("no content type")
+        ),
+        Err(error @ ResolveError::Transient { .. }) => {
+            format!("{}: {}", error.kind(), redact_quoted(&error.to_string()))
+        }
+        Err(error) => match error.status() {
+            Some(status) => format!("{} (HTTP {status})", error.kind()),
+            None => format!("{}: {error}", error.kind()),
+        },
+    }
+}
+
+/// Why a batch failed as a whole.
+fn batch_failure(error: &ResolveError) -> String {
+    match error {
+        ResolveError::Unauthorized => "unauthorized (HTTP 401)".into(),
+        // The reason may quote the answer (a JSON parser's "invalid type: string \"…\"").
+        error => format!("{}: {}", error.kind(), redact_quoted(&error.to_string())),
+    }
+}
+
+/// A batch named by its endpoint and its references' labels.
+fn batch_label<'a>(path: &str, references: impl Iterator<Item = &'a Reference>) -> String {
+    let labels: Vec<_> = references.map(|reference| reference.label.as_str()).collect();
+    format!("POST {path} of {}", labels.join(", "))
+}
+
+/// `text` with every double-quoted string (as Rust's `Debug` writes them, with `\"` escapes)
+/// shown as `"…"`: what an owner's answer held must not reach the report.
+fn redact_quoted(text: &str) -> String {
+    let mut shown = String::with_capacity(text.len());
+    let mut quoted = false;
+    let mut escaped = false;
+    for character in text.chars() {
+        if quoted {
+            if escaped {
+                escaped = false;
+            } else if character == '\\' {
+                escaped = true;
+            } else if character == '"' {
+                quoted = false;
+                shown.push_str("…\"");
+            }
+        } else {
+            shown.push(character);
+            quoted = character == '"';
+        }
+    }
+    if quoted {
+        shown.push('…');
+    }
+    shown
+}
+
 /// What keyhole made of an answer, with its status and size but never its content.
 fn describe(seen: &Inspection) -> String {
     let status = seen.head.as_ref().map(|(status, _)| status.as_u16());
@@ -514,7 +713,7 @@ fn short_version(version: &str) -> String {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
-    use super::{Check, Line, Settings, SetupError, Tally, parse_base_url, short_version};
+    use super::{Check, Line, Settings, SetupError, Tally, parse_base_url, redact_quoted, short_version};
 
     #[test]
     fn a_failure_repeated_is_one_line_that_counts_the_answers() {
@@ -566,6 +765,16 @@ mod tests {
         assert_eq!(settings.repeat, 20);
         assert!(!format!("{settings:?}").contains("tok-s3cr3t"));
         assert!(matches!(Settings::new("nope", String::new()), Err(SetupError::BaseUrl(_))));
+    }
+
+    #[test]
+    fn quoted_strings_never_reach_the_report() {
+        assert_eq!(
+            redact_quoted(r#"invalid type: string "ada@example.com", expected u16 at line 1 column 40"#),
+            r#"invalid type: string "…", expected u16 at line 1 column 40"#
+        );
+        assert_eq!(redact_quoted(r#"a "b\"c" d "e"#), r#"a "…" d "…"#);
+        assert_eq!(redact_quoted("unknown field `data`"), "unknown field `data`");
     }
 
     #[test]

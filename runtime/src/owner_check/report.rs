@@ -24,6 +24,10 @@ pub enum Check {
     RetryAfter,
     /// The released references stay released over the latency rounds.
     Repeat,
+    /// A batch answer is readable, and gives each reference the decision it got alone.
+    BatchAnswer,
+    /// A batch without the token answers 401 as a whole.
+    BatchWithoutToken,
 }
 
 impl Check {
@@ -38,6 +42,8 @@ impl Check {
             Check::OtherVersion => "other-version",
             Check::RetryAfter => "retry-after",
             Check::Repeat => "repeat",
+            Check::BatchAnswer => "batch-answer",
+            Check::BatchWithoutToken => "batch-without-token",
         }
     }
 }
@@ -119,7 +125,7 @@ impl fmt::Display for Report {
         writeln!(f)?;
         for line in &self.lines {
             let verdict = if line.passed { "ok" } else { "FAIL" };
-            writeln!(f, "{verdict:<5} {:<18} {}", line.check.name(), line.text)?;
+            writeln!(f, "{verdict:<5} {:<19} {}", line.check.name(), line.text)?;
         }
         let (rounds, references) = self.rounds;
         match &self.latency {
@@ -203,8 +209,11 @@ mod tests {
             latency: Latency::of(&ms([1, 2])),
         };
         let shown = report.to_string();
-        assert!(shown.contains("\nok    answer             customers/42: released as expected\n"), "{shown}");
-        assert!(shown.contains("\nFAIL  without-token      customers/42: expected 401\n"), "{shown}");
+        assert!(
+            shown.contains("\nok    answer              customers/42: released as expected\n"),
+            "{shown}"
+        );
+        assert!(shown.contains("\nFAIL  without-token       customers/42: expected 401\n"), "{shown}");
         assert!(
             shown.contains("latency  2 requests (2 rounds of 1 released reference): p50 1.0 ms, p90 2.0 ms"),
             "{shown}"

@@ -191,34 +191,14 @@ async fn send_and_answer<S: SendBatch>(
     batch: Vec<Waiting>,
     max_response_bytes: u64,
 ) {
-    let request = BatchRequest {
-        version: BATCH_PROTOCOL_VERSION,
-        references: batch
-            .iter()
-            .map(|waiting| BatchReference { event_id: &waiting.event_id, dataref: &waiting.dataref })
-            .collect(),
-    };
-    let answered = sender.send(&asker, &request).await.and_then(|answer| {
-        if answer.version != BATCH_PROTOCOL_VERSION {
-            return Err(malformed(format!(
-                "version {} (keyhole speaks {BATCH_PROTOCOL_VERSION})",
-                answer.version
-            )));
-        }
-        if answer.results.len() != batch.len() {
-            return Err(malformed(format!(
-                "{} results for {} references",
-                answer.results.len(),
-                batch.len()
-            )));
-        }
-        Ok(answer.results)
-    });
-    drop(request);
+    let references: Vec<_> =
+        batch.iter().map(|waiting| (waiting.event_id.as_str(), waiting.dataref.as_str())).collect();
+    let answered = send_one(&*sender, &asker, &references, max_response_bytes).await;
+    drop(references);
     match answered {
-        Ok(results) => {
-            for (waiting, result) in batch.into_iter().zip(results) {
-                let _ = waiting.answer.send(classify(result, max_response_bytes));
+        Ok(outcomes) => {
+            for (waiting, outcome) in batch.into_iter().zip(outcomes) {
+                let _ = waiting.answer.send(outcome);
             }
         }
         Err(error) => {
@@ -227,6 +207,39 @@ async fn send_and_answer<S: SendBatch>(
             }
         }
     }
+}
+
+/// Sends one batch of `references` (event id, dataref) and reads it: each reference's outcome,
+/// in order and classified as a single answer would be, or why the batch as a whole failed (the
+/// owner's 401 is [`ResolveError::Unauthorized`]; anything else is transient).
+pub(super) async fn send_one<S: SendBatch>(
+    sender: &S,
+    asker: &Asker,
+    references: &[(&str, &str)],
+    max_response_bytes: u64,
+) -> Result<Vec<Result<Released, ResolveError>>, ResolveError> {
+    let request = BatchRequest {
+        version: BATCH_PROTOCOL_VERSION,
+        references: references
+            .iter()
+            .map(|&(event_id, dataref)| BatchReference { event_id, dataref })
+            .collect(),
+    };
+    let answer = sender.send(asker, &request).await?;
+    if answer.version != BATCH_PROTOCOL_VERSION {
+        return Err(malformed(format!(
+            "version {} (keyhole speaks {BATCH_PROTOCOL_VERSION})",
+            answer.version
+        )));
+    }
+    if answer.results.len() != references.len() {
+        return Err(malformed(format!(
+            "{} results for {} references",
+            answer.results.len(),
+            references.len()
+        )));
+    }
+    Ok(answer.results.into_iter().map(|result| classify(result, max_response_bytes)).collect())
 }
 
 /// One result, classified as a single answer with that status would be.

@@ -384,6 +384,39 @@ impl Resolver {
         Inspection { head: Some((status, headers)), outcome, refusal_body: Some(body) }
     }
 
+    /// One batch sent exactly as the batcher sends it (the same request, headers, timeout,
+    /// checks of the answer and classification of each result) for `keyhole owner check`:
+    /// `references` (event id, URL) in one `POST` to the batch endpoint, for the asker of `who`
+    /// (whose `event_id` is not used). Each reference's outcome, in order, or why the batch as a
+    /// whole failed. Needs `[data_source.batch]` (otherwise [`ResolveError::NotSent`]); the
+    /// answer counter is left alone.
+    pub(crate) async fn inspect_batch(
+        &self,
+        who: &Requester<'_>,
+        references: &[(String, Url)],
+    ) -> Result<Vec<Result<Released, ResolveError>>, ResolveError> {
+        let batching = self.batch.as_ref().ok_or(ResolveError::NotSent)?;
+        let references = references
+            .iter()
+            .map(|(event_id, url)| {
+                // As `fetch_once` and `fetch_in_a_batch`: only references within the data source.
+                let dataref =
+                    url.as_str().strip_prefix(self.base_url.as_str()).filter(|_| within(&self.base_url, url));
+                dataref.map(|dataref| (event_id.as_str(), dataref)).ok_or(ResolveError::NotSent)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for value in [who.tenant, who.handler, who.purpose, who.handler_version] {
+            requester_header_value(value)?;
+        }
+        let asker = Asker {
+            tenant: who.tenant.to_owned(),
+            handler: who.handler.to_owned(),
+            purpose: who.purpose.to_owned(),
+            handler_version: who.handler_version.to_owned(),
+        };
+        super::batch::send_one(&*batching.client, &asker, &references, self.max_response_bytes).await
+    }
+
     /// The error of a request that found no complete answer within the timeout.
     fn timed_out(&self) -> ResolveError {
         ResolveError::Transient {
