@@ -668,6 +668,18 @@ struct BatchClient {
     max_answer_bytes: u64,
 }
 
+/// Why a batch answer is not protocol JSON, without serde's message: that quotes the values it
+/// could not use, and a value in an owner's answer may be the personal data it released.
+fn unreadable_json(error: &serde_json::Error) -> String {
+    let what = match error.classify() {
+        serde_json::error::Category::Data => "a field is missing, unknown or of the wrong type",
+        serde_json::error::Category::Syntax => "it is not JSON",
+        serde_json::error::Category::Eof => "it ends too early",
+        serde_json::error::Category::Io => "it could not be read",
+    };
+    format!("{what} (line {}, column {})", error.line(), error.column())
+}
+
 /// The largest batch answer keyhole reads: every result at the data source's body limit (in
 /// base64), and room for the JSON around them.
 fn batch_answer_limit(settings: &BatchSettings, max_response_bytes: u64) -> u64 {
@@ -727,7 +739,7 @@ impl SendBatch for BatchClient {
             })?
             .to_bytes();
             serde_json::from_slice::<BatchAnswer>(&body).map_err(|error| ResolveError::Transient {
-                reason: format!("the batch answer cannot be read: {error}"),
+                reason: format!("the batch answer cannot be read: {}", unreadable_json(&error)),
                 retry_after: None,
             })
         };
@@ -745,6 +757,22 @@ impl SendBatch for BatchClient {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::{refusal, requester_header_value, retry_after, within};
+
+    #[test]
+    fn an_unreadable_batch_answer_is_described_without_what_it_held() {
+        for answer in [
+            r#"{"version":1,"results":[{"status":"Ada-canary"}]}"#,
+            r#"{"version":1,"results":[{"status":200,"Ada-canary":1}]}"#,
+            r#"{"version":1,"results":[{"status":200,"data_base64":"Ada-canary""#,
+        ] {
+            let Err(error) = serde_json::from_slice::<super::BatchAnswer>(answer.as_bytes()) else {
+                panic!("{answer} was read");
+            };
+            let reason = super::unreadable_json(&error);
+            assert!(!reason.contains("canary"), "{reason}");
+            assert!(reason.contains("line 1"), "{reason}");
+        }
+    }
     use crate::resolve::ResolveError;
     use http::StatusCode;
     use http::header::{HeaderMap, HeaderValue, RETRY_AFTER};
