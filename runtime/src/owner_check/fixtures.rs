@@ -20,6 +20,7 @@
 //! as a header can carry it, the handler version as keyhole spells it, and each `dataref` by
 //! [`DataRef::parse`], the rule that refuses hostile references before any request.
 
+use super::shorten;
 use crate::cloudevents::DataRef;
 use crate::model::names::{NAME_RULE, is_name};
 use crate::model::purpose::{MAX_PURPOSE_BYTES, is_purpose};
@@ -159,7 +160,7 @@ impl Fixtures {
                 format!(
                     "{:?} is not a handler version as keyhole sends it: `sha256:` and 64 lower-case hex \
                      digits, the SHA-256 of the handler's component (`sha256sum handler.wasm`)",
-                    shorten(&asker.handler_version)
+                    shorten(&asker.handler_version, 80)
                 ),
             );
         }
@@ -176,7 +177,10 @@ impl Fixtures {
                 } else if !is_media_type(content_type) {
                     problem(
                         at("content_type"),
-                        format!("{:?} is not a media type such as application/json", shorten(content_type)),
+                        format!(
+                            "{:?} is not a media type such as application/json",
+                            shorten(content_type, 80)
+                        ),
                     );
                 }
             }
@@ -222,14 +226,6 @@ fn is_media_type(text: &str) -> bool {
 /// The path, and `?…` when the reference has a query.
 fn label(dataref: &DataRef, written: &str) -> String {
     if written.contains('?') { format!("{}?…", dataref.path()) } else { dataref.path().to_owned() }
-}
-
-/// At most 80 characters of a value quoted in a message.
-fn shorten(value: &str) -> String {
-    match value.char_indices().nth(80) {
-        Some((end, _)) => format!("{}…", &value[..end]),
-        None => value.to_owned(),
-    }
 }
 
 #[cfg(test)]

@@ -133,6 +133,15 @@ pub enum SetupError {
     },
 }
 
+/// At most `chars` characters of a value quoted in a message (a fixture's, or an owner's
+/// header), with `…` when cut.
+pub(super) fn shorten(value: &str, chars: usize) -> String {
+    match value.char_indices().nth(chars) {
+        Some((end, _)) => format!("{}…", &value[..end]),
+        None => value.to_owned(),
+    }
+}
+
 /// The base URL as keyhole's configuration reads a data source's (the same rules, the same
 /// trailing '/').
 fn parse_base_url(text: &str) -> Result<Url, String> {

@@ -2,6 +2,7 @@
 //! is tested on its own: a refusal carries no data, a released answer says what it is, and a
 //! `Retry-After` is one keyhole can read.
 
+use super::shorten;
 use crate::resolve::parse_retry_after;
 use http::HeaderValue;
 use std::time::SystemTime;
@@ -66,7 +67,7 @@ pub fn retry_after_problem(value: &HeaderValue, now: SystemTime) -> Option<Strin
         None => Some(format!(
             "Retry-After {:?} is neither delta-seconds (`120`) nor an HTTP-date (`Sun, 06 Nov 1994 08:49:37 \
              GMT`): keyhole ignores it",
-            shorten(text)
+            shorten(text, 64)
         )),
     }
 }
@@ -94,14 +95,6 @@ fn normalised(value: &str) -> String {
         .collect::<Vec<_>>()
         .join(";")
         .to_ascii_lowercase()
-}
-
-/// At most 64 characters of an owner's header value quoted in the report.
-fn shorten(value: &str) -> String {
-    match value.char_indices().nth(64) {
-        Some((end, _)) => format!("{}…", &value[..end]),
-        None => value.to_owned(),
-    }
 }
 
 #[cfg(test)]
