@@ -40,7 +40,16 @@ trap cleanup EXIT
 
 step "Starting a data owner and the topics on the host"
 owner_token="smoke-owner-token-$$"
-python3 scripts/sample_owner.py --token "$owner_token" > "$work/owner.port" &
+# The reference data owner with a table of its own: customer 7 consents to this purpose, and
+# the handler version the container runs is approved.
+cat > "$work/owner-table.json" <<'JSON'
+{"customers": {"7": {"name": "Ada 7", "birthdate": "1990-05-01", "country": "DE"}},
+ "consent": [["7", "acme", "container smoke test"]],
+ "fields": {"container smoke test": ["name", "birthdate", "country"]}}
+JSON
+echo_version="sha256:$(sha256sum "$root/guest-examples/dist/echo.wasm" | cut -d' ' -f1)"
+python3 examples/data-owner/owner.py --token "$owner_token" --port 0 --table "$work/owner-table.json" \
+    --approve "acme/echo=$echo_version" > "$work/owner.port" 2> "$work/owner.log" &
 owner_pid=$!
 for _ in $(seq 1 50); do [ -s "$work/owner.port" ] && break; sleep 0.1; done
 owner_port=$(head -1 "$work/owner.port")
@@ -79,7 +88,7 @@ state_dir = "/var/lib/keyhole/state"
 
 [[data_source]]
 name = "owner"
-base_url = "http://127.0.0.1:$owner_port/"
+base_url = "http://127.0.0.1:$owner_port/api/"
 identity = { bearer_token = { file = "/run/secrets/owner-token" } }
 
 [[handler]]

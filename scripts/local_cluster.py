@@ -9,6 +9,7 @@ stops everything with --once. Standard library only.
 """
 
 import argparse
+import hashlib
 import json
 import os
 import pathlib
@@ -106,11 +107,23 @@ def main():
              "--listener-url", f"tcp://{broker}", "--advertised-listener-url", f"tcp://{broker}"],
             stdout=open(root / "tansu.log", "w"), stderr=subprocess.STDOUT))
         wait_for("tansu accepting connections", lambda: socket.socket().connect_ex(tuple([broker.split(":")[0], int(broker.split(":")[1])])) == 0)
-        owner = subprocess.Popen([sys.executable, str(pathlib.Path(__file__).with_name("sample_owner.py")),
-                                  "--token", OWNER_TOKEN], stdout=subprocess.PIPE, text=True)
+        # The reference data owner (examples/data-owner/owner.py) with a table of its own: ten customers,
+        # each consenting to acme's purpose, and the deployed handler's version approved.
+        purpose = "local demonstration"
+        table = root / "owner-table.json"
+        table.write_text(json.dumps({
+            "customers": {str(n): {"name": f"Ada {n}", "birthdate": "1990-05-01", "country": "DE"} for n in range(10)},
+            "consent": [[str(n), "acme", purpose] for n in range(10)],
+            "fields": {purpose: ["name", "birthdate", "country"]},
+        }))
+        version = "sha256:" + hashlib.sha256(pathlib.Path(args.handler).read_bytes()).hexdigest()
+        owner_script = pathlib.Path(__file__).resolve().parent.parent / "examples/data-owner/owner.py"
+        owner = subprocess.Popen([sys.executable, str(owner_script), "--token", OWNER_TOKEN, "--port", "0",
+                                  "--table", str(table), "--approve", f"acme/echo={version}"],
+                                 stdout=subprocess.PIPE, stderr=open(root / "owner.log", "w"), text=True)
         children.append(owner)
         owner_port = int(owner.stdout.readline())
-        print(f"==> a sample data owner on 127.0.0.1:{owner_port} (customers/0 … customers/9)")
+        print(f"==> the reference data owner on 127.0.0.1:{owner_port} (customers/0 … customers/9; log: {root}/owner.log)")
         topic = "customer-references"
         for name, partitions in [(topic, 6), ("keyhole.acme.echo.dlq", 1)]:
             subprocess.run([args.tansu, "topic", "create", name, "--broker", f"tcp://{broker}",
@@ -148,7 +161,7 @@ signing_keys = [{{ id = "local", secret = {{ value = "{SIGNING_KEY}" }} }}]
 
 [[data_source]]
 name = "owner"
-base_url = "http://127.0.0.1:{owner_port}/"
+base_url = "http://127.0.0.1:{owner_port}/api/"
 identity = {{ bearer_token = {{ value = "{OWNER_TOKEN}" }} }}
 ''')
             log = open(directory / "keyhole.log", "w")
@@ -162,11 +175,11 @@ identity = {{ bearer_token = {{ value = "{OWNER_TOKEN}" }} }}
             wait_for(f"replica {i} answering", lambda: api(probes, path="/healthz")[0] == 200)
 
         first = replicas[0][1]
-        grant = {"topics": [topic], "data_sources": ["owner"], "purposes": ["local demonstration"]}
+        grant = {"topics": [topic], "data_sources": ["owner"], "purposes": [purpose]}
         api(first, "PUT", "/v1/tenants/acme", OPERATOR, grant)
         status, issued = api(first, "POST", "/v1/tenants/acme/tokens", OPERATOR)
         token = issued["token"]
-        spec = {"topics": [topic], "data_source": "owner", "purpose": "local demonstration"}
+        spec = {"topics": [topic], "data_source": "owner", "purpose": purpose}
         api(first, "PUT", "/v1/tenants/acme/handlers/echo", token, spec)
         print(f"==> tenant acme granted {topic}; `keyhole deploy` through replica 1:")
         subprocess.run([args.keyhole, "deploy", args.handler, "--admin-url", first, "--tenant", "acme",

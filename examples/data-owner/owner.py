@@ -20,8 +20,22 @@ that is not that JSON gets 400.
 It logs one line per decision to stderr: who asked, why, for which event and path, and what was
 decided. Never the data, the token or the query string.
 
+When more than --max-concurrent requests are being answered at once, the next ones get
+503 with `Retry-After: 1`: keyhole waits that long before asking again, and pauses the binding if
+the owner keeps answering nobody (docs/data-owners.md, "Your answers").
+
+The records, the consent and what each purpose may see are a table (your database, in a real
+service): the one below, or `--table FILE`, a JSON file of the same shape:
+
+    {"customers": {"42": {"name": "Ada Lovelace", "birthdate": "1990-04-12", ...}},
+     "erased": ["43"],
+     "consent": [["42", "acme", "Age statistics for product planning (contract ACME-17)"]],
+     "fields": {"Age statistics for product planning (contract ACME-17)": ["birthdate", "country"]}}
+
     python3 owner.py --token dev --port 8080 \\
         --approve acme/age-band=sha256:cd600bbe07589a3eb1f3de31c127ff2385d692f312d95b867c7a980722b7b8a3
+
+With --port 0 it listens on a free port and prints that port, alone, as the first line on stdout.
 
 Then point a `[[data_source]]` at http://127.0.0.1:8080/api/ with `bearer_token` = dev (and,
 to batch, `[data_source.batch] path = "batch"`).
@@ -34,6 +48,7 @@ import http.server
 import json
 import re
 import sys
+import threading
 import time
 from urllib.parse import unquote
 
@@ -60,8 +75,23 @@ FIELDS = {
     FRAUD_SCORING: ("name", "country", "email"),
 }
 
+
+def load_table(path):
+    """Replaces the table above with a JSON file's (see the module's help for its shape)."""
+    global CUSTOMERS, ERASED, CONSENT, FIELDS
+    with open(path, encoding="utf-8") as file:
+        table = json.load(file)
+    CUSTOMERS = {str(k): dict(v) for k, v in table.get("customers", {}).items()}
+    ERASED = {str(k) for k in table.get("erased", [])}
+    CONSENT = {tuple(str(part) for part in row) for row in table.get("consent", [])}
+    FIELDS = {purpose: tuple(fields) for purpose, fields in table.get("fields", {}).items()}
+    if any(len(row) != 3 for row in CONSENT):
+        raise ValueError("every consent row is [customer, tenant, purpose]")
+
+
 PATH = re.compile(r"/api/customers/([0-9]+)")
 MAX_BATCH_BYTES = 1 << 20  # a batch request is a list of references: far below this
+RETRY_AFTER_SECONDS = 1  # what an overloaded owner asks keyhole to wait before asking again
 
 
 def requester(headers):
@@ -98,13 +128,35 @@ def decide(path, who, approved):
     return 200, {field: record[field] for field in FIELDS.get(who["purpose"], ())}
 
 
-def handler_for(token, approved):
+def handler_for(token, approved, max_concurrent):
     expected = f"Bearer {token}".encode()
+    # Requests being answered now. Past the limit, the answer is 503 with Retry-After rather than a
+    # queue: keyhole backs off for as long as asked, and a burst never piles up in this process.
+    capacity = threading.BoundedSemaphore(max_concurrent)
 
     class Owner(http.server.BaseHTTPRequestHandler):
+        def within_capacity(answer):  # noqa: N805 (a decorator of the methods below)
+            """Answers with `answer` if a slot is free (taken once the request is read, so an idle
+            keep-alive connection holds none), and 503 with Retry-After otherwise."""
+
+            def answered(self):
+                if not capacity.acquire(blocking=False):
+                    self.close_connection = True  # a POST's body is left unread: this connection is done
+                    self.log_decision(self.path.split("?", 1)[0], requester(self.headers), 503)
+                    self.send_json(503, {"error": "overloaded, ask again later"}, "application/problem+json",
+                                   [("Retry-After", str(RETRY_AFTER_SECONDS)), ("Connection", "close")])
+                    return
+                try:
+                    answer(self)
+                finally:
+                    capacity.release()
+
+            return answered
+
         def authorised(self):
             return hmac.compare_digest(self.headers.get("Authorization", "").encode(), expected)
 
+        @within_capacity
         def do_GET(self):  # noqa: N802 (the standard library's name)
             path = self.path.split("?", 1)[0]  # the query string may hold personal data: never logged
             who = requester(self.headers)
@@ -116,6 +168,7 @@ def handler_for(token, approved):
             # A refusal's body says why, and nothing of the record: problem+json (RFC 9457).
             self.send_json(status, body, "application/json" if status == 200 else "application/problem+json")
 
+        @within_capacity
         def do_POST(self):  # noqa: N802
             path = self.path.split("?", 1)[0]
             who = requester(self.headers)
@@ -160,9 +213,11 @@ def handler_for(token, approved):
             data = json.dumps(body).encode()  # the same bytes as the single answer
             return {"status": 200, "content_type": "application/json", "data_base64": base64.b64encode(data).decode()}
 
-        def send_json(self, status, body, content_type):
+        def send_json(self, status, body, content_type, extra_headers=()):
             data = json.dumps(body).encode()
             self.send_response(status)
+            for name, value in extra_headers:
+                self.send_header(name, value)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -180,6 +235,15 @@ def handler_for(token, approved):
     return Owner
 
 
+class Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True  # a connection keyhole keeps open does not hold up the exit
+
+    def handle_error(self, request, client_address):
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # the client went away mid-answer (keyhole stopping, a timeout): nothing to report
+        super().handle_error(request, client_address)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--token", required=True, help="the bearer token keyhole sends (its data source identity)")
@@ -191,7 +255,22 @@ def main():
         metavar="TENANT/HANDLER=sha256:HEX",
         help="a handler version you approved (repeatable)",
     )
+    parser.add_argument("--table", metavar="FILE", help="records, consent and fields as JSON (see above)")
+    parser.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=32,
+        metavar="N",
+        help="requests answered at once; beyond them 503 with Retry-After (default 32)",
+    )
     args = parser.parse_args()
+    if args.max_concurrent < 1:
+        parser.error("--max-concurrent must be at least 1")
+    if args.table:
+        try:
+            load_table(args.table)
+        except (OSError, ValueError, TypeError, AttributeError) as error:
+            parser.error(f"--table {args.table}: {error}")
     approved = {}
     for entry in args.approve:
         name, _, version = entry.partition("=")
@@ -199,8 +278,11 @@ def main():
         if not (tenant and handler and re.fullmatch(r"sha256:[0-9a-f]{64}", version)):
             parser.error(f"--approve {entry!r}: expected TENANT/HANDLER=sha256:<64 hex digits>")
         approved.setdefault((tenant, handler), set()).add(version)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), handler_for(args.token, approved))
-    print(f"serving http://127.0.0.1:{server.server_address[1]}/api/", file=sys.stderr, flush=True)
+    server = Server(("127.0.0.1", args.port), handler_for(args.token, approved, args.max_concurrent))
+    port = server.server_address[1]
+    if args.port == 0:
+        print(port, flush=True)
+    print(f"serving http://127.0.0.1:{port}/api/", file=sys.stderr, flush=True)
     server.serve_forever()
 
 

@@ -615,24 +615,30 @@ async fn without_the_token_variable_nothing_is_asked() {
     assert!(owner.seen.lock().unwrap().is_empty());
 }
 
-/// The example owner that docs/data-owners.md walks through passes, as the guide says.
-#[tokio::test(flavor = "multi_thread")]
-async fn the_example_owner_of_the_guide_passes_every_check() {
-    let root = crate::common::repo_root();
-    let version = keyhole::sandbox::version_of(&crate::common::guest("age-band"));
-    let port = crate::common::cluster::free_port();
+/// The reference owner (examples/data-owner/owner.py) on a free port, with `args`; killed with
+/// the test.
+fn start_reference_owner(args: &[String]) -> (std::process::Child, u16) {
+    use std::io::BufRead as _;
     let mut owner = crate::common::command_dying_with_the_test("python3")
-        .arg(root.join("examples/data-owner/owner.py"))
-        .args(["--token", TOKEN, "--port", &port.to_string(), "--approve"])
-        .arg(format!("acme/age-band={version}"))
+        .arg(crate::common::repo_root().join("examples/data-owner/owner.py"))
+        .args(["--token", TOKEN, "--port", "0"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let started = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < std::time::Duration::from_secs(10), "owner.py did not listen");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    // With --port 0 it prints the port it listens on, alone, as its first line.
+    let mut line = String::new();
+    std::io::BufReader::new(owner.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let port = line.trim().parse().unwrap_or_else(|_| panic!("owner.py printed {line:?}, not its port"));
+    (owner, port)
+}
+
+/// The example owner that docs/data-owners.md walks through passes, as the guide says.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_example_owner_of_the_guide_passes_every_check() {
+    let version = keyhole::sandbox::version_of(&crate::common::guest("age-band"));
+    let (mut owner, port) = start_reference_owner(&["--approve".into(), format!("acme/age-band={version}")]);
     let fixtures = format!(
         "[asker]\ntenant = \"acme\"\nhandler = \"age-band\"\npurpose = \"{PURPOSE}\"\nhandler_version = \"{version}\"\n\n\
          [[reference]]\ndataref = \"customers/42\"\nexpect = \"released\"\ncontent_type = \"application/json\"\n\n\
@@ -650,4 +656,103 @@ async fn the_example_owner_of_the_guide_passes_every_check() {
         let lines = run.lines_of(check);
         assert!(lines.len() == 1 && lines[0].starts_with("ok "), "{check}:\n{}", run.stdout);
     }
+}
+
+/// Beyond `--max-concurrent` requests at once, the reference owner answers 503 with a
+/// well-formed `Retry-After` and no data, so keyhole backs off for that long; once a slot is
+/// free it decides again.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reference_owner_answers_503_with_retry_after_beyond_its_capacity() {
+    use tokio::io::AsyncWriteExt as _;
+    let version = keyhole::sandbox::version_of(&crate::common::guest("age-band"));
+    let (mut owner, port) = start_reference_owner(&[
+        "--max-concurrent".into(),
+        "1".into(),
+        "--approve".into(),
+        format!("acme/age-band={version}"),
+    ]);
+    let client = reqwest::Client::new();
+    let ask = || {
+        client
+            .get(format!("http://127.0.0.1:{port}/api/customers/42"))
+            .bearer_auth(TOKEN)
+            .header("Keyhole-Tenant", "acme")
+            .header("Keyhole-Handler", "age-band")
+            .header("Keyhole-Purpose", PURPOSE)
+            .header("Keyhole-Handler-Version", &version)
+            .send()
+    };
+    // A batch request whose body has not arrived holds the one slot while the owner reads it.
+    let mut holding = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let head = format!(
+        "POST /api/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 64\r\n\r\n"
+    );
+    holding.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let refused = loop {
+        let answer = ask().await.unwrap();
+        if answer.status() == 503 {
+            break answer;
+        }
+        assert_eq!(answer.status(), 200, "before the slot is taken");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "never answered 503 while its slot was held"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let retry_after = refused.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(retry_after.as_deref(), Some("1"), "delay-seconds, as RFC 9110 has it");
+    let content_type = refused.headers().get("content-type").unwrap().to_str().unwrap().to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    let body = refused.text().await.unwrap();
+    assert!(!body.contains("1990") && !body.contains("DE"), "a refusal carries no data: {body}");
+
+    drop(holding);
+    let started = std::time::Instant::now();
+    loop {
+        let answer = ask().await.unwrap();
+        if answer.status() == 200 {
+            assert!(answer.text().await.unwrap().contains("1990-04-12"));
+            break;
+        }
+        assert_eq!(answer.status(), 503);
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "the slot was never given back");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    owner.kill().ok();
+    owner.wait().ok();
+}
+
+/// The data owner `keyhole demo` and `keyhole dev` run in-process (they need no Python) answers
+/// the same protocol, and passes the same check.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_in_process_owner_of_the_demo_and_keyhole_dev_passes_every_check() {
+    use keyhole::simulate::owner::{Consent, Record, SAMPLE_TOKEN, SampleOwner};
+    let record = |path: &str, consent| Record {
+        path: path.into(),
+        content_type: "application/json".into(),
+        body: br#"{"name":"Ada"}"#.to_vec(),
+        consent,
+    };
+    let owner = SampleOwner::start([
+        record("customers/ada", Consent::Granted),
+        record("customers/grace", Consent::Missing),
+        record("customers/alan", Consent::Withdrawn),
+        record("customers/kurt", Consent::LegallyUnavailable),
+        record("customers/edsger", Consent::Erased),
+    ])
+    .await
+    .unwrap();
+    let fixtures = format!(
+        "[asker]\ntenant = \"acme\"\nhandler = \"echo\"\npurpose = \"{PURPOSE}\"\nhandler_version = \"{APPROVED}\"\n\n\
+         [[reference]]\ndataref = \"customers/ada\"\nexpect = \"released\"\ncontent_type = \"application/json\"\n\n\
+         [[reference]]\ndataref = \"customers/grace\"\nexpect = \"denied\"\n\n\
+         [[reference]]\ndataref = \"customers/alan\"\nexpect = \"denied\"\n\n\
+         [[reference]]\ndataref = \"customers/kurt\"\nexpect = \"denied\"\n\n\
+         [[reference]]\ndataref = \"customers/edsger\"\nexpect = \"gone\"\n"
+    );
+    let run = owner_check(owner.base_url().as_str(), &fixtures, Some(SAMPLE_TOKEN), &["--repeat", "3"]).await;
+    assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
+    assert!(run.failed().is_empty(), "{}", run.stdout);
 }
