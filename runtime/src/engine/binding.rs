@@ -3,7 +3,7 @@
 use super::pause::PauseGate;
 use crate::config::BindingSettings;
 use crate::records::audit::{Asker, Audit};
-use crate::records::receipt::Receipts;
+use crate::records::receipt::ReceiptWriter;
 use crate::resolve::{Backoff, Resolver};
 use crate::sandbox::Handler;
 use crate::telemetry::{self, BindingMetrics};
@@ -43,8 +43,9 @@ pub struct OwnerAccess {
 pub struct Outputs {
     /// Where outcomes go.
     pub(super) audit: Arc<Audit>,
-    /// Where access receipts go, one per request to the data owner.
-    pub(super) receipts: Arc<Receipts>,
+    /// Where access receipts go, one per request to the data owner: the binding's own writer
+    /// (on a receipts topic, its own chain).
+    pub(super) receipts: ReceiptWriter,
     /// Publishes replies and dead letters: shared by the bindings that are not exactly-once;
     /// a binding's own transactional producer when it is.
     pub(super) producer: Arc<FutureProducer>,

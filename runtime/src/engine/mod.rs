@@ -200,7 +200,11 @@ impl Engine {
                 resolver,
                 gate: PauseGate::new(&settings.name, metrics.paused.clone(), self.health.clone()),
             },
-            outputs: Outputs { audit: self.audit.clone(), receipts: self.receipts.clone(), producer },
+            outputs: Outputs {
+                audit: self.audit.clone(),
+                receipts: self.receipts.writer(&settings.name),
+                producer,
+            },
             backoff: Backoff {
                 initial: Duration::from_millis(settings.retry.initial_backoff_ms),
                 max: Duration::from_millis(settings.retry.max_backoff_ms),

@@ -2,6 +2,7 @@
 //! appended whole and made durable (`fdatasync`) before its `append` returns, and a line torn by
 //! a crash ended before the next is written.
 
+use super::chain;
 use serde::Serialize;
 use std::io::{Seek as _, SeekFrom, Write};
 use std::path::Path;
@@ -22,7 +23,7 @@ pub struct JsonLines {
     queue: mpsc::Sender<Pending>,
 }
 
-/// A line and who waits for it.
+/// A line (without its newline) and who waits for it.
 struct Pending {
     line: Vec<u8>,
     written: oneshot::Sender<Result<(), String>>,
@@ -46,19 +47,34 @@ impl JsonLines {
     /// Opens (or creates) the file at `path` and starts its writer thread, which ends when the
     /// last handle is dropped.
     pub fn open(path: &Path) -> std::io::Result<Self> {
-        let file = open_json_lines(path)?;
+        Self::start(path, open_json_lines(path)?, None)
+    }
+
+    /// Like [`JsonLines::open`], with every line linked into the file's hash chain
+    /// ([`chain`]): the writer thread, which alone orders the lines, links each to the one
+    /// before as it writes it, continuing the chain the file ends with, and publishes the head.
+    pub fn open_chained(path: &Path, publisher: chain::Publisher) -> std::io::Result<Self> {
+        let mut file = open_json_lines(path)?;
+        let head = chain::resume(&mut file)?;
+        Self::start(path, file, Some((head, publisher)))
+    }
+
+    fn start(
+        path: &Path,
+        file: std::fs::File,
+        chain: Option<(chain::Head, chain::Publisher)>,
+    ) -> std::io::Result<Self> {
         let (queue, pending) = mpsc::channel(QUEUE);
         let name = format!("keyhole-{}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
         std::thread::Builder::new()
             .name(name.chars().take(15).collect())
-            .spawn(move || write_lines(file, pending))?;
+            .spawn(move || write_lines(file, pending, chain))?;
         Ok(JsonLines { queue })
     }
 
     /// Appends `record` as one line; returns once it is written.
     pub async fn append(&self, record: &impl Serialize) -> Result<(), AppendError> {
-        let mut line = serde_json::to_vec(record)?;
-        line.push(b'\n');
+        let line = serde_json::to_vec(record)?;
         let (written, done) = oneshot::channel();
         self.queue.send(Pending { line, written }).await.map_err(|_| AppendError::Stopped)?;
         done.await.map_err(|_| AppendError::Stopped)?.map_err(AppendError::Write)
@@ -80,14 +96,21 @@ const NAPS_BEFORE_PARKING: u32 = 20;
 /// receiver must be woken (a system call) by every line sent, a napping one by none, and a
 /// batch gathers what came during the nap. After [`NAPS_BEFORE_PARKING`] empty naps it parks.
 /// A line waits at most one nap (2 ms) before it is written and synced.
-fn write_lines(mut file: std::fs::File, mut pending: mpsc::Receiver<Pending>) {
+///
+/// A chained file's lines are linked here, in the order they are written; a batch that fails
+/// leaves the head where it was, since its lines are appended again (with new links) or not at all.
+fn write_lines(
+    mut file: std::fs::File,
+    mut pending: mpsc::Receiver<Pending>,
+    mut chain: Option<(chain::Head, chain::Publisher)>,
+) {
     let mut batch = Vec::new();
     let mut buffer = Vec::new();
     let mut empty_naps = 0;
     loop {
         match pending.try_recv() {
             Ok(first) => batch.push(first),
-            Err(mpsc::error::TryRecvError::Disconnected) => return,
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
             Err(mpsc::error::TryRecvError::Empty) if empty_naps < NAPS_BEFORE_PARKING => {
                 empty_naps += 1;
                 std::thread::sleep(NAP);
@@ -95,7 +118,7 @@ fn write_lines(mut file: std::fs::File, mut pending: mpsc::Receiver<Pending>) {
             }
             Err(mpsc::error::TryRecvError::Empty) => match pending.blocking_recv() {
                 Some(first) => batch.push(first),
-                None => return,
+                None => break,
             },
         }
         empty_naps = 0;
@@ -106,15 +129,35 @@ fn write_lines(mut file: std::fs::File, mut pending: mpsc::Receiver<Pending>) {
             }
         }
         buffer.clear();
-        for p in &batch {
+        let before = chain.as_ref().map(|(head, _)| head.clone());
+        let mut linked = Ok(());
+        for p in &mut batch {
+            if let Some((head, _)) = &mut chain {
+                let link = head.next();
+                linked = linked.and(chain::append_link(&mut p.line, &link).map_err(|e| e.to_string()));
+                head.advance(&link, &p.line);
+            }
             buffer.extend_from_slice(&p.line);
+            buffer.push(b'\n');
         }
-        let result =
-            append_whole(&mut file, &buffer).and_then(|()| file.sync_data()).map_err(|e| e.to_string());
+        let result = linked.and_then(|()| {
+            append_whole(&mut file, &buffer).and_then(|()| file.sync_data()).map_err(|e| e.to_string())
+        });
+        if let Some((head, publisher)) = &mut chain {
+            match (&result, before) {
+                (Ok(()), _) => publisher.written(head),
+                (Err(_), Some(before)) => *head = before,
+                (Err(_), None) => {}
+            }
+        }
         for p in batch.drain(..) {
             // An appender that stopped waiting (shutdown) needs no answer.
             let _ = p.written.send(result.clone());
         }
+    }
+    // Every handle is gone: the stream's last head, for the record.
+    if let Some((head, publisher)) = &mut chain {
+        publisher.log(head);
     }
 }
 
@@ -193,6 +236,59 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         let parsed: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(parsed.len(), 16 * 20);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    /// Every line of a chained file links to the one before, across a reopening (a restart)
+    /// and a torn line left by a crash: one stream, seq from 1 without a gap.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_chained_file_links_every_line_across_restarts() {
+        use super::chain;
+        let path = std::env::temp_dir().join(format!("keyhole-chained-{}.jsonl", uuid::Uuid::new_v4()));
+        let publisher = || chain::Publisher::new(metrics::gauge!("test_chain_seq"), "file");
+        let lines = std::sync::Arc::new(super::JsonLines::open_chained(&path, publisher()).unwrap());
+        let tasks: Vec<_> = (0..4)
+            .map(|task| {
+                let lines = lines.clone();
+                tokio::spawn(async move {
+                    for i in 0..5 {
+                        lines.append(&serde_json::json!({ "task": task, "i": i })).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        drop(lines);
+        // A crash while writing the next line, then a restart.
+        std::io::Write::write_all(
+            &mut std::fs::OpenOptions::new().append(true).open(&path).unwrap(),
+            b"{\"ta",
+        )
+        .unwrap();
+        let lines = super::JsonLines::open_chained(&path, publisher()).unwrap();
+        lines.append(&serde_json::json!({ "after": "restart" })).await.unwrap();
+
+        let text = std::fs::read(&path).unwrap();
+        let mut head = None::<chain::Head>;
+        let mut chained = 0;
+        for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let Ok(value) = serde_json::from_slice::<serde_json::Value>(line) else {
+                assert_eq!(line, b"{\"ta", "only the torn line is unreadable");
+                continue;
+            };
+            let stream = value["stream"].as_str().unwrap().to_owned();
+            let expected = head.clone().unwrap_or_else(|| chain::Head::new(stream.clone())).next();
+            assert_eq!(
+                (value["stream"].as_str().unwrap(), value["seq"].as_u64().unwrap()),
+                (expected.stream.as_str(), expected.seq)
+            );
+            assert_eq!(value["prev"].as_str().unwrap(), expected.prev);
+            head.get_or_insert_with(|| chain::Head::new(stream)).advance(&expected, line);
+            chained += 1;
+        }
+        assert_eq!(chained, 21);
         std::fs::remove_file(&path).unwrap();
     }
 

@@ -3,5 +3,6 @@
 //! data, a token or a reference's query string.
 
 pub mod audit;
+pub mod chain;
 mod json_lines;
 pub mod receipt;

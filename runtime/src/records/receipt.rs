@@ -10,12 +10,15 @@
 //! This is not the audit log ([`super::audit`]): that has one record per *event* and what became
 //! of it; receipts have one per *request* to an owner.
 
+use super::chain;
 use super::json_lines::{AppendError, JsonLines};
 use crate::config::ReceiptSink;
+use crate::telemetry;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 /// One resolution attempt, as recorded.
@@ -84,15 +87,19 @@ pub enum ReceiptError {
     /// The broker did not confirm the receipt.
     #[error("the receipt was not confirmed: {0}")]
     Kafka(#[from] KafkaError),
+    /// The broker did not confirm the receipt in time.
+    #[error("the receipt was not confirmed within {0:?}")]
+    Timeout(Duration),
 }
 
-/// The configured receipt sink, shared by every binding.
+/// The configured receipt sink, shared by every binding; each binding writes through a
+/// [`ReceiptWriter`] of its own.
 pub struct Receipts(Sink);
 
 enum Sink {
-    /// Opened with O_APPEND; one write per line.
+    /// One writer thread, which links every line into the file's chain.
     File(JsonLines),
-    /// Sent with the binding's producer.
+    /// Sent with the binding's producer, in the binding's own chain.
     Kafka(String),
     Discard,
 }
@@ -101,15 +108,58 @@ impl Receipts {
     /// Opens the sink: creates the file if missing (a Kafka topic must exist already).
     pub fn open(sink: &ReceiptSink) -> Result<Self, ReceiptError> {
         Ok(Receipts(match sink {
-            ReceiptSink::File(path) => Sink::File(
-                JsonLines::open(path)
-                    .map_err(|source| ReceiptError::Open { path: path.display().to_string(), source })?,
-            ),
+            ReceiptSink::File(path) => {
+                let publisher = chain::Publisher::new(
+                    metrics::gauge!(telemetry::RECEIPTS_CHAIN_SEQ, "sink" => "file"),
+                    "file",
+                );
+                Sink::File(
+                    JsonLines::open_chained(path, publisher)
+                        .map_err(|source| ReceiptError::Open { path: path.display().to_string(), source })?,
+                )
+            }
             ReceiptSink::Kafka { topic } => Sink::Kafka(topic.clone()),
             ReceiptSink::Discard => Sink::Discard,
         }))
     }
 
+    /// The writer of binding `binding` (its name, `<tenant>/<handler>`): on a topic, a new
+    /// chain of its own ([`chain`]: a stream per producer, for as long as the binding runs).
+    pub fn writer(self: &Arc<Self>, binding: &str) -> ReceiptWriter {
+        let stream = match &self.0 {
+            Sink::Kafka(_) => {
+                let gauge = metrics::gauge!(telemetry::RECEIPTS_CHAIN_SEQ, "sink" => "kafka", "binding" => binding.to_owned());
+                Some(Mutex::new((
+                    chain::Head::new(chain::new_stream()),
+                    chain::Publisher::new(gauge, "kafka"),
+                )))
+            }
+            Sink::File(_) | Sink::Discard => None,
+        };
+        ReceiptWriter { sink: self.clone(), stream }
+    }
+}
+
+/// Where one binding writes its receipts.
+pub struct ReceiptWriter {
+    sink: Arc<Receipts>,
+    /// The binding's chain on the receipts topic: its head, taken and moved as a record is
+    /// enqueued with the producer, so that the producer's order within a partition is the
+    /// chain's order.
+    stream: Option<Mutex<(chain::Head, chain::Publisher)>>,
+}
+
+impl Drop for ReceiptWriter {
+    fn drop(&mut self) {
+        // The binding stopped: its stream ends here; its last head, for the record.
+        if let Some(stream) = &self.stream {
+            let (head, publisher) = &mut *stream.lock().unwrap_or_else(|p| p.into_inner());
+            publisher.log(head);
+        }
+    }
+}
+
+impl ReceiptWriter {
     /// Writes one receipt. To a topic, it is sent with `producer` (the binding's: an
     /// exactly-once binding's receipts are part of its transaction) and waited for until the
     /// broker confirms it or `timeout` passes.
@@ -119,17 +169,35 @@ impl Receipts {
         producer: &FutureProducer,
         timeout: Duration,
     ) -> Result<(), ReceiptError> {
-        match &self.0 {
-            Sink::File(file) => Ok(file.append(receipt).await?),
-            Sink::Kafka(topic) => {
+        match (&self.sink.0, &self.stream) {
+            (Sink::File(file), _) => Ok(file.append(receipt).await?),
+            (Sink::Kafka(topic), Some(stream)) => {
                 let value = serde_json::to_vec(receipt)?;
-                let headers = OwnedHeaders::new()
-                    .insert(Header { key: "content-type", value: Some("application/json") });
-                let record = FutureRecord::to(topic).key(receipt.key()).payload(&value).headers(headers);
-                producer.send(record, timeout).await.map_err(|(error, _)| error)?;
-                Ok(())
+                let delivery = {
+                    let (head, publisher) = &mut *stream.lock().unwrap_or_else(|p| p.into_inner());
+                    let link = head.next();
+                    let mut value = value;
+                    chain::append_link(&mut value, &link)?;
+                    let headers = OwnedHeaders::new()
+                        .insert(Header { key: "content-type", value: Some("application/json") });
+                    let record = FutureRecord::to(topic).key(receipt.key()).payload(&value).headers(headers);
+                    // Enqueued, or not at all (a full queue): the head moves only if it was.
+                    let delivery = producer.send_result(record).map_err(|(error, _)| error)?;
+                    head.advance(&link, &value);
+                    publisher.written(head);
+                    delivery
+                };
+                match tokio::time::timeout(timeout, delivery).await {
+                    Ok(Ok(Ok(_))) => Ok(()),
+                    Ok(Ok(Err((error, _)))) => Err(error.into()),
+                    // Not confirmed in time, or the producer was dropped: tried again as a new
+                    // receipt. If this one was lost, its seq shows as removed in
+                    // `keyhole receipts verify`, beside this binding's receipt errors.
+                    Ok(Err(_)) => Err(KafkaError::Canceled.into()),
+                    Err(_) => Err(ReceiptError::Timeout(timeout)),
+                }
             }
-            Sink::Discard => Ok(()),
+            (Sink::Kafka(_), None) | (Sink::Discard, _) => Ok(()),
         }
     }
 }

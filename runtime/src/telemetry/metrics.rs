@@ -46,6 +46,10 @@ pub const REPLIES: &str = "keyhole_replies_total";
 pub const RECEIPTS: &str = "keyhole_receipts_total";
 /// Counter: receipt writes that failed and were tried again, by `binding`, `tenant`.
 pub const RECEIPT_ERRORS: &str = "keyhole_receipt_errors_total";
+/// Gauge: the `seq` of the last access receipt written to a chain (docs/data-protection.md),
+/// by `sink`: `file` (the receipts file's one stream) or `kafka` (with `binding`: that
+/// binding's stream on the receipts topic).
+pub const RECEIPTS_CHAIN_SEQ: &str = "keyhole_receipts_chain_seq";
 /// Counter: audit record writes that failed and were tried again, by `binding`, `tenant`.
 pub const AUDIT_ERRORS: &str = "keyhole_audit_errors_total";
 /// Gauge: 1 while a binding is paused (its data source unavailable or refusing keyhole's
@@ -164,6 +168,7 @@ fn describe() {
     describe_counter!(REPLIES, "Replies published.");
     describe_counter!(RECEIPTS, "Access receipts written, by decision.");
     describe_counter!(RECEIPT_ERRORS, "Receipt writes that failed and were tried again.");
+    describe_gauge!(RECEIPTS_CHAIN_SEQ, "The seq of the last receipt written to its chain.");
     describe_counter!(AUDIT_ERRORS, "Audit record writes that failed and were tried again.");
     describe_counter!(
         EVENT_PANICS,
