@@ -21,16 +21,13 @@ if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null \
     DEBIAN_FRONTEND=noninteractive sudo_if_needed apt-get install -y -qq --no-install-recommends \
         nginx-light libnginx-mod-http-echo libnginx-mod-http-js wrk >/dev/null
 fi
-BENCH_VENV="$KEYHOLE_CACHE/bench-venv"
-if [ ! -x "$BENCH_VENV/bin/python" ] || ! "$BENCH_VENV/bin/python" -c 'import confluent_kafka' 2>/dev/null; then
-    step "Installing confluent-kafka into $BENCH_VENV"
-    python3 -m venv "$BENCH_VENV"
-    "$BENCH_VENV/bin/pip" install --quiet "confluent-kafka==2.16.*"
-fi
+# The tests' confluent-kafka (scripts/lib.sh): one virtualenv for both.
+ensure_python_kafka
+python=$KEYHOLE_TEST_PYTHON_KAFKA
 ensure_tansu
 "$root/scripts/build-guests.sh"
 cd "$root"
-target=$(cargo metadata --format-version 1 --no-deps | "$BENCH_VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+target=$(cargo metadata --format-version 1 --no-deps | "$python" -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 native=()
 if printf '%s\n' "$@" | grep -qx -- 'instant-native\|all'; then
     # The native stand-in for the echo handler (runtime/src/sandbox/native.rs): only keyhole's
@@ -42,4 +39,4 @@ if printf '%s\n' "$@" | grep -qx -- 'instant-native\|all'; then
 fi
 step "Building keyhole (release)"
 cargo build --release --locked -p keyhole
-exec "$BENCH_VENV/bin/python" "$root/scripts/bench.py" --tansu "$TANSU_BIN" --keyhole "$target/release/keyhole" "${native[@]}" "$@"
+exec "$python" "$root/scripts/bench.py" --tansu "$TANSU_BIN" --keyhole "$target/release/keyhole" "${native[@]}" "$@"

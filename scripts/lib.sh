@@ -187,6 +187,31 @@ ensure_noida() {
     export KEYHOLE_TEST_NOIDA
 }
 
+PYTHON_KAFKA_VERSION=2.16.2
+PYTHON_KAFKA_VENV="$KEYHOLE_CACHE/confluent-kafka-$PYTHON_KAFKA_VERSION"
+
+# confluent-kafka (PyPI; its wheel carries librdkafka) in a virtualenv: what the Python examples of
+# docs/data-owners.md and the benchmark's driver need. Exports KEYHOLE_TEST_PYTHON_KAFKA, its
+# python, which the tests of the guide run the examples with.
+ensure_python_kafka() {
+    if ! "$PYTHON_KAFKA_VENV/bin/python" -c 'import confluent_kafka' 2>/dev/null; then
+        step "Installing confluent-kafka $PYTHON_KAFKA_VERSION into $PYTHON_KAFKA_VENV"
+        python3 -m venv "$PYTHON_KAFKA_VENV"
+        "$PYTHON_KAFKA_VENV/bin/pip" install --quiet "confluent-kafka==$PYTHON_KAFKA_VERSION"
+    fi
+    export KEYHOLE_TEST_PYTHON_KAFKA="$PYTHON_KAFKA_VENV/bin/python"
+}
+
+# curl, from Debian's packages (once per machine): the guide's curl block (docs/data-owners.md,
+# "Testing your endpoint") is run by the tests as it is written.
+ensure_curl() {
+    if ! command -v curl >/dev/null; then
+        step "Installing curl from Debian's packages"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends curl ca-certificates >/dev/null
+    fi
+}
+
 WIT_BINDGEN_VERSION=0.61.1
 WASM_TOOLS_VERSION=1.263.0
 # The WASI preview 1 adapter of the wasmtime the host embeds (crates.io carries its bytes).

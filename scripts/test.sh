@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: installs what the tests need (the wasm32-wasip2
-# target, the tansu broker, podman and a local base image, hadolint and kubernetes-validate;
-# cached under ~/.cache/keyhole), builds the guest components, starts a broker on a free
-# loopback port, runs every test against it, then the container smoke test and the local
-# cluster.
+# target, the tansu broker, noida-db, confluent-kafka for the data-owner examples, curl, podman
+# and a local base image, hadolint and kubernetes-validate; cached under ~/.cache/keyhole),
+# builds the guest components, starts a broker on a free loopback port, runs every test against
+# it, then the container smoke test and the local cluster.
 #
 # With arguments, it runs only the cargo tests they select (`scripts/test.sh --test it --
 # crashes::`), not the deployment checks.
@@ -23,6 +23,8 @@ python3 -m py_compile "$root/scripts/bench.py"
 "$root/scripts/build-guests.sh"
 ensure_tansu
 ensure_noida
+ensure_python_kafka
+ensure_curl
 step "Building keyhole and its tests"
 cd "$root"
 cargo test --workspace --locked --no-run

@@ -19,6 +19,7 @@ mod cluster;
 mod compile_bombs;
 mod config;
 mod crashes;
+mod data_owner_guide;
 mod dev;
 mod durability;
 mod exactly_once;
