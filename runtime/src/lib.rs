@@ -26,6 +26,8 @@
 //!   `keyhole dev` and `keyhole demo`.
 //! - [`owner_check`]: `keyhole owner check` — a data owner's endpoint held to what [`resolve`]
 //!   does with its answers, from fixtures, in the owner's CI.
+//! - [`proof`]: `keyhole receipts verify`/`report` — the receipts read back, their hash chains
+//!   verified, and a person's access report drawn from them.
 //! - [`telemetry`]: logging set-up, the Prometheus metrics and their names, trace context.
 
 pub mod admin;
@@ -37,6 +39,7 @@ pub mod engine;
 pub mod kafka;
 pub mod model;
 pub mod owner_check;
+pub mod proof;
 pub mod records;
 pub mod registry;
 pub mod resolve;

@@ -30,6 +30,7 @@ mod observability;
 mod outage;
 mod owner_check;
 mod pipeline;
+mod receipts;
 mod registry_store;
 mod request;
 mod resolve;

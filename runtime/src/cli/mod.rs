@@ -7,6 +7,7 @@ mod dev;
 mod health;
 mod owner;
 mod publish;
+mod receipts;
 mod registry;
 mod run;
 
@@ -90,6 +91,9 @@ pub enum Command {
     /// Tools for data owners: test your endpoint the way keyhole will ask it.
     #[command(subcommand)]
     Owner(OwnerCommand),
+    /// Reads access receipts back: verifies their hash chains; a person's access report.
+    #[command(subcommand)]
+    Receipts(receipts::ReceiptsCommand),
     /// Runs librdkafka's in-process mock cluster until stdin closes or a signal comes, and prints
     /// its bootstrap servers. For tests that must kill keyhole while the broker lives on; not a
     /// broker for anything else (it keeps nothing on disk and does not filter aborted
@@ -297,6 +301,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Registry(RegistryCommand::Export { config, to }) => registry::export(&config, &to),
         Command::Registry(RegistryCommand::Import { config, from }) => registry::import(&config, &from),
         Command::Owner(OwnerCommand::Check(args)) => owner::check(&args),
+        Command::Receipts(command) => receipts::run(&command),
         Command::Deploy(args) => deploy::deploy(&args),
         Command::Rollback(args) => deploy::rollback(&args),
         Command::Dev(args) => dev::dev(&args),
