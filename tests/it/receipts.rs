@@ -660,3 +660,132 @@ streams:
     head a83e5d21-9c47-4b0f-8e6a-71d2c4f9b305:2:sha256:8b3fdea616d6c1e2ba0d6488ffc2af04feaae861277e4f821f5badd9b646c2cc
     --head a83e5d21-9c47-4b0f-8e6a-71d2c4f9b305:3:sha256:a46c20d83c5045ef098dc3444c3c68f4e0133e9955062933b4ebd57785a715ff: beyond-end
 ";
+
+/// What `keyhole run` itself writes, through the engine, verifies: on a topic (a stream per
+/// start of the binding) and in a file (one stream, continued across the restart), each checked
+/// against the heads keyhole logged; a subject's report is exactly the requests made about
+/// them; and the file with its last line cut off fails against the logged head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_keyhole_run_writes_verify_across_a_restart_against_its_logged_heads() {
+    use crate::common::owner::{Answer, Owner};
+    let owner = Owner::start().await;
+    for n in 1..=3 {
+        owner.set(&format!("customers/{n}"), Answer::Release("application/json", b"{}".to_vec()));
+    }
+    owner.set("customers/4", Answer::Status(403));
+
+    for sink in ["kafka", "file"] {
+        let dir = std::env::temp_dir().join(unique("keyhole-chain-e2e"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let topic = create_topic(2).await;
+        let group = unique("keyhole");
+        let identity = format!(r#"{{ bearer_token = {{ value = "{}" }} }}"#, crate::common::owner::TOKEN);
+        let mut config =
+            crate::common::config::TestConfig::echo(&group, &topic, &owner.base_url(), &identity, "");
+        let receipts_topic = create_topic(PARTITIONS).await;
+        let receipts_file = dir.join("receipts.jsonl");
+        config.set("audit.path", dir.join("audit.jsonl").display().to_string());
+        match sink {
+            "kafka" => config.set("receipts.sink", "kafka").set("receipts.topic", receipts_topic.as_str()),
+            _ => config.set("receipts.path", receipts_file.display().to_string()),
+        };
+        broker::create_named_topic(&config.settings().bindings[0].on_failure.dead_letter_topic, 1).await;
+        config.write(&dir.join("keyhole.toml"));
+
+        // Two runs of keyhole, 8 events each; every event names its subject.
+        let producer = broker::producer();
+        let mut about = std::collections::BTreeMap::<String, Vec<String>>::new();
+        for run in 0..2 {
+            let mut keyhole = crate::common::run_keyhole(&dir.join("keyhole.toml"));
+            for i in 0..8 {
+                let (id, customer) = (format!("{sink}-{run}-{i}"), 1 + i % 4);
+                let mut headers = broker::reference(&id, &format!("customers/{customer}"));
+                headers.push(("ce_subject".into(), format!("customer/{customer}").into_bytes()));
+                broker::publish(&producer, &topic, None, Some(&format!("k{customer}")), &headers, None).await;
+                about.entry(format!("customer/{customer}")).or_default().push(id);
+            }
+            let started = std::time::Instant::now();
+            while std::fs::read_to_string(dir.join("audit.jsonl")).unwrap_or_default().lines().count()
+                < 8 * (run + 1)
+            {
+                assert!(started.elapsed() < Duration::from_secs(60), "{sink}: events not handled");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            // SIGTERM: a clean stop, which ends (and logs the head of) each stream.
+            assert!(
+                Command::new("kill").args(["-TERM", &keyhole.id().to_string()]).status().unwrap().success()
+            );
+            let stopped = tokio::task::spawn_blocking(move || keyhole.wait().unwrap()).await.unwrap();
+            assert!(stopped.success(), "{sink}: keyhole did not stop cleanly");
+        }
+
+        // The last head keyhole logged for each stream.
+        let log = std::fs::read_to_string(dir.join("keyhole.log")).unwrap();
+        let mut heads = std::collections::BTreeMap::new();
+        for line in log.lines().filter(|l| l.contains("Receipts chain head.")) {
+            let field = |name: &str| {
+                let start = line.find(&format!(" {name}=")).unwrap() + name.len() + 2;
+                line[start..].split_whitespace().next().unwrap().trim_matches('"').to_string()
+            };
+            heads.insert(field("stream"), format!("{}:{}:{}", field("stream"), field("seq"), field("head")));
+        }
+        assert_eq!(heads.len(), if sink == "kafka" { 2 } else { 1 }, "{sink}: streams logged:\n{log}");
+        let mut args: Vec<String> = match sink {
+            "kafka" => {
+                vec!["--topic".into(), receipts_topic.clone(), "--bootstrap-servers".into(), bootstrap()]
+            }
+            _ => vec!["--file".into(), receipts_file.display().to_string()],
+        };
+        args.extend(
+            ["--property", "fetch.wait.max.ms=10"].map(String::from).into_iter().filter(|_| sink == "kafka"),
+        );
+        for head in heads.values() {
+            args.extend(["--head".into(), head.clone()]);
+        }
+        let run = |command: &str, more: &[&str]| {
+            let mut all = vec!["receipts", command];
+            all.extend(args.iter().map(String::as_str));
+            all.extend(more);
+            keyhole(&all)
+        };
+
+        let verified = run("verify", &["--json"]);
+        assert_eq!(verified.status.code(), Some(0), "{sink}: {}", text(&verified));
+        let verification = json(&verified);
+        assert_eq!(verification["chained"], 16, "{sink}: one receipt per request: {verification}");
+        let streams = verification["streams"].as_array().unwrap();
+        assert_eq!(streams.len(), heads.len(), "{sink}: {verification}");
+        for stream in streams {
+            assert_eq!(stream["first_seq"], 1, "{sink}: {stream}");
+            assert_eq!(stream["heads"].as_array().unwrap().len(), 1, "{sink}: its logged head: {stream}");
+            for head in stream["heads"].as_array().unwrap() {
+                assert_eq!(head["result"], "matches", "{sink}: {stream}");
+            }
+        }
+
+        let report = run("report", &["--subject", "customer/2", "--json"]);
+        assert_eq!(report.status.code(), Some(0), "{sink}: {}", text(&report));
+        let mut reported: Vec<String> = json(&report)["receipts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["receipt"]["event_id"].as_str().unwrap().to_string())
+            .collect();
+        reported.sort();
+        let mut expected = about["customer/2"].clone();
+        expected.sort();
+        assert_eq!(reported, expected, "{sink}");
+
+        if sink == "file" {
+            // The last receipt cut off: only the logged head tells.
+            let text_before = std::fs::read_to_string(&receipts_file).unwrap();
+            let mut lines: Vec<&str> = text_before.lines().collect();
+            lines.pop();
+            std::fs::write(&receipts_file, lines.join("\n") + "\n").unwrap();
+            let cut = run("verify", &["--json"]);
+            assert_eq!(cut.status.code(), Some(1), "{}", text(&cut));
+            assert!(findings(&json(&cut)).iter().any(|(kind, _)| kind == "truncated"), "{}", text(&cut));
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -20,7 +20,21 @@ const QUEUE: usize = 4096;
 /// its decision), the file is written on no async worker, and under load one write and one sync
 /// serve many events.
 pub struct JsonLines {
-    queue: mpsc::Sender<Pending>,
+    /// `None` once dropped: closing it is what ends the writer.
+    queue: Option<mpsc::Sender<Pending>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for JsonLines {
+    /// Closes the queue and waits for the writer to end. Nothing is left for it to write (every
+    /// appender waited for its line), so this takes as long as the writer's last log line: the
+    /// chain's final head is logged before keyhole exits.
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 /// A line (without its newline) and who waits for it.
@@ -66,17 +80,18 @@ impl JsonLines {
     ) -> std::io::Result<Self> {
         let (queue, pending) = mpsc::channel(QUEUE);
         let name = format!("keyhole-{}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name(name.chars().take(15).collect())
             .spawn(move || write_lines(file, pending, chain))?;
-        Ok(JsonLines { queue })
+        Ok(JsonLines { queue: Some(queue), writer: Some(writer) })
     }
 
     /// Appends `record` as one line; returns once it is written.
     pub async fn append(&self, record: &impl Serialize) -> Result<(), AppendError> {
         let line = serde_json::to_vec(record)?;
         let (written, done) = oneshot::channel();
-        self.queue.send(Pending { line, written }).await.map_err(|_| AppendError::Stopped)?;
+        let queue = self.queue.as_ref().ok_or(AppendError::Stopped)?;
+        queue.send(Pending { line, written }).await.map_err(|_| AppendError::Stopped)?;
         done.await.map_err(|_| AppendError::Stopped)?.map_err(AppendError::Write)
     }
 }
