@@ -28,6 +28,8 @@
 //!   does with its answers, from fixtures, in the owner's CI.
 //! - [`proof`]: `keyhole receipts verify`/`report` — the receipts read back, their hash chains
 //!   verified, and a person's access report drawn from them.
+//! - [`processing_record`]: `keyhole processing-record` — the record of processing activities
+//!   (GDPR Art. 30(1)) from the configuration, the registry (read only) and the broker.
 //! - [`telemetry`]: logging set-up, the Prometheus metrics and their names, trace context.
 
 pub mod admin;
@@ -39,6 +41,7 @@ pub mod engine;
 pub mod kafka;
 pub mod model;
 pub mod owner_check;
+pub mod processing_record;
 pub mod proof;
 pub mod records;
 pub mod registry;

@@ -30,6 +30,7 @@ mod observability;
 mod outage;
 mod owner_check;
 mod pipeline;
+mod processing_record;
 mod receipts;
 mod registry_store;
 mod request;

@@ -1,7 +1,8 @@
 //! The Kafka registry's topics and the migration between stores, on the test broker: a 40 MB
 //! component through `keyhole registry import` into the blob topic and back out with
-//! `keyhole registry export`, byte for byte; and keyhole refusing to start on registry topics
-//! that are missing or not compacted, saying why.
+//! `keyhole registry export`, byte for byte, with the handler's declarations and activation
+//! history; and keyhole refusing to start on registry topics that are missing or not compacted,
+//! saying why.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,7 +10,9 @@ use crate::common;
 
 use common::broker;
 use common::cluster::SIGNING_KEY;
-use keyhole::registry::{Catalog, Grant, HandlerSpec, Registry, TenantLimits};
+use keyhole::config::{AdminSettings, Config, RegistryStore};
+use keyhole::model::declared::{Declared, Transfer};
+use keyhole::registry::{Catalog, Grant, HandlerSpec, Registry, Snapshot, TenantLimits};
 use keyhole::sandbox::ComponentReport;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -90,11 +93,22 @@ async fn a_40_mb_component_moves_into_the_blob_topic_and_back_out_byte_for_byte(
         max_in_flight: None,
         deadline_ms: None,
         max_memory_bytes: None,
+        declared: Declared {
+            data_subjects: Some(vec!["customers".into()]),
+            data_categories: Some(vec!["date of birth".into()]),
+            recipients: Some(Vec::new()),
+            transfers: Some(vec![Transfer { country: "CH".into(), safeguard: "adequacy decision".into() }]),
+        },
     };
     local.put_handler("acme", "scorer", spec).await.unwrap();
     let wasm: Vec<u8> = (0..40_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     let report = ComponentReport { imports: vec!["wasi:cli/environment@0.2.3".into()], exports: Vec::new() };
+    let small = Arc::new(b"another version".to_vec());
+    let (other, _) = local.add_version("acme", "scorer", small, &report).await.unwrap();
     let (info, _) = local.add_version("acme", "scorer", Arc::new(wasm.clone()), &report).await.unwrap();
+    // Two activations, a second apart, so that the history moved is not one timestamp twice.
+    local.activate("acme", "scorer", &other.version).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     local.activate("acme", "scorer", &info.version).await.unwrap();
     drop(local);
 
@@ -111,7 +125,7 @@ async fn a_40_mb_component_moves_into_the_blob_topic_and_back_out_byte_for_byte(
     ]);
     assert!(imported.status.success(), "{}", text(&imported));
     assert!(
-        text(&imported).contains("imported 1 tenant(s), 1 handler(s), 1 version(s)"),
+        text(&imported).contains("imported 1 tenant(s), 1 handler(s), 2 version(s)"),
         "{}",
         text(&imported)
     );
@@ -142,6 +156,12 @@ async fn a_40_mb_component_moves_into_the_blob_topic_and_back_out_byte_for_byte(
         serde_json::to_value(before.handler("acme", "scorer").unwrap()).unwrap(),
         serde_json::to_value(after.handler("acme", "scorer").unwrap()).unwrap()
     );
+    // The spec's declarations and the activation history came through Kafka too.
+    let (before, after) = (snapshot(&source).await, snapshot(&target).await);
+    assert_eq!(before.spec, after.spec);
+    assert!(before.spec.declared.transfers.is_some(), "{:?}", before.spec);
+    assert_eq!(before.activations.len(), 2, "{:?}", before.activations);
+    assert_eq!(before.activations, after.activations);
     // Importing again into the same, no longer empty, registry is refused.
     let again = keyhole(&[
         "registry",
@@ -152,6 +172,24 @@ async fn a_40_mb_component_moves_into_the_blob_topic_and_back_out_byte_for_byte(
         source.to_str().unwrap(),
     ]);
     assert!(!again.status.success() && text(&again).contains("not empty"), "{}", text(&again));
+}
+
+/// The one handler of the local registry in `dir`, read as `keyhole processing-record` reads it.
+async fn snapshot(dir: &Path) -> keyhole::registry::HandlerEntry {
+    let config = format!(
+        "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"g\"\n\
+         [[data_source]]\nname = \"owner\"\nbase_url = \"http://127.0.0.1:9/\"\n\
+         [admin]\nstate_dir = \"{}\"\n",
+        broker::bootstrap(),
+        dir.display()
+    );
+    let settings = toml::from_str::<Config>(&config).unwrap().validate(Path::new(".")).unwrap();
+    let admin: AdminSettings = settings.admin.clone().unwrap();
+    assert_eq!(admin.registry, RegistryStore::Local);
+    let snapshot = Snapshot::read(&admin, &settings.kafka, Catalog::of(&settings)).await.unwrap();
+    let mut handlers = snapshot.handlers();
+    assert_eq!(handlers.len(), 1);
+    handlers.remove(0)
 }
 
 /// `keyhole run` on `config` must exit non-zero, saying `reason`.

@@ -196,6 +196,41 @@ async fn tenants_cannot_touch_each_others_handlers_and_bad_tokens_are_refused() 
 }
 
 #[tokio::test]
+async fn a_specs_declarations_are_kept_as_written_and_refused_with_every_key_at_fault() {
+    let api = Served::start().await;
+    let a = api.tenant("a", "topic-a").await;
+    let declared = json!({
+        "data_subjects": ["Kundinnen"],
+        "recipients": [],
+        "transfers": [{ "country": "US", "safeguard": "SCC (EU 2021/914)" }]
+    });
+    let mut good = spec("topic-a");
+    good["declared"] = declared.clone();
+    let (status, view) = api.call("PUT", "/v1/tenants/a/handlers/h", Some(&a), Some(good)).await;
+    assert_eq!(status, 201, "{view}");
+    assert_eq!(
+        api.call("GET", "/v1/tenants/a/handlers/h", Some(&a), None).await.1["spec"]["declared"],
+        declared
+    );
+
+    let mut bad = spec("topic-a");
+    bad["declared"] =
+        json!({ "data_categories": ["name\u{202e}"], "transfers": [{ "country": " ", "safeguard": "x" }] });
+    let (status, problem) = api.call("PUT", "/v1/tenants/a/handlers/h", Some(&a), Some(bad)).await;
+    assert_eq!((status, &problem["type"]), (422, &json!("urn:keyhole:problem:invalid")), "{problem}");
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("declared.data_categories[0]") && detail.contains("declared.transfers[0].country"),
+        "{detail}"
+    );
+    let mut unknown = spec("topic-a");
+    unknown["declared"] = json!({ "data_category": ["x"] });
+    assert_eq!(api.call("PUT", "/v1/tenants/a/handlers/h", Some(&a), Some(unknown)).await.0, 422);
+    let kept = api.call("GET", "/v1/tenants/a/handlers/h", Some(&a), None).await.1;
+    assert_eq!(kept["spec"]["declared"], declared, "a refused spec changed nothing");
+}
+
+#[tokio::test]
 async fn names_with_dots_or_dot_segments_are_refused() {
     let api = Served::start().await;
     let grant = json!({ "topics": ["t"], "data_sources": ["owner"], "purposes": ["testing"] });

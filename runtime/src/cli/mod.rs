@@ -6,6 +6,7 @@ mod deploy;
 mod dev;
 mod health;
 mod owner;
+mod processing_record;
 mod publish;
 mod receipts;
 mod registry;
@@ -84,6 +85,10 @@ pub enum Command {
         #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// Prints the record of processing activities (GDPR Art. 30(1)): per tenant and handler,
+    /// its purpose, data source, topics, versions, delivery, retention and safeguards, from the
+    /// configuration, its registry (read, never written) and the broker. No secret is shown.
+    ProcessingRecord(ProcessingRecordArgs),
     /// Moves the admin API's registry between a directory and the store the configuration
     /// names: from one instance's `state_dir` into Kafka, and back (a backup).
     #[command(subcommand)]
@@ -108,6 +113,28 @@ pub enum Command {
     /// keyhole compiles untrusted components in, within its budget (sandbox/compiler.rs).
     #[command(name = "compile-component", hide = true)]
     CompileComponent,
+}
+
+#[derive(clap::Args)]
+pub struct ProcessingRecordArgs {
+    /// The configuration file; its `[admin]` and `[registry]` name the registry to read.
+    #[arg(long, default_value = "keyhole.toml")]
+    config: PathBuf,
+    /// `markdown` for a data protection officer's register, `json` for tools.
+    #[arg(long, value_enum, default_value_t = RecordFormat::Markdown)]
+    format: RecordFormat,
+    /// Writes the record to this file instead of stdout.
+    #[arg(long)]
+    output: Option<PathBuf>,
+}
+
+/// The formats of `keyhole processing-record`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum RecordFormat {
+    /// Markdown.
+    Markdown,
+    /// JSON (`keyhole-processing-record/1`).
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -298,6 +325,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Health { url, config, timeout } => {
             health::target(url, &config).and_then(|url| health::health(&url, timeout))
         }
+        Command::ProcessingRecord(args) => processing_record::processing_record(&args),
         Command::Registry(RegistryCommand::Export { config, to }) => registry::export(&config, &to),
         Command::Registry(RegistryCommand::Import { config, from }) => registry::import(&config, &from),
         Command::Owner(OwnerCommand::Check(args)) => owner::check(&args),

@@ -1,5 +1,6 @@
 //! Validation of what bindings are built from: the data sources (base URL, identity, limits) and
-//! the handlers (names, topics, data source, purpose, limits, retries, failure policies).
+//! the handlers (names, topics, data source, purpose, declarations, limits, retries, failure
+//! policies).
 
 use super::validate::Problems;
 use super::{BindingSettings, Config, FailurePolicies, FailurePolicy, HandlerConfig, IdentityConfig};
@@ -106,6 +107,9 @@ impl Config {
             check_topics(h, &at, problems);
             let data_source = self.check_data_source(h, &at, problems);
             check_purpose(h, &at, problems);
+            for (key, problem) in h.declared.problems() {
+                problems.add(at(&format!("declared.{key}")), problem);
+            }
             if h.max_in_flight == 0 || h.max_in_flight > 100_000 {
                 problems.add(at("max_in_flight"), "must be between 1 and 100000");
             }
@@ -138,6 +142,7 @@ impl Config {
                     delivery: h.delivery,
                     guest_output: h.guest_output,
                     key_path: format!("handler[{i}]"),
+                    declared: h.declared.clone(),
                 });
             }
         }

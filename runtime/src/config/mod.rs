@@ -438,6 +438,10 @@ pub struct HandlerConfig {
     /// which may be derived from the personal data it was given.
     #[serde(default)]
     pub guest_output: GuestOutput,
+    /// For the record of processing (`keyhole processing-record`), what keyhole cannot know:
+    /// whose data, which kinds, who else receives the results, transfers to third countries.
+    #[serde(default)]
+    pub declared: crate::model::declared::Declared,
 }
 
 fn default_max_in_flight() -> usize {

@@ -104,6 +104,10 @@ pub struct BindingSettings {
     pub guest_output: GuestOutput,
     /// Where this binding was configured (`handler[i]`), to name it in errors found later.
     pub key_path: String,
+    /// What its `[[handler]]` declares for the record of processing (`keyhole
+    /// processing-record`); the pipeline never reads it. Empty for an uploaded handler: its
+    /// spec in the registry holds its declarations.
+    pub declared: crate::model::declared::Declared,
 }
 
 /// The failure policies of one binding, after validation.

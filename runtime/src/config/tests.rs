@@ -355,3 +355,33 @@ fn batched_resolution_is_off_by_default_and_its_keys_are_checked() {
     );
     assert!(toml::from_str::<Config>(&text).is_err(), "unknown keys are refused");
 }
+
+#[test]
+fn declarations_are_checked_with_their_key_paths_and_kept_for_the_record() {
+    let valid = format!(
+        "{MINIMAL}\n    [handler.declared]\n    data_subjects = [\"customers\"]\n    recipients = []\n    \
+         transfers = [{{ country = \"US\", safeguard = \"SCC 2021/914\" }}]\n"
+    );
+    let settings = parse(&valid).validate(Path::new(".")).unwrap();
+    let declared = &settings.bindings[0].declared;
+    assert_eq!(declared.data_subjects.as_deref(), Some(&["customers".to_string()][..]));
+    assert_eq!(declared.recipients.as_deref(), Some(&[][..]), "an empty list declares none");
+    assert_eq!(declared.data_categories, None, "left out: not declared");
+
+    let invalid = format!(
+        "{MINIMAL}\n    [handler.declared]\n    data_categories = [\"name\\u0007\", \"name\\u0007\"]\n    \
+         transfers = [{{ country = \"\", safeguard = \"SCC\" }}]\n"
+    );
+    let problems = parse(&invalid).validate(Path::new(".")).unwrap_err();
+    let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "handler[0].declared.data_categories[0]",
+            "handler[0].declared.data_categories[1]",
+            "handler[0].declared.transfers[0].country"
+        ]
+    );
+    let unknown = format!("{MINIMAL}\n    [handler.declared]\n    data_category = [\"x\"]\n");
+    assert!(toml::from_str::<Config>(&unknown).is_err(), "a misspelt key is refused, not ignored");
+}

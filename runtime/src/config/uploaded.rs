@@ -72,6 +72,8 @@ impl Settings {
             delivery: Delivery::AtLeastOnce,
             guest_output: GuestOutput::Withhold,
             key_path: format!("registry:{}", names::binding_name(b.tenant, b.handler)),
+            // The registry's spec holds them; the pipeline does not need them.
+            declared: Default::default(),
         })
     }
 }

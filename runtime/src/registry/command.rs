@@ -7,9 +7,10 @@
 //! exists) are therefore checked where it lands in the log, not where it was asked: two replicas
 //! that accepted conflicting requests at the same moment reach the same state, and each caller
 //! is answered with what the log decided. Everything a command needs (timestamps, token digests)
-//! travels in it, so that applying it twice, on two replicas, gives the same result.
+//! travels in it, or in the record that carries it (the time an activation is recorded with:
+//! the record's `at`), so that applying it twice, on two replicas, gives the same result.
 
-use super::model::{BlobRef, HandlerRecord, State, TenantRecord, TokenRecord};
+use super::model::{Activation, BlobRef, HandlerRecord, MAX_ACTIVATIONS, State, TenantRecord, TokenRecord};
 use super::rules::{check_grant, check_spec, handler_record_mut, hex_of};
 use super::views::{handler_view, tenant_view};
 use super::{Catalog, Grant, HandlerSpec, HandlerView, RegistryError, TenantView, VersionInfo};
@@ -50,7 +51,8 @@ pub enum Command {
     /// Activates the version active before the current one.
     Rollback { tenant: String, handler: String },
     /// Sets a handler's activation as it is given: to undo an activation no replica could load
-    /// (only while `only_if_active` is still the active version), and to import a registry.
+    /// (only while `only_if_active` is still the active version; the undone activation leaves
+    /// the history), and to import a registry (with its history of `activations`).
     SetActivation {
         tenant: String,
         handler: String,
@@ -58,6 +60,8 @@ pub enum Command {
         previous: Vec<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         only_if_active: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        activations: Vec<Activation>,
     },
 }
 
@@ -120,9 +124,10 @@ impl Command {
                 name("tenant", tenant)?;
                 check_grant(catalog, grant)
             }
-            Command::PutHandler { tenant, handler, .. } => {
+            Command::PutHandler { tenant, handler, spec } => {
                 name("tenant", tenant)?;
-                name("handler", handler)
+                name("handler", handler)?;
+                spec.declared.check("declared.").map_err(RegistryError::Invalid)
             }
             Command::IssueToken { tenant, token } => {
                 name("tenant", tenant)?;
@@ -138,9 +143,15 @@ impl Command {
             Command::Activate { version, .. } | Command::DeleteVersion { version, .. } => {
                 hex_of(version).map(drop)
             }
-            Command::SetActivation { active, previous, only_if_active, .. } => {
-                for version in active.iter().chain(previous).chain(only_if_active) {
+            Command::SetActivation { active, previous, only_if_active, activations, .. } => {
+                let recorded = activations.iter().map(|a| &a.version);
+                for version in active.iter().chain(previous).chain(only_if_active).chain(recorded) {
                     hex_of(version)?;
+                }
+                if activations.len() > MAX_ACTIVATIONS {
+                    return Err(RegistryError::Invalid(format!(
+                        "an activation history holds at most {MAX_ACTIVATIONS} activations"
+                    )));
                 }
                 Ok(())
             }
@@ -153,14 +164,20 @@ impl Command {
     }
 }
 
-/// Applies `command` to `state` if its preconditions hold there; on refusal `state` is left as
-/// it was. Deterministic: the same state and command give the same result on every replica.
-pub fn apply(state: &mut State, catalog: &Catalog, command: &Command) -> Result<Applied, RegistryError> {
+/// Applies `command`, asked `at` (RFC 3339: an activation is recorded with it), to `state` if
+/// its preconditions hold there; on refusal `state` is left as it was. Deterministic: the same
+/// state, command and time give the same result on every replica.
+pub fn apply(
+    state: &mut State,
+    catalog: &Catalog,
+    command: &Command,
+    at: &str,
+) -> Result<Applied, RegistryError> {
     // The admin API checks every request; a record in the registry log is checked again here,
     // whoever wrote it, so that no path changes the state in a way the API would refuse.
     command.validate(catalog)?;
     let mut next = state.clone();
-    let applied = decide(&mut next, catalog, command)?;
+    let applied = decide(&mut next, catalog, command, at)?;
     *state = next;
     Ok(applied)
 }
@@ -177,7 +194,12 @@ fn tenant_mut<'a>(state: &'a mut State, tenant: &str) -> Result<&'a mut TenantRe
     state.tenants.get_mut(tenant).ok_or_else(|| RegistryError::UnknownTenant(tenant.into()))
 }
 
-fn decide(state: &mut State, catalog: &Catalog, command: &Command) -> Result<Applied, RegistryError> {
+fn decide(
+    state: &mut State,
+    catalog: &Catalog,
+    command: &Command,
+    at: &str,
+) -> Result<Applied, RegistryError> {
     match command {
         Command::PutTenant { tenant, grant } => {
             let created = !state.tenants.contains_key(tenant);
@@ -221,7 +243,7 @@ fn decide(state: &mut State, catalog: &Catalog, command: &Command) -> Result<App
         Command::DeleteVersion { tenant, handler, version } => {
             delete_version(state, tenant, handler, version)
         }
-        Command::Activate { tenant, handler, version } => activate(state, tenant, handler, version),
+        Command::Activate { tenant, handler, version } => activate(state, tenant, handler, version, at),
         Command::Rollback { tenant, handler } => {
             let record = handler_record_mut(state, tenant, handler)?;
             let Some(back) = record.previous.pop() else {
@@ -229,11 +251,13 @@ fn decide(state: &mut State, catalog: &Catalog, command: &Command) -> Result<App
                     "{tenant}/{handler} has no earlier active version to roll back to"
                 )));
             };
+            record_activation(record, &back, at);
             let replaced = record.active.replace(back);
             done(Answer::Activated(handler_view(tenant, handler, record), replaced))
         }
-        Command::SetActivation { tenant, handler, active, previous, only_if_active } => {
-            set_activation(state, tenant, handler, active, previous, only_if_active)
+        Command::SetActivation { tenant, handler, active, previous, only_if_active, activations } => {
+            let record = handler_record_mut(state, tenant, handler)?;
+            set_activation(record, tenant, handler, active, previous, only_if_active, activations)
         }
     }
 }
@@ -270,6 +294,7 @@ fn put_handler(
         active: None,
         previous: Vec::new(),
         blobs: Default::default(),
+        activations: Vec::new(),
     });
     entry.spec = spec.clone();
     done(Answer::Handler(handler_view(tenant, handler, entry), created))
@@ -345,7 +370,13 @@ fn delete_version(
 }
 
 /// Activates a known version; the one it replaces becomes the latest to roll back to.
-fn activate(state: &mut State, tenant: &str, handler: &str, version: &str) -> Result<Applied, RegistryError> {
+fn activate(
+    state: &mut State,
+    tenant: &str,
+    handler: &str,
+    version: &str,
+    at: &str,
+) -> Result<Applied, RegistryError> {
     let record = handler_record_mut(state, tenant, handler)?;
     if !record.versions.iter().any(|v| v.version == *version) {
         return Err(RegistryError::UnknownVersion {
@@ -356,6 +387,7 @@ fn activate(state: &mut State, tenant: &str, handler: &str, version: &str) -> Re
     if record.active.as_deref() == Some(version) {
         return done(Answer::Activated(handler_view(tenant, handler, record), record.active.clone()));
     }
+    record_activation(record, version, at);
     let replaced = record.active.replace(version.to_owned());
     if let Some(replaced) = &replaced {
         record.previous.retain(|v| v != replaced && v != version);
@@ -364,16 +396,24 @@ fn activate(state: &mut State, tenant: &str, handler: &str, version: &str) -> Re
     done(Answer::Activated(handler_view(tenant, handler, record), replaced))
 }
 
-/// Sets the activation as a whole (a restore), if it is still what the caller saw.
+/// Adds an activation to the handler's history, dropping the oldest beyond its bound.
+fn record_activation(record: &mut HandlerRecord, version: &str, at: &str) {
+    record.activations.push(Activation { version: version.to_owned(), at: at.to_owned() });
+    let excess = record.activations.len().saturating_sub(MAX_ACTIVATIONS);
+    record.activations.drain(..excess);
+}
+
+/// Sets the activation as a whole (a restore), if it is still what the caller saw: an undone
+/// activation leaves the history; an imported history replaces it.
 fn set_activation(
-    state: &mut State,
+    record: &mut HandlerRecord,
     tenant: &str,
     handler: &str,
     active: &Option<String>,
     previous: &[String],
     only_if_active: &Option<String>,
+    activations: &[Activation],
 ) -> Result<Applied, RegistryError> {
-    let record = handler_record_mut(state, tenant, handler)?;
     if only_if_active.is_some() && record.active != *only_if_active {
         return Err(RegistryError::Conflict(format!(
             "{tenant}/{handler}'s activation changed in the meantime; it was left as it is"
@@ -382,6 +422,17 @@ fn set_activation(
     let known = |v: &String| record.versions.iter().any(|known| known.version == *v);
     if let Some(unknown) = active.iter().chain(previous).find(|v| !known(v)) {
         return Err(RegistryError::UnknownVersion { handler: handler.to_owned(), version: unknown.clone() });
+    }
+    // An activation of the version already active recorded nothing, and undoing it must not
+    // take an earlier activation away.
+    if let Some(undone) = only_if_active
+        && active.as_ref() != Some(undone)
+        && record.activations.last().is_some_and(|last| last.version == *undone)
+    {
+        record.activations.pop();
+    }
+    if !activations.is_empty() {
+        record.activations = activations.to_vec();
     }
     record.active = active.clone();
     record.previous = previous.to_vec();
@@ -411,8 +462,11 @@ mod tests {
             max_in_flight: None,
             deadline_ms: None,
             max_memory_bytes: None,
+            declared: Default::default(),
         }
     }
+
+    const AT: &str = "2026-12-02T10:00:00Z";
 
     fn version(n: u8) -> VersionInfo {
         VersionInfo {
@@ -435,7 +489,7 @@ mod tests {
     /// Applies a log to an empty state: the decisions and the final state.
     fn replay(log: &[Command]) -> (Vec<Result<Applied, RegistryError>>, State) {
         let mut state = State::default();
-        let decisions = log.iter().map(|c| apply(&mut state, &catalog(), c)).collect();
+        let decisions = log.iter().map(|c| apply(&mut state, &catalog(), c, AT)).collect();
         (decisions, state)
     }
 
@@ -537,10 +591,70 @@ mod tests {
             active: None,
             previous: Vec::new(),
             only_if_active: Some(version(1).version),
+            activations: Vec::new(),
         });
         let (decisions, state) = replay(&log);
         assert!(matches!(decisions[6], Err(RegistryError::Conflict(_))));
         assert_eq!(state.tenants["acme"].handlers["scorer"].active, Some(version(2).version));
+    }
+
+    #[test]
+    fn each_activation_and_rollback_is_recorded_with_its_time_and_an_undone_one_is_not() {
+        let mut state = State::default();
+        for command in setup() {
+            apply(&mut state, &catalog(), &command, AT).unwrap();
+        }
+        let rollback = Command::Rollback { tenant: "acme".into(), handler: "scorer".into() };
+        for (command, at) in [(activate(1), "T1"), (activate(2), "T2"), (rollback, "T3"), (activate(1), "T4")]
+        {
+            apply(&mut state, &catalog(), &command, at).unwrap();
+        }
+        let history = |state: &State| -> Vec<(String, String)> {
+            let record = &state.tenants["acme"].handlers["scorer"];
+            record.activations.iter().map(|a| (a.version.clone(), a.at.clone())).collect()
+        };
+        let (one, two) = (version(1).version, version(2).version);
+        let expected =
+            vec![(one.clone(), "T1".to_string()), (two.clone(), "T2".into()), (one.clone(), "T3".into())];
+        assert_eq!(history(&state), expected, "activating the active version again records nothing");
+        // An activation that no replica could load, undone: it leaves the history too.
+        apply(&mut state, &catalog(), &activate(2), "T5").unwrap();
+        let undo = Command::SetActivation {
+            tenant: "acme".into(),
+            handler: "scorer".into(),
+            active: Some(one.clone()),
+            previous: vec![two.clone()],
+            only_if_active: Some(two),
+            activations: Vec::new(),
+        };
+        apply(&mut state, &catalog(), &undo, "T6").unwrap();
+        assert_eq!(history(&state), expected);
+        // Undoing an activation of the version that was already active takes nothing away.
+        let noop_undo = Command::SetActivation {
+            tenant: "acme".into(),
+            handler: "scorer".into(),
+            active: Some(one.clone()),
+            previous: Vec::new(),
+            only_if_active: Some(one),
+            activations: Vec::new(),
+        };
+        apply(&mut state, &catalog(), &noop_undo, "T7").unwrap();
+        assert_eq!(history(&state), expected);
+    }
+
+    #[test]
+    fn a_spec_whose_declarations_break_the_rules_is_refused_naming_each_key() {
+        let mut bad = spec(&["a"]);
+        bad.declared.data_categories = Some(vec!["date of birth".into(), "name\u{202E}".into()]);
+        bad.declared.recipients = Some(vec![" ".into()]);
+        let put = Command::PutHandler { tenant: "acme".into(), handler: "scorer".into(), spec: bad };
+        let (decisions, state) = replay(&[setup().remove(0), put]);
+        let Err(RegistryError::Invalid(reason)) = &decisions[1] else { panic!("{:?}", decisions[1]) };
+        assert!(
+            reason.contains("declared.data_categories[1]") && reason.contains("declared.recipients[0]"),
+            "{reason}"
+        );
+        assert!(state.tenants["acme"].handlers.is_empty());
     }
 
     #[test]

@@ -23,6 +23,11 @@ impl Store {
         Ok(Store { dir: dir.to_path_buf() })
     }
 
+    /// The directory as it is, for reading only: unlike [`Store::open`], creates nothing.
+    pub fn existing(dir: &Path) -> Self {
+        Store { dir: dir.to_path_buf() }
+    }
+
     /// The persisted state; empty when nothing was saved yet.
     pub fn load(&self) -> std::io::Result<State> {
         match std::fs::read(self.dir.join(STATE_FILE)) {

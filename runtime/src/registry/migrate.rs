@@ -55,7 +55,8 @@ pub async fn export(registry: &Registry, to: &Path) -> Result<Summary, RegistryE
 }
 
 /// Writes the registry in the directory `from` into `registry`, which must be empty: tenants
-/// with their grants and token digests, handlers, versions with their bytes, activations.
+/// with their grants and token digests, handlers (their specs' declarations included), versions
+/// with their bytes, activations with their history.
 /// Goes on past what cannot be moved (a handler its grant no longer covers) and lists it.
 pub async fn import(from: &Path, registry: &Registry) -> Result<Summary, RegistryError> {
     if !registry.tenants().is_empty() {
@@ -97,6 +98,7 @@ pub async fn import(from: &Path, registry: &Registry) -> Result<Summary, Registr
                 active: h.active,
                 previous: h.previous,
                 only_if_active: None,
+                activations: h.activations,
             };
             if let Err(error) = registry.apply_command(activation).await {
                 summary.failures.push(format!("{tenant}/{handler} activation: {error}"));

@@ -13,15 +13,17 @@ mod local;
 pub mod migrate;
 mod model;
 mod rules;
+mod snapshot;
 mod token;
 mod views;
 
 pub use command::Command;
 pub use kafka::Announced;
 pub use model::{
-    BlobRef, Deployment, Grant, HandlerSpec, HandlerView, IssuedToken, TenantLimits, TenantView, TokenRecord,
-    VersionInfo,
+    Activation, BlobRef, Deployment, Grant, HandlerSpec, HandlerView, IssuedToken, MAX_ACTIVATIONS,
+    TenantLimits, TenantView, TokenRecord, VersionInfo,
 };
+pub use snapshot::{HandlerEntry, Snapshot};
 
 pub use error::RegistryError;
 pub use token::{is_tenant_token_shaped, matches as token_matches};
@@ -126,7 +128,7 @@ impl Registry {
             Backend::Local { store, writes } => {
                 let _one_at_a_time = writes.lock().await;
                 let mut next = self.read().clone();
-                let applied = command::apply(&mut next, &self.catalog, &command)?;
+                let applied = command::apply(&mut next, &self.catalog, &command, &now())?;
                 let (store, saved) = (store.clone(), next.clone());
                 // Synced to disk: not on an async worker.
                 tokio::task::spawn_blocking(move || store.save(&saved))
@@ -138,7 +140,7 @@ impl Registry {
             }
             Backend::Kafka { store, .. } => {
                 // Refused here already, when it cannot succeed: no record for it.
-                command::apply(&mut self.read().clone(), &self.catalog, &command)?;
+                command::apply(&mut self.read().clone(), &self.catalog, &command, &now())?;
                 let applied = store.submit(command).await?;
                 let removed: Vec<_> = applied
                     .removed
@@ -361,7 +363,7 @@ impl Registry {
             blob: None,
         };
         // Refused (or already stored) before any byte is written.
-        let known = command::apply(&mut self.read().clone(), &self.catalog, &check)?;
+        let known = command::apply(&mut self.read().clone(), &self.catalog, &check, &now())?;
         if let Answer::Version(existing, false) = known.answer {
             return Ok((existing, false));
         }
@@ -454,6 +456,7 @@ impl Registry {
             active,
             previous,
             only_if_active: Some(failed.to_string()),
+            activations: Vec::new(),
         };
         self.submit(command).await.map(drop)
     }

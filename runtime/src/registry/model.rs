@@ -1,5 +1,6 @@
 //! What the registry holds, as it is persisted and as the admin API shows it.
 
+use crate::model::declared::Declared;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -79,6 +80,10 @@ pub struct HandlerSpec {
     /// Linear memory per call in bytes (default: the tenant's limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_memory_bytes: Option<u64>,
+    /// For the record of processing: whose data, which kinds, who outside the tenant receives
+    /// the results, transfers to third countries (each optional; not checked against the grant).
+    #[serde(default, skip_serializing_if = "Declared::is_empty")]
+    pub declared: Declared,
 }
 
 /// One uploaded version of a handler.
@@ -108,6 +113,23 @@ pub(crate) struct HandlerRecord {
     /// In the Kafka store, where each version's bytes are in the blob topic.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub blobs: BTreeMap<String, BlobRef>,
+    /// Which version became active when, oldest first, at most [`MAX_ACTIVATIONS`]: the record
+    /// of processing says since when a version runs (absent in registries written before it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub activations: Vec<Activation>,
+}
+
+/// The most activations a handler's history keeps; older ones are dropped.
+pub const MAX_ACTIVATIONS: usize = 64;
+
+/// One activation of a version (an activation or a rollback).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Activation {
+    /// The version that became active.
+    pub version: String,
+    /// When (RFC 3339): when the activation was asked, as its command carries it.
+    pub at: String,
 }
 
 /// Where a version's bytes are in the blob topic: `chunks` records keyed

@@ -208,6 +208,7 @@ fn settings(bootstrap: &str, owner: url::Url, handler: &Path, fixtures: &Fixture
             // Fixtures are made-up data: the handler author sees everything the handler wrote.
             guest_output: GuestOutput::Forward,
             key_path: "--handler".into(),
+            declared: Default::default(),
         }],
     }
 }

@@ -31,7 +31,8 @@ use tokio_util::sync::CancellationToken;
 struct Envelope {
     /// Unique per write: how the writing replica finds its own record when it reads it back.
     id: String,
-    /// When it was asked (RFC 3339), for people reading the log.
+    /// When it was asked (RFC 3339), for people reading the log; an activation is recorded
+    /// with it (the same on every replica).
     at: String,
     command: Command,
 }
@@ -177,6 +178,40 @@ impl KafkaStore {
     pub fn changes(&self) -> tokio::sync::watch::Receiver<i64> {
         self.tail.changes()
     }
+}
+
+/// Reads the registry log once, from its beginning to its end, into a state of its own, and
+/// stops: for reports (`keyhole processing-record`). Writes nothing: the topics are checked as
+/// at start but never created, no producer is made, and the reader is assigned the partition
+/// (no consumer group is joined, no offset committed).
+pub(crate) async fn read_once(
+    kafka: &KafkaSettings,
+    settings: &KafkaRegistrySettings,
+    catalog: Catalog,
+) -> Result<State, RegistryError> {
+    let settings = KafkaRegistrySettings { create_topics: false, ..settings.clone() };
+    // Nor by asking for them: a broker that creates topics on use would, for a metadata request
+    // naming one, unless the client says not to.
+    let mut kafka = kafka.clone();
+    kafka.properties.insert("allow.auto.create.topics".into(), "false".into());
+    let kafka = &kafka;
+    topics::ensure(kafka, &settings).await.map_err(RegistryError::Unavailable)?;
+    let signer = signature::Signer::new(settings.signing_keys.clone()).map(Arc::new).ok_or_else(|| {
+        RegistryError::Unavailable("registry.signing_keys is empty: the Kafka store needs a key".into())
+    })?;
+    let state = Arc::new(Mutex::new(State::default()));
+    let cancel = CancellationToken::new();
+    let (tail, _announced, mut tasks) =
+        Tail::start(kafka, &settings, state.clone(), Arc::new(catalog), signer, cancel.clone())?;
+    let replayed = tail.replayed(settings.write_timeout.max(REPLAY_TIMEOUT)).await;
+    cancel.cancel();
+    let joined = tokio::time::timeout(CLOSE_TIMEOUT, async { while tasks.join_next().await.is_some() {} });
+    if joined.await.is_err() {
+        tasks.abort_all();
+    }
+    replayed?;
+    let read = state.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+    Ok(read)
 }
 
 /// The longest a request waits for this replica to read the registry log to its end before it

@@ -218,8 +218,8 @@ impl Tail {
         let envelope = payload.map(serde_json::from_slice::<Envelope>);
         if let Some(envelope) = envelope {
             match envelope {
-                Ok(Envelope { id, command, .. }) => {
-                    let decision = command::apply(&mut lock(&self.state), &self.catalog, &command);
+                Ok(Envelope { id, at, command }) => {
+                    let decision = command::apply(&mut lock(&self.state), &self.catalog, &command, &at);
                     match &decision {
                         Ok(_) => self.announce(&command),
                         Err(refused) => tracing::info!(offset, tenant = command.tenant(), reason = %refused,
