@@ -777,6 +777,24 @@ async fn receipts_keyhole_run_writes_verify_across_a_restart_against_its_logged_
         assert_eq!(reported, expected, "{sink}");
 
         if sink == "file" {
+            // docs/data-protection.md's way of taking the heads from the log, run as written
+            // against this log and file.
+            let doc =
+                std::fs::read_to_string(crate::common::repo_root().join("docs/data-protection.md")).unwrap();
+            let start =
+                doc.find("heads=$(grep 'Receipts chain head' keyhole.log").expect("the doc's head snippet");
+            let snippet = &doc[start..start + doc[start..].find("```").unwrap()];
+            let script = snippet
+                .replace("keyhole.log", &dir.join("keyhole.log").display().to_string())
+                .replace("keyhole receipts verify", env!("CARGO_BIN_EXE_keyhole"))
+                .replace(
+                    "--file keyhole-receipts.jsonl",
+                    &format!("receipts verify --file {}", receipts_file.display()),
+                );
+            let documented = Command::new("bash").args(["-euc", &script]).output().unwrap();
+            assert_eq!(documented.status.code(), Some(0), "{script}\n{}", text(&documented));
+            assert!(text(&documented).contains("matches"), "{}", text(&documented));
+
             // The last receipt cut off: only the logged head tells.
             let text_before = std::fs::read_to_string(&receipts_file).unwrap();
             let mut lines: Vec<&str> = text_before.lines().collect();
