@@ -167,6 +167,39 @@ ensure_deploy_tools() {
     fi
 }
 
+# promtool and prometheus, from Debian's prometheus package (2.42; once per machine): promtool
+# checks and unit-tests the alerting rules (scripts/deploy-checks.sh), and tests/it/monitoring.rs
+# runs a Prometheus of its own. Exports PROMTOOL and KEYHOLE_TEST_PROMETHEUS (their paths).
+# The package would start a prometheus service (on port 9090) and enable it for every boot: a
+# policy-rc.d of its own (unless the machine has one already) keeps it from starting during the
+# install, and the service is then disabled and stopped should it run anyway, so that nothing is
+# left running (scripts/leftovers.py fails the suite on leftovers).
+ensure_promtool() {
+    if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+        step "Installing prometheus (for promtool) from Debian's packages"
+        local policy=/usr/sbin/policy-rc.d
+        (
+            if [ ! -e "$policy" ]; then
+                trap 'rm -f "$policy"' EXIT
+                printf '#!/bin/sh\n# keyhole scripts/lib.sh: no service starts while prometheus installs.\nexit 101\n' > "$policy"
+                chmod 755 "$policy"
+            fi
+            # Waits for another apt (a concurrent install) rather than failing at once.
+            DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update -qq
+            DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+                --no-install-recommends prometheus >/dev/null
+        )
+        if [ -d /run/systemd/system ]; then
+            systemctl disable --now --quiet prometheus.service 2>/dev/null || true
+        elif [ -x /etc/init.d/prometheus ] && /etc/init.d/prometheus status >/dev/null 2>&1; then
+            /etc/init.d/prometheus stop >/dev/null
+        fi
+    fi
+    PROMTOOL=$(command -v promtool)
+    KEYHOLE_TEST_PROMETHEUS=$(command -v prometheus)
+    export PROMTOOL KEYHOLE_TEST_PROMETHEUS
+}
+
 NOIDA_VERSION=0.2.3
 NOIDA_VENV="$KEYHOLE_CACHE/noida-db-$NOIDA_VERSION"
 
