@@ -26,6 +26,7 @@ mod exactly_once;
 mod failures;
 mod hot_swap;
 mod listeners;
+mod monitoring;
 mod observability;
 mod outage;
 mod owner_check;

@@ -39,12 +39,14 @@ fn default_retry_settings(topic: &str, owner: &Owner, tenant: &str) -> keyhole::
     settings
 }
 
+/// The binding's paused gauge for an unavailable owner (the other reason's stays 0 here).
 fn paused_gauge(tenant: &str) -> Option<f64> {
     let rendered = keyhole::telemetry::prometheus().render();
     rendered
         .lines()
         .filter(|line| line.starts_with("keyhole_binding_paused{"))
         .filter(|line| line.contains(&format!("tenant=\"{tenant}\"")))
+        .filter(|line| line.contains("reason=\"owner_unavailable\""))
         .map(|line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
         .next()
 }

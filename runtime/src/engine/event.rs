@@ -195,7 +195,9 @@ async fn ask_owner(
         handler_version: handler.version(),
     };
     let mut span = trace.resolve(binding.owner.resolver.name(), number);
+    let asked = Instant::now();
     let resolved = binding.owner.resolver.fetch(url, &who).await;
+    binding.metrics.owner_request_duration.record(asked.elapsed().as_secs_f64());
     note_answer(&mut span, &resolved);
     drop(span);
     outputs::record_receipt(binding, handler, event, &resolved, number, cancel).await?;

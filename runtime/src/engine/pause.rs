@@ -26,6 +26,16 @@ pub enum PauseReason {
     Unavailable(String),
 }
 
+impl PauseReason {
+    /// The reason's value of the paused gauge's `reason` label (`telemetry::PAUSE_REASONS`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            PauseReason::Unavailable(_) => "owner_unavailable",
+            PauseReason::CredentialsRefused => "unauthorized",
+        }
+    }
+}
+
 impl std::fmt::Display for PauseReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -44,21 +54,32 @@ pub struct PauseGate {
     next_probe: Mutex<Instant>,
     /// The binding's name, in [`Health`].
     name: String,
-    /// The binding's paused gauge.
-    gauge: metrics::Gauge,
+    /// The binding's paused gauges, one per reason (`telemetry::PAUSE_REASONS`).
+    gauges: [metrics::Gauge; 2],
     health: Arc<Health>,
 }
 
 impl PauseGate {
-    /// An open gate for binding `name`, reporting to `health` and the paused `gauge`.
-    pub fn new(name: &str, gauge: metrics::Gauge, health: Arc<Health>) -> Self {
-        gauge.set(0.0);
+    /// An open gate for binding `name`, reporting to `health` and the paused `gauges` (one per
+    /// reason of `telemetry::PAUSE_REASONS`, in its order).
+    pub fn new(name: &str, gauges: [metrics::Gauge; 2], health: Arc<Health>) -> Self {
+        for gauge in &gauges {
+            gauge.set(0.0);
+        }
         PauseGate {
             paused: watch::Sender::new(None),
             next_probe: Mutex::new(Instant::now()),
             name: name.to_string(),
-            gauge,
+            gauges,
             health,
+        }
+    }
+
+    /// Sets the paused gauges: 1 for `reason`'s, 0 for the others (all 0 for `None`).
+    fn show(&self, reason: Option<&PauseReason>) {
+        let label = reason.map(PauseReason::label);
+        for (gauge, name) in self.gauges.iter().zip(crate::telemetry::PAUSE_REASONS) {
+            gauge.set(if label == Some(name) { 1.0 } else { 0.0 });
         }
     }
 
@@ -71,8 +92,9 @@ impl PauseGate {
         self.paused.send_if_modified(|paused| {
             let was_open = paused.is_none();
             self.health.pause(&self.name, reason.to_string());
+            // Also when only the reason changed (an outage, then refused credentials).
+            self.show(Some(&reason));
             if was_open {
-                self.gauge.set(1.0);
                 *self.next_probe.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now() + PROBE_INTERVAL;
                 tracing::error!(binding = %self.name, reason = %reason,
                     "Binding paused: no new event asks the owner; events under way keep probing.");
@@ -89,7 +111,7 @@ impl PauseGate {
                 return false;
             }
             self.health.resume(&self.name);
-            self.gauge.set(0.0);
+            self.show(None);
             tracing::info!(binding = %self.name, "Binding resumed: the data owner answers again.");
             true
         });
@@ -137,7 +159,7 @@ mod tests {
     fn gate() -> PauseGate {
         let health = Arc::new(Health::default());
         health.set("t/h", super::super::health::BindingState::Running);
-        PauseGate::new("t/h", metrics::gauge!("test_paused"), health)
+        PauseGate::new("t/h", [metrics::gauge!("test_paused"), metrics::gauge!("test_paused")], health)
     }
 
     #[tokio::test(start_paused = true)]
@@ -185,6 +207,34 @@ mod tests {
         gate.open();
         assert_eq!(gate.health.get("t/h").map(|s| s.label()), Some("running"));
         assert!(gate.paused.borrow().is_none());
+    }
+
+    #[test]
+    fn the_paused_gauges_show_the_reason_while_paused_and_zero_otherwise() {
+        use crate::telemetry::PAUSE_REASONS;
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let rendered = recorder.handle();
+        let gauges = metrics::with_local_recorder(&recorder, || {
+            PAUSE_REASONS.map(|reason| metrics::gauge!("paused", "reason" => reason))
+        });
+        let health = Arc::new(Health::default());
+        health.set("t/h", super::super::health::BindingState::Running);
+        let gate = PauseGate::new("t/h", gauges, health);
+        let shown = || {
+            let text = rendered.render();
+            PAUSE_REASONS.map(|reason| {
+                let series = format!("paused{{reason=\"{reason}\"}} ");
+                text.lines().find_map(|line| line.strip_prefix(series.as_str())).map(str::to_string)
+            })
+        };
+        let both = |a: &str, b: &str| [Some(a.to_string()), Some(b.to_string())];
+        assert_eq!(shown(), both("0", "0"), "both reasons at 0 from the start");
+        gate.close(PauseReason::Unavailable("HTTP 503".into()));
+        assert_eq!(shown(), both("1", "0"));
+        gate.close(PauseReason::CredentialsRefused);
+        assert_eq!(shown(), both("0", "1"), "the reason changed while paused");
+        gate.open();
+        assert_eq!(shown(), both("0", "0"));
     }
 
     #[tokio::test(start_paused = true)]

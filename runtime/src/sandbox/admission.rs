@@ -8,6 +8,7 @@
 //! its share, so they cannot hold the others' events up beyond it, and all of them together
 //! cannot make the process outgrow its container.
 
+use crate::telemetry;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -26,6 +27,17 @@ pub struct Admission {
     /// Each tenant's share, in mebibytes.
     tenant_units: u32,
     tenants: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// What is in use, shown on `/metrics`; shared with every [`Admitted`].
+    in_use: Arc<InUse>,
+    /// The instance slots and memory budget this sandbox added to the process's gauges.
+    budget_gauges: [(metrics::Gauge, f64); 2],
+}
+
+/// The gauges of what the admitted instances hold: handles made once, so that admitting an
+/// instance is two atomic adds, not a look-up.
+struct InUse {
+    instances: metrics::Gauge,
+    memory_bytes: metrics::Gauge,
 }
 
 /// What an admitted instance holds; released when dropped.
@@ -34,6 +46,16 @@ pub struct Admitted {
     _instance: OwnedSemaphorePermit,
     _memory: OwnedSemaphorePermit,
     _tenant: OwnedSemaphorePermit,
+    /// Counted in the in-use gauges until dropped, with its reservation in bytes.
+    in_use: Arc<InUse>,
+    bytes: f64,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.in_use.instances.decrement(1.0);
+        self.in_use.memory_bytes.decrement(self.bytes);
+    }
 }
 
 /// A handler that could never be admitted: its memory limit is above a budget.
@@ -56,12 +78,30 @@ impl Admission {
     pub fn new(instances: u32, memory_bytes: u64, tenant_memory_bytes: u64) -> Self {
         let units =
             |bytes: u64| u32::try_from(bytes / UNIT).unwrap_or(u32::MAX).min(Semaphore::MAX_PERMITS as u32);
+        // Added to, not set: the gauges are the process's, and a test process holds several
+        // sandboxes (each takes its part back when dropped).
+        let budget_gauges = [
+            (metrics::gauge!(telemetry::SANDBOX_INSTANCES_MAX), f64::from(instances)),
+            (metrics::gauge!(telemetry::SANDBOX_MEMORY_BUDGET), f64::from(units(memory_bytes)) * UNIT as f64),
+        ];
+        for (gauge, value) in &budget_gauges {
+            gauge.increment(*value);
+        }
+        let in_use = InUse {
+            instances: metrics::gauge!(telemetry::SANDBOX_INSTANCES_IN_USE),
+            memory_bytes: metrics::gauge!(telemetry::SANDBOX_MEMORY_RESERVED),
+        };
+        // Shown at 0 before the first instance, not missing.
+        in_use.instances.increment(0.0);
+        in_use.memory_bytes.increment(0.0);
         Admission {
             instances: Arc::new(Semaphore::new(instances as usize)),
             memory: Arc::new(Semaphore::new(units(memory_bytes) as usize)),
             memory_units: units(memory_bytes),
             tenant_units: units(tenant_memory_bytes),
             tenants: Mutex::default(),
+            in_use: Arc::new(in_use),
+            budget_gauges,
         }
     }
 
@@ -93,7 +133,16 @@ impl Admission {
         let tenant = share.acquire_many_owned(units).await.ok()?;
         let memory = self.memory.clone().acquire_many_owned(units).await.ok()?;
         let instance = self.instances.clone().acquire_owned().await.ok()?;
-        Some(Admitted { _instance: instance, _memory: memory, _tenant: tenant })
+        let bytes = f64::from(units) * UNIT as f64;
+        self.in_use.instances.increment(1.0);
+        self.in_use.memory_bytes.increment(bytes);
+        Some(Admitted {
+            _instance: instance,
+            _memory: memory,
+            _tenant: tenant,
+            in_use: self.in_use.clone(),
+            bytes,
+        })
     }
 
     fn share(&self, tenant: &str) -> Arc<Semaphore> {
@@ -103,6 +152,14 @@ impl Admission {
             .entry(tenant.to_string())
             .or_insert_with(|| Arc::new(Semaphore::new(self.tenant_units as usize)))
             .clone()
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        for (gauge, value) in &self.budget_gauges {
+            gauge.decrement(*value);
+        }
     }
 }
 
@@ -143,6 +200,38 @@ mod tests {
         let _one = admitted_within(&slots, "a", MIB).await.unwrap();
         let _two = admitted_within(&slots, "b", MIB).await.unwrap();
         assert!(admitted_within(&slots, "c", MIB).await.is_none(), "no free slot");
+    }
+
+    #[tokio::test]
+    async fn the_gauges_show_the_slots_and_memory_in_use_until_released() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let rendered = recorder.handle();
+        let admission = metrics::with_local_recorder(&recorder, || Admission::new(16, 256 * MIB, 128 * MIB));
+        let value = |name: &str| {
+            let text = rendered.render();
+            let prefix = format!("{name} ");
+            text.lines().find_map(|line| line.strip_prefix(prefix.as_str())?.parse::<f64>().ok())
+        };
+        let shown = || {
+            [
+                telemetry::SANDBOX_INSTANCES_IN_USE,
+                telemetry::SANDBOX_INSTANCES_MAX,
+                telemetry::SANDBOX_MEMORY_RESERVED,
+                telemetry::SANDBOX_MEMORY_BUDGET,
+            ]
+            .map(value)
+        };
+        let mib = MIB as f64;
+        assert_eq!(shown(), [Some(0.0), Some(16.0), Some(0.0), Some(256.0 * mib)]);
+        let one = admitted_within(&admission, "a", 64 * MIB).await.unwrap();
+        // Rounded up to whole mebibytes.
+        let two = admitted_within(&admission, "b", MIB + 1).await.unwrap();
+        assert_eq!(shown(), [Some(2.0), Some(16.0), Some(66.0 * mib), Some(256.0 * mib)]);
+        drop(one);
+        assert_eq!(shown(), [Some(1.0), Some(16.0), Some(2.0 * mib), Some(256.0 * mib)]);
+        drop(two);
+        drop(admission);
+        assert_eq!(shown(), [Some(0.0), Some(0.0), Some(0.0), Some(0.0)], "the sandbox took its budget back");
     }
 
     #[test]

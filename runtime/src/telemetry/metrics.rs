@@ -1,7 +1,8 @@
-//! The Prometheus metrics keyhole records. Every series is labelled `binding`
+//! The Prometheus metrics keyhole records. A binding's series are labelled `binding`
 //! (`<tenant>/<handler>`) and `tenant`, sometimes with a closed set of others (`outcome`, `kind`,
-//! `stage`, `topic`, `partition`); never with a subject, an event id or anything else that names
-//! a person. [`prometheus`] installs the recorder once per process; the `metrics` macros record
+//! `stage`, `reason`, `topic`, `partition`); the process's own (the sandbox's budgets, the
+//! registry's staleness) have no such labels. Never a subject, an event id or anything else that
+//! names a person. [`prometheus`] installs the recorder once per process; the `metrics` macros record
 //! nothing before it is installed.
 
 use metrics::{Label, SharedString};
@@ -52,9 +53,34 @@ pub const RECEIPT_ERRORS: &str = "keyhole_receipt_errors_total";
 pub const RECEIPTS_CHAIN_SEQ: &str = "keyhole_receipts_chain_seq";
 /// Counter: audit record writes that failed and were tried again, by `binding`, `tenant`.
 pub const AUDIT_ERRORS: &str = "keyhole_audit_errors_total";
-/// Gauge: 1 while a binding is paused (its data source unavailable or refusing keyhole's
-/// credentials), else 0, by `binding`, `tenant`. `/readyz` says why.
+/// Gauge: 1 while a binding is paused for `reason`, else 0, by `binding`, `tenant` and `reason`
+/// ([`PAUSE_REASONS`]: `owner_unavailable`, its data source down; `unauthorized`, its data source
+/// refusing keyhole's credentials). Both series exist from the binding's start; at most one is
+/// 1. `/readyz` says more.
 pub const BINDING_PAUSED: &str = "keyhole_binding_paused";
+/// The values of [`BINDING_PAUSED`]'s `reason` label.
+pub const PAUSE_REASONS: [&str; 2] = ["owner_unavailable", "unauthorized"];
+/// Histogram: seconds each request to the data owner took, one per resolution attempt (as
+/// [`RESOLUTIONS`] counts them), whatever the answer, by `binding`, `tenant` and `data_source`.
+/// From asking to the answer: the wait for one of the data source's request permits included,
+/// and with batched resolution the batch's round trip.
+pub const OWNER_REQUEST_DURATION: &str = "keyhole_owner_request_duration_seconds";
+/// Gauge: seconds since this replica last knew it had read the registry log to its end (since
+/// it started reading, until it has); 0 with a local registry, which is never behind. No
+/// `binding`, `tenant`: the process's. `/readyz` and the admin API refuse tenants' tokens past
+/// `registry.max_staleness_ms`.
+pub const REGISTRY_STALENESS: &str = "keyhole_registry_staleness_seconds";
+/// Gauge: handler instances admitted and not yet gone, of the sandbox's pool. The process's (no
+/// `binding`, `tenant`).
+pub const SANDBOX_INSTANCES_IN_USE: &str = "keyhole_sandbox_instances_in_use";
+/// Gauge: the sandbox's instance slots (`sandbox.max_concurrent_instances`). The process's.
+pub const SANDBOX_INSTANCES_MAX: &str = "keyhole_sandbox_instances_max";
+/// Gauge: bytes of linear memory reserved by the instances admitted (each its handler's
+/// `max_memory_bytes`, rounded up to whole MiB). The process's.
+pub const SANDBOX_MEMORY_RESERVED: &str = "keyhole_sandbox_memory_reserved_bytes";
+/// Gauge: the sandbox's memory budget for every tenant together (`sandbox.memory_budget_bytes`,
+/// in whole MiB). The process's.
+pub const SANDBOX_MEMORY_BUDGET: &str = "keyhole_sandbox_memory_budget_bytes";
 /// Gauge: messages of a partition not yet consumed by the binding's group, from librdkafka's
 /// statistics (`consumer_lag`: the partition's end offset minus the group's committed offset),
 /// by `binding`, `tenant`, `topic` and `partition`. 0 for a partition this instance no longer
@@ -71,6 +97,11 @@ const HANDLER_DURATION_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0, 30.0,
 ];
+
+/// Upper bounds, in seconds, of the owner request histogram: an owner on the same network
+/// answers in milliseconds; the default request timeout is 5 s, the longest allowed 60 s.
+const OWNER_REQUEST_BUCKETS: &[f64] =
+    &[0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
 /// How often histogram samples are folded into their buckets when nobody scrapes: samples wait
 /// in memory until then.
@@ -89,10 +120,15 @@ pub fn prometheus() -> &'static PrometheusHandle {
         // buckets would still be better than no metrics.
         let builder = match PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full(HANDLER_DURATION.to_string()), HANDLER_DURATION_BUCKETS)
-        {
+            .and_then(|builder| {
+                builder.set_buckets_for_metric(
+                    Matcher::Full(OWNER_REQUEST_DURATION.to_string()),
+                    OWNER_REQUEST_BUCKETS,
+                )
+            }) {
             Ok(with_buckets) => with_buckets,
             Err(error) => {
-                tracing::error!(%error, "Cannot set the handler duration buckets.");
+                tracing::error!(%error, "Cannot set the histograms' buckets.");
                 PrometheusBuilder::new()
             }
         };
@@ -174,7 +210,32 @@ fn describe() {
         EVENT_PANICS,
         "Events whose handling panicked (a bug in keyhole); dead lettered at stage internal."
     );
-    describe_gauge!(BINDING_PAUSED, "1 while the binding is paused because its data source cannot answer.");
+    describe_gauge!(
+        BINDING_PAUSED,
+        "1 while the binding is paused because its data source cannot answer, by reason."
+    );
+    describe_histogram!(
+        OWNER_REQUEST_DURATION,
+        metrics::Unit::Seconds,
+        "Duration of requests to the data owner, one per resolution attempt."
+    );
+    describe_gauge!(
+        REGISTRY_STALENESS,
+        metrics::Unit::Seconds,
+        "Seconds since this replica last read the registry log to its end; 0 with a local registry."
+    );
+    describe_gauge!(SANDBOX_INSTANCES_IN_USE, "Handler instances admitted and not yet gone.");
+    describe_gauge!(SANDBOX_INSTANCES_MAX, "The sandbox's instance slots.");
+    describe_gauge!(
+        SANDBOX_MEMORY_RESERVED,
+        metrics::Unit::Bytes,
+        "Linear memory reserved by the admitted instances (their handlers' limits)."
+    );
+    describe_gauge!(
+        SANDBOX_MEMORY_BUDGET,
+        metrics::Unit::Bytes,
+        "The sandbox's memory budget for every tenant together."
+    );
     describe_gauge!(CONSUMER_LAG, "Messages not yet consumed, per partition.");
     describe_counter!(
         REGISTRY_RECORDS_REJECTED,
@@ -231,10 +292,12 @@ pub struct BindingMetrics {
     in_flight: metrics::Gauge,
     /// [`HANDLER_DURATION`].
     pub handler_duration: metrics::Histogram,
+    /// [`OWNER_REQUEST_DURATION`], with the binding's `data_source`.
+    pub owner_request_duration: metrics::Histogram,
     /// [`REPLIES`].
     pub replies: metrics::Counter,
-    /// [`BINDING_PAUSED`].
-    pub paused: metrics::Gauge,
+    /// [`BINDING_PAUSED`], one per reason, in the order of [`PAUSE_REASONS`].
+    pub paused: [metrics::Gauge; 2],
 }
 
 /// A counter's name and its label besides `binding` and `tenant`, if any.
@@ -247,8 +310,13 @@ impl BindingMetrics {
             consumed: metrics::counter!(EVENTS_CONSUMED, labels.labels()),
             in_flight: metrics::gauge!(EVENTS_IN_FLIGHT, labels.labels()),
             handler_duration: metrics::histogram!(HANDLER_DURATION, labels.labels()),
+            owner_request_duration: metrics::histogram!(
+                OWNER_REQUEST_DURATION,
+                labels.with("data_source", data_source.to_string())
+            ),
             replies: metrics::counter!(REPLIES, labels.labels()),
-            paused: metrics::gauge!(BINDING_PAUSED, labels.labels()),
+            paused: PAUSE_REASONS
+                .map(|reason| metrics::gauge!(BINDING_PAUSED, labels.with("reason", reason))),
             data_source: data_source.to_string().into(),
             counters: RwLock::default(),
             labels,

@@ -39,11 +39,12 @@ pub fn guest(name: &str) -> Vec<u8> {
 
 /// What the integration tests need from outside this crate, all provided by scripts/test.sh:
 /// environment variables and what each names.
-const PREREQUISITES: [(&str, &str); 4] = [
+const PREREQUISITES: [(&str, &str); 5] = [
     ("KEYHOLE_TEST_BROKER", "host:port of a Kafka-protocol broker (tansu)"),
     ("KEYHOLE_TEST_TANSU", "the tansu binary, for tests that stop a broker of their own"),
     ("KEYHOLE_TEST_NOIDA", "the noida-db binary, for the tests of transactions"),
     ("KEYHOLE_TEST_PYTHON_KAFKA", "a python with confluent-kafka, for the examples of docs/data-owners.md"),
+    ("KEYHOLE_TEST_PROMETHEUS", "the prometheus binary, for the live dashboard and alerts test"),
 ];
 
 /// The value of `name`, one of [`PREREQUISITES`]. Without it the test binary stops at once with
@@ -74,11 +75,12 @@ fn stop_for_prerequisites() -> ! {
         "missing here:",
         &missing.join("\n"),
         "",
-        "Run them with scripts/test.sh: it installs tansu, noida-db and confluent-kafka, builds the",
-        "guest components, starts a broker and stops it after. With arguments it runs only the cargo",
-        "tests they select:",
+        "Run them with scripts/test.sh: it installs tansu, noida-db, confluent-kafka and prometheus,",
+        "builds the guest components, starts a broker and stops it after. With arguments it runs only",
+        "the cargo tests they select:",
         "    scripts/test.sh --test it -- crashes::",
-        "Or provide the above yourself (scripts/lib.sh: ensure_noida, ensure_python_kafka, start_tansu).",
+        "Or provide the above yourself (scripts/lib.sh: ensure_noida, ensure_python_kafka, ensure_promtool,",
+        "start_tansu).",
         "The unit tests need none of it: cargo test --lib",
         "",
     ]

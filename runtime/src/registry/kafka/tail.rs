@@ -21,6 +21,10 @@ use tokio_util::sync::CancellationToken;
 /// How often the log's end is asked for, to know that this replica is current.
 const WATERMARK_INTERVAL: Duration = Duration::from_millis(500);
 
+/// How often the staleness gauge is brought up to date: apart from asking for the log's end,
+/// which waits for the broker.
+const STALENESS_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Versions announced ahead of their activation; more are dropped (they are fetched when
 /// activated instead).
 const ANNOUNCED_CAPACITY: usize = 64;
@@ -44,6 +48,8 @@ pub(super) struct Tail {
     applied: watch::Sender<i64>,
     /// When this replica last knew it had applied the whole log.
     current_at: Mutex<Option<Instant>>,
+    /// When it started reading: stale since then until it has read the log to its end.
+    started: Instant,
     announced: mpsc::Sender<Announced>,
 }
 
@@ -90,11 +96,13 @@ impl Tail {
             waiters: Mutex::default(),
             applied: watch::Sender::new(0),
             current_at: Mutex::default(),
+            started: Instant::now(),
             announced,
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(tail.clone().read(cancel.clone()));
-        tasks.spawn(tail.clone().watch_end(cancel));
+        tasks.spawn(tail.clone().watch_end(cancel.clone()));
+        tasks.spawn(tail.clone().report_staleness(cancel));
         Ok((tail, announcements, tasks))
     }
 
@@ -253,6 +261,26 @@ impl Tail {
                 handler: handler.clone(),
                 version: info.version.clone(),
             });
+        }
+    }
+
+    /// How long ago this replica last knew it had applied the whole log (since it started
+    /// reading, if it never has).
+    fn staleness(&self) -> Duration {
+        let current_at = *lock(&self.current_at);
+        current_at.unwrap_or(self.started).elapsed()
+    }
+
+    /// Keeps the staleness gauge (`keyhole_registry_staleness_seconds`) up to date, every
+    /// [`STALENESS_INTERVAL`] whether or not the broker answers.
+    async fn report_staleness(self: Arc<Self>, cancel: CancellationToken) {
+        let gauge = metrics::gauge!(crate::telemetry::REGISTRY_STALENESS);
+        loop {
+            gauge.set(self.staleness().as_secs_f64());
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(STALENESS_INTERVAL) => {}
+            }
         }
     }
 
