@@ -13,15 +13,18 @@ ensure_wasm_target() {
 }
 
 TANSU_VERSION=0.6.0
-TANSU_ROOT="$KEYHOLE_CACHE/tansu-$TANSU_VERSION"
+# dynostore: the in-memory storage the tests' brokers use (the default features have no storage
+# engine); libsql: SQLite storage, the only one of the two that keeps SCRAM credentials, for the
+# SASL test (tests/it/tls.rs).
+TANSU_FEATURES=dynostore,libsql
+TANSU_ROOT="$KEYHOLE_CACHE/tansu-$TANSU_VERSION-${TANSU_FEATURES//,/-}"
 TANSU_BIN="$TANSU_ROOT/bin/tansu"
 
-# Installs the tansu Kafka-protocol broker once (about 9 minutes on 2 cores), with in-memory
-# storage (the default features have no storage engine).
+# Installs the tansu Kafka-protocol broker once (about 15 minutes on 2 cores).
 ensure_tansu() {
     if [ ! -x "$TANSU_BIN" ]; then
         step "Installing the tansu $TANSU_VERSION broker into $TANSU_ROOT (once; takes several minutes)"
-        cargo install --quiet --locked tansu --version "$TANSU_VERSION" --features dynostore --root "$TANSU_ROOT"
+        cargo install --quiet --locked tansu --version "$TANSU_VERSION" --features "$TANSU_FEATURES" --root "$TANSU_ROOT"
     fi
 }
 
@@ -242,6 +245,17 @@ ensure_curl() {
         step "Installing curl from Debian's packages"
         DEBIAN_FRONTEND=noninteractive apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends curl ca-certificates >/dev/null
+    fi
+}
+
+# stunnel, from Debian's packages (once per machine): the TLS tests (tests/it/tls.rs) put it in
+# front of a tansu of their own: tansu 0.6.0 serves every connection in clear (clap refuses its
+# --cert with --key, and the TLS acceptor its broker builds is never used) and noida-db has no TLS.
+ensure_stunnel() {
+    if ! command -v stunnel4 >/dev/null && ! command -v stunnel >/dev/null; then
+        step "Installing stunnel4 from Debian's packages"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends stunnel4 >/dev/null
     fi
 }
 

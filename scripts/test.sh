@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: installs what the tests need (the wasm32-wasip2
-# target, the tansu broker, noida-db, confluent-kafka for the data-owner examples, curl, podman
-# and a local base image, hadolint, kubernetes-validate and promtool (Debian's prometheus);
-# cached under ~/.cache/keyhole),
+# target, the tansu broker, noida-db, confluent-kafka for the data-owner examples, curl, stunnel
+# for the TLS tests, podman and a local base image, hadolint, kubernetes-validate and promtool
+# (Debian's prometheus); cached under ~/.cache/keyhole),
 # builds the guest components, starts a broker on a free loopback port, runs every test against
 # it, then the container smoke test and the local cluster.
 #
@@ -27,6 +27,7 @@ ensure_noida
 ensure_python_kafka
 ensure_curl
 ensure_promtool
+ensure_stunnel
 step "Building keyhole and its tests"
 cd "$root"
 cargo test --workspace --locked --no-run

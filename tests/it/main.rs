@@ -38,5 +38,6 @@ mod request;
 mod resolve;
 mod sandbox;
 mod shutdown;
+mod tls;
 mod traces;
 mod transactions;

@@ -292,15 +292,46 @@ pub struct PublishArgs {
     /// The correlation id.
     #[arg(long)]
     correlation_id: Option<String>,
-    /// A librdkafka producer property, `name=value` (repeatable).
+    /// A librdkafka producer property, `name=value` (repeatable): `security.protocol`,
+    /// `ssl.ca.location`, `sasl.mechanism`, `sasl.username`, ...
     #[arg(long = "property", value_parser = parse_property)]
     properties: Vec<(String, String)>,
+    /// A librdkafka property whose value is a secret, `name=VARIABLE`: the value is read from
+    /// that environment variable, so that it is never on the command line (repeatable; e.g.
+    /// `sasl.password=KAFKA_PASSWORD`).
+    #[arg(long = "property-env", value_parser = parse_property)]
+    properties_from_env: Vec<(String, String)>,
+}
+
+impl PublishArgs {
+    /// The librdkafka properties: `--property`, then `--property-env` read from the environment.
+    fn kafka_properties(&self) -> anyhow::Result<Vec<(String, String)>> {
+        kafka_properties(&self.properties, &self.properties_from_env)
+    }
 }
 
 fn parse_property(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("{text:?} is not name=value"))
+}
+
+/// `properties` followed by each `(name, variable)` of `from_env` with the variable's value. The
+/// error names the variable, never a value.
+fn kafka_properties(
+    properties: &[(String, String)],
+    from_env: &[(String, String)],
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mut all = properties.to_vec();
+    for (name, variable) in from_env {
+        let value = std::env::var(variable).map_err(|_| {
+            anyhow::anyhow!(
+                "--property-env {name}={variable}: the environment variable {variable} is not set"
+            )
+        })?;
+        all.push((name.clone(), value));
+    }
+    Ok(all)
 }
 
 /// Runs the parsed command; its exit code. Errors print as `error: ...` and exit 2.

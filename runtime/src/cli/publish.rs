@@ -24,10 +24,11 @@ fn event_spec(args: &PublishArgs, reply_to: Option<String>) -> publish::Referenc
 pub fn request(args: RequestArgs) -> anyhow::Result<ExitCode> {
     use base64::Engine as _;
     let event = event_spec(&args.event, args.reply_to.then(|| args.reply_topic.clone()));
+    let properties = args.event.kafka_properties()?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let reply = runtime.block_on(publish::request(
         &args.event.bootstrap_servers,
-        &args.event.properties,
+        &properties,
         &args.event.topic,
         &event,
         &args.reply_topic,
@@ -72,7 +73,7 @@ pub fn request(args: RequestArgs) -> anyhow::Result<ExitCode> {
 pub fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     let event = event_spec(&args, None);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let producer = publish::producer(&args.bootstrap_servers, &args.properties)?;
+    let producer = publish::producer(&args.bootstrap_servers, &args.kafka_properties()?)?;
     let (partition, offset) = runtime.block_on(publish::publish(
         &producer,
         &args.topic,

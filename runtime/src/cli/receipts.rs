@@ -44,6 +44,11 @@ pub struct SourceArgs {
     /// settings and the like.
     #[arg(long = "property", value_parser = super::parse_property, requires = "topic")]
     properties: Vec<(String, String)>,
+    /// A librdkafka property whose value is a secret, `name=VARIABLE`, with --topic: read from
+    /// that environment variable, never given on the command line (e.g.
+    /// `sasl.password=KAFKA_PASSWORD`; repeatable).
+    #[arg(long = "property-env", value_parser = super::parse_property, requires = "topic")]
+    properties_from_env: Vec<(String, String)>,
     /// How long reading the whole topic may take.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     timeout: std::time::Duration,
@@ -83,16 +88,16 @@ pub struct ReportArgs {
 }
 
 impl SourceArgs {
-    fn source(&self) -> Source {
-        match &self.topic {
+    fn source(&self) -> anyhow::Result<Source> {
+        Ok(match &self.topic {
             Some(topic) => Source::Topic(TopicSource {
                 bootstrap_servers: self.bootstrap_servers.clone(),
                 topic: topic.clone(),
-                properties: self.properties.clone(),
+                properties: super::kafka_properties(&self.properties, &self.properties_from_env)?,
                 timeout: self.timeout,
             }),
             None => Source::Files(self.files.clone()),
-        }
+        })
     }
 
     fn options(&self) -> Options {
@@ -110,7 +115,7 @@ pub fn run(command: &ReceiptsCommand) -> anyhow::Result<ExitCode> {
 
 fn verify(args: &SourceArgs) -> anyhow::Result<ExitCode> {
     let mut verifier = Verifier::new(args.options());
-    proof::read(&args.source(), &mut verifier, |_, _| Ok(())).context("receipts not verified")?;
+    proof::read(&args.source()?, &mut verifier, |_, _| Ok(())).context("receipts not verified")?;
     let verification = verifier.finish(&args.heads);
     if args.json {
         println!("{}", serde_json::to_string(&verification)?);
@@ -124,7 +129,7 @@ fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     let query = Query { subjects: args.subjects.clone(), datarefs: args.datarefs.clone() };
     let mut verifier = Verifier::new(args.source.options());
     let mut collector = Collector::new(query, proof::access::MAX_REPORT_RECEIPTS);
-    proof::read(&args.source.source(), &mut verifier, |at, parsed| collector.add(at, parsed))
+    proof::read(&args.source.source()?, &mut verifier, |at, parsed| collector.add(at, parsed))
         .context("no report")?;
     let report: AccessReport = collector.finish(verifier.finish(&args.source.heads));
     if args.source.json {

@@ -10,6 +10,7 @@ pub mod noida;
 pub mod owner;
 pub mod running;
 pub mod served;
+pub mod tls;
 
 use keyhole::sandbox::{Event, Extension, Handler, HandlerIdentity, Limits, Sandbox, SandboxConfig};
 use std::path::PathBuf;
