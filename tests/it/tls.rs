@@ -13,7 +13,7 @@ use crate::common;
 
 use common::admin::{Body, OPERATOR, call};
 use common::broker::unique;
-use common::cluster::{SIGNING_KEY, free_port};
+use common::cluster::{admin_with_kafka_registry, free_port};
 use common::config::TestConfig;
 use common::owner::{self, Answer, Owner};
 use common::tls::{Pki, ScramUser, TlsBroker};
@@ -143,22 +143,15 @@ impl Replica {
             [receipts]
             sink = "kafka"
             topic = "{receipts_topic}"
-
-            [admin]
-            listen = "127.0.0.1:{port}"
-            monitoring_listen = "127.0.0.1:{monitoring_port}"
-            operator_token = {{ value = "{OPERATOR}" }}
-            state_dir = "{dir}/state"
-
-            [registry]
-            store = "kafka"
-            topic = "{group}.registry"
-            blob_topic = "{group}.registry-blobs"
-            create_topics = true
-            replication_factor = 1
-            signing_keys = [{{ id = "test", secret = {{ value = "{SIGNING_KEY}" }} }}]
             "#,
             dir = dir.display(),
+        ));
+        config.merge(&admin_with_kafka_registry(
+            &dir,
+            port,
+            monitoring_port,
+            &format!("{group}.registry"),
+            &format!("{group}.registry-blobs"),
         ));
         let text = config.text();
         assert!(

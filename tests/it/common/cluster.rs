@@ -36,6 +36,36 @@ pub struct Cluster {
 /// delivered to the handler.
 pub type Delivered = Vec<(String, String)>;
 
+/// `[admin]` on these loopback ports with the tests' operator token and its state in
+/// `dir/state`, and `[registry]` kept in Kafka on these topics (created if missing), signed
+/// with [`SIGNING_KEY`]: what a replica of a test cluster is configured with.
+pub fn admin_with_kafka_registry(
+    dir: &std::path::Path,
+    port: u16,
+    monitoring_port: u16,
+    registry_topic: &str,
+    blob_topic: &str,
+) -> String {
+    format!(
+        r#"
+        [admin]
+        listen = "127.0.0.1:{port}"
+        monitoring_listen = "127.0.0.1:{monitoring_port}"
+        operator_token = {{ value = "{OPERATOR}" }}
+        state_dir = "{dir}/state"
+
+        [registry]
+        store = "kafka"
+        topic = "{registry_topic}"
+        blob_topic = "{blob_topic}"
+        create_topics = true
+        replication_factor = 1
+        signing_keys = [{{ id = "test", secret = {{ value = "{SIGNING_KEY}" }} }}]
+        "#,
+        dir = dir.display(),
+    )
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -79,27 +109,18 @@ impl Cluster {
 
                 [receipts]
                 path = "{dir}/receipts.jsonl"
-
-                [admin]
-                listen = "127.0.0.1:{port}"
-                monitoring_listen = "127.0.0.1:{monitoring_port}"
-                operator_token = {{ value = "{OPERATOR}" }}
-                state_dir = "{dir}/state"
-
-                [registry]
-                store = "kafka"
-                topic = "{registry}"
-                blob_topic = "{blobs}"
-                create_topics = true
-                replication_factor = 1
-                write_timeout_ms = 3000
-                max_staleness_ms = 3000
-                signing_keys = [{{ id = "test", secret = {{ value = "{SIGNING_KEY}" }} }}]
                 "#,
                 dir = dir.display(),
-                registry = self.registry_topic,
-                blobs = self.blob_topic,
-            ));
+            ))
+            .merge(&admin_with_kafka_registry(
+                dir,
+                port,
+                monitoring_port,
+                &self.registry_topic,
+                &self.blob_topic,
+            ))
+            .set("registry.write_timeout_ms", 3000)
+            .set("registry.max_staleness_ms", 3000);
         config.text()
     }
 
